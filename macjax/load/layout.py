@@ -1,0 +1,82 @@
+"""What a loaded model is: a flat ``{name: array}`` pytree plus a description of its layout.
+
+Names and array layouts are always those of the model's Hugging Face checkpoint (``torch.nn.Linear`` weights are
+``(out_features, in_features)``), whatever file they were read from, so that every later stage, the exporter and
+the JAX forwards agree on one naming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+
+# Roles of transformer-block matrices. Attention: q, k, v, o. MLP: gate, up, down (BERT has up/down only).
+MATRIX_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+FAMILIES = ("llama", "bert")
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixInfo:
+  """One transformer-block weight matrix.
+
+  Attributes:
+    name: tensor name in the Hugging Face layout, e.g. ``model.layers.3.self_attn.q_proj.weight``.
+    role: one of :data:`MATRIX_ROLES`.
+    layer: index of the transformer block, ``0 <= layer < num_layers``.
+    shape: ``(out_features, in_features)``.
+  """
+
+  name: str
+  role: str
+  layer: int
+  shape: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayout:
+  """The structure of a model, enough to group its matrices and to run or export it.
+
+  Attributes:
+    family: ``"llama"`` or ``"bert"``.
+    num_layers: number of transformer blocks.
+    matrices: every transformer-block weight matrix, ordered by (layer, role order of :data:`MATRIX_ROLES`).
+    config: the model's Hugging Face ``config.json`` as a dict (what ``transformers`` needs to build the model).
+  """
+
+  family: str
+  num_layers: int
+  matrices: tuple[MatrixInfo, ...]
+  config: Mapping[str, object]
+
+  def by_role(self, role: str) -> tuple[MatrixInfo, ...]:
+    """The matrices of one role across layers, in layer order (a *family* of matrices for ``f_θ``)."""
+    return tuple(m for m in self.matrices if m.role == role)
+
+  @property
+  def matrix_names(self) -> frozenset[str]:
+    return frozenset(m.name for m in self.matrices)
+
+
+@dataclasses.dataclass
+class Model:
+  """A loaded model.
+
+  Attributes:
+    params: every tensor of the checkpoint, HF names, float32 numpy arrays in HF layout.
+    layout: the model's :class:`ModelLayout`.
+    source: where it came from (alias or path), for reports and artifact metadata.
+    tokenizer_files: file name -> bytes of the Hugging Face tokenizer files (``tokenizer.json``,
+      ``tokenizer_config.json``, ``special_tokens_map.json``, ``vocab.txt`` ...), enough for
+      ``transformers.AutoTokenizer`` and for :mod:`tokenizers` to load.
+  """
+
+  params: dict[str, np.ndarray]
+  layout: ModelLayout
+  source: str
+  tokenizer_files: dict[str, bytes]
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(a.size for a in self.params.values()))
