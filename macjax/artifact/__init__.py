@@ -1,1 +1,44 @@
-"""TODO"""
+"""Persistence of compressed models: Orbax folders with a verified JSON manifest, and their byte accounting.
+
+This package is the only one that reads or writes artifact files. See :mod:`macjax.artifact.store` for the
+guarantees (atomic writes, verified restores, no pickle) and :mod:`macjax.artifact.pack` for the bucket layout.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from macjax.artifact.pack import KINDS, Packer, bucket_kind, unpack
+from macjax.artifact.store import FORMAT, FORMAT_VERSION, disk_bytes, load, manifest_bytes, read_manifest, save
+
+
+def size_breakdown(path: str | os.PathLike, manifest: dict | None = None) -> dict[str, int]:
+  """Bytes of an artifact on disk, by what they are for.
+
+  ``total`` is every byte of every file in the folder. It splits exactly into the payload kinds of
+  :data:`~macjax.artifact.pack.KINDS` (uncompressed bytes of their buckets), ``manifest`` (the JSON metadata file)
+  and ``container`` (the rest: Orbax/TensorStore files and headers, *minus* what their zstd compression saved — so it
+  can be negative)::
+
+      total == sum(kind bytes) + manifest + container
+
+  Example:
+    >>> b = size_breakdown("out/smollm2.mjx")  # doctest: +SKIP
+    >>> b["total"] * 8 / n_params  # bits per parameter  # doctest: +SKIP
+  """
+  manifest = read_manifest(path) if manifest is None else manifest
+  out = {kind: 0 for kind in KINDS}
+  for name, b in manifest["buckets"].items():
+    out[bucket_kind(name)] += int(np.prod(b["shape"], dtype=np.int64)) * np.dtype(b["dtype"]).itemsize
+  out["manifest"] = manifest_bytes(path)
+  out["total"] = disk_bytes(path)
+  out["container"] = out["total"] - sum(out[k] for k in KINDS) - out["manifest"]
+  return out
+
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "KINDS", "Packer", "unpack", "save", "load", "read_manifest", "disk_bytes",
+    "size_breakdown",
+]
