@@ -1,0 +1,259 @@
+"""Compress and decompress: the only module that knows the order of the stages.
+
+Encoder, for every tensor of a :class:`~macjax.load.layout.Model`:
+
+* transformer-block matrices: ``quantize`` (config ``[quantize]``) → ``coding.encode`` of the integer codes;
+* other 2-D tensors (embeddings, LM head): the same, with ``[embeddings]``'s step, or kept as float16/float32;
+* 1-D tensors (norms, biases): kept in ``[vectors]``'s dtype.
+
+Every part needed to decode (coded words, probability tables, quantizer side information, kept tensors, tokenizer
+files) goes through :class:`~macjax.artifact.Packer` into the artifact; the manifest records per tensor its shape,
+treatment, coder header, the bits of each part, and the SHA-256 of the encoder's reconstruction. The decoder
+rebuilds each tensor from the parts alone and checks it against that hash, so "decode is bit-identical to what the
+encoder reconstructed" is verified on every decode, not assumed.
+
+Example:
+  >>> compressed = compress(load_model("minilm-l6"), PipelineConfig())  # doctest: +SKIP
+  >>> params = decompress(compressed.buckets, compressed.manifest)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import macjax
+from macjax import artifact, coding
+from macjax.errors import ArtifactError, NonFiniteError
+from macjax.load.layout import MatrixInfo, Model, ModelLayout
+from macjax.pipeline.config import PipelineConfig, to_dict
+from macjax.quantize import uniform
+
+# Bits accounted per tensor, by kind of part.
+_PART_KINDS = ("codes", "tables", "scales", "raw")
+
+
+@dataclasses.dataclass
+class Compressed:
+  """The output of :func:`compress`.
+
+  Attributes:
+    buckets: flat arrays to store (see :mod:`macjax.artifact.pack`).
+    manifest: JSON-able description (config, layout, index, per-tensor headers and bit counts, hashes).
+    reconstruction: the encoder's reconstruction of every tensor, HF names, float32.
+    timings: seconds spent per stage.
+  """
+
+  buckets: dict[str, np.ndarray]
+  manifest: dict
+  reconstruction: dict[str, np.ndarray]
+  timings: dict[str, float]
+
+
+def tensor_digest(array: np.ndarray) -> str:
+  """SHA-256 of a tensor's float32 bytes (C order): the bit-exactness witness stored in the manifest."""
+  return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _quantizer(method: str, step: float, group_size: int):
+  if method != "uniform":  # config validation already restricts this; guard against future drift
+    raise ValueError(f"unknown quantizer {method!r}")
+  return uniform.uniform(step=step, group_size=group_size or None)
+
+
+def _meta_to_parts(meta) -> dict[str, np.ndarray]:
+  """Stores each field of a quantizer meta NamedTuple, as float16 where that is exact, else in its own dtype."""
+  parts = {}
+  for field in meta._fields:
+    a = np.asarray(getattr(meta, field))
+    if a.dtype == np.float32 and np.array_equal(a.astype(np.float16).astype(np.float32), a):
+      a = a.astype(np.float16)
+    parts[field] = a
+  return parts
+
+
+def _meta_from_parts(meta_cls, parts: dict[str, np.ndarray], dtypes: dict[str, str]):
+  return meta_cls(**{f: jnp.asarray(parts[f].astype(dtypes[f])) for f in meta_cls._fields})
+
+
+@jax.jit
+def _all_finite(x):
+  return jnp.all(jnp.isfinite(x))
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+  if not bool(_all_finite(a)):
+    bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    raise NonFiniteError(f"tensor {name} (shape {a.shape}) has {bad} NaN/inf values; expected finite weights")
+
+
+def _encode_quantized(name: str, W: np.ndarray, quantizer, coding_model: str, packer: artifact.Packer) -> tuple[np.ndarray, dict]:
+  codes, meta = quantizer.quantize(jnp.asarray(W, jnp.float32))
+  W_hat = np.asarray(quantizer.dequantize(codes, meta), dtype=np.float32)
+  codes = np.asarray(codes, dtype=np.int32)
+  coded = coding.encode(codes, model=coding_model)
+  packer.add(name, "words", "codes", coded.words)
+  packer.add(name, "table", "tables", coded.table)
+  meta_parts = _meta_to_parts(meta)
+  for field, a in meta_parts.items():
+    packer.add(name, f"meta.{field}", "scales", a)
+  record = {
+      "coder": coded.header,
+      "meta_dtypes": {f: np.asarray(getattr(meta, f)).dtype.name for f in meta._fields},
+      "bits": {
+          "codes": int(coded.words.nbytes * 8),
+          "tables": int(coded.table.nbytes * 8),
+          "scales": int(sum(a.nbytes for a in meta_parts.values()) * 8),
+          "raw": 0,
+      },
+      "information_bits": float(coding.information_bits(codes, coded)),
+  }
+  return W_hat, record
+
+
+def _encode_raw(name: str, a: np.ndarray, dtype: str, packer: artifact.Packer) -> tuple[np.ndarray, dict]:
+  stored = a.astype(dtype)
+  packer.add(name, "raw", "raw", stored)
+  return stored.astype(np.float32), {"bits": {"codes": 0, "tables": 0, "scales": 0, "raw": int(stored.nbytes * 8)}}
+
+
+def _layout_to_json(layout: ModelLayout) -> dict:
+  return {
+      "family": layout.family,
+      "num_layers": layout.num_layers,
+      "matrices": [dataclasses.asdict(m) for m in layout.matrices],
+      "config": dict(layout.config),
+  }
+
+
+def layout_from_json(d: dict) -> ModelLayout:
+  """Inverse of the manifest's layout record."""
+  try:
+    mats = tuple(MatrixInfo(name=m["name"], role=m["role"], layer=int(m["layer"]), shape=tuple(m["shape"]))
+                 for m in d["matrices"])
+    return ModelLayout(family=d["family"], num_layers=int(d["num_layers"]), matrices=mats, config=d["config"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ArtifactError(f"artifact manifest: malformed model layout ({e})") from e
+
+
+def compress(model: Model, config: PipelineConfig, *,
+             progress: Callable[[str], None] | None = None) -> Compressed:
+  """Encodes every tensor of ``model`` under ``config``.
+
+  Args:
+    model: the loaded model.
+    config: the pipeline config.
+    progress: called with a short line per stage (for the CLI).
+
+  Returns:
+    A :class:`Compressed` with the buckets and manifest to save and the encoder's reconstruction.
+
+  Raises:
+    NonFiniteError: a tensor holds NaN or inf.
+  """
+  say = progress or (lambda _: None)
+  timings: dict[str, float] = {}
+  t0 = time.perf_counter()
+  for name, a in model.params.items():
+    _check_finite(name, a)
+  timings["validate"] = time.perf_counter() - t0
+
+  block = {m.name: m for m in model.layout.matrices}
+  q_block = _quantizer(config.quantize.method, config.quantize.step, config.quantize.group_size)
+  q_embed = _quantizer(config.quantize.method, config.embeddings.step, config.embeddings.group_size)
+  packer = artifact.Packer()
+  records: dict[str, dict] = {}
+  recon: dict[str, np.ndarray] = {}
+
+  t0 = time.perf_counter()
+  say(f"quantize + entropy-code {len(block)} block matrices")
+  for name in sorted(model.params, key=lambda n: (n not in block, n)):
+    a = model.params[name]
+    if name in block:
+      W_hat, rec = _encode_quantized(name, a, q_block, config.coding.model, packer)
+      rec.update(group="block", role=block[name].role, layer=block[name].layer, treatment="quantize")
+    elif a.ndim == 2 and config.embeddings.treatment == "quantize":
+      W_hat, rec = _encode_quantized(name, a, q_embed, config.coding.model, packer)
+      rec.update(group="other", treatment="quantize")
+    elif a.ndim == 2:
+      W_hat, rec = _encode_raw(name, a, config.embeddings.treatment, packer)
+      rec.update(group="other", treatment=config.embeddings.treatment)
+    else:
+      W_hat, rec = _encode_raw(name, a, config.vectors.dtype, packer)
+      rec.update(group="vector", treatment=config.vectors.dtype)
+    rec["shape"] = list(a.shape)
+    rec["sha256"] = tensor_digest(W_hat)
+    records[name] = rec
+    recon[name] = W_hat.reshape(a.shape)
+  timings["quantize+code"] = time.perf_counter() - t0
+
+  for fname, content in sorted(model.tokenizer_files.items()):
+    packer.add(f"asset:{fname}", "bytes", "assets", np.frombuffer(content, dtype=np.uint8))
+
+  buckets, index = packer.finish()
+  manifest = {
+      "macjax_version": macjax.__version__,
+      "source": model.source,
+      "config": to_dict(config),
+      "layout": _layout_to_json(model.layout),
+      "tensors": records,
+      "index": index,
+      "assets": sorted(model.tokenizer_files),
+  }
+  return Compressed(buckets=buckets, manifest=manifest, reconstruction=recon, timings=timings)
+
+
+def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool = True) -> dict[str, np.ndarray]:
+  """Decodes every tensor from an artifact's buckets and manifest.
+
+  Args:
+    buckets, manifest: as returned by :func:`macjax.artifact.load` (or held in a :class:`Compressed`).
+    verify: compare each decoded tensor's SHA-256 with the encoder's (raises on any difference).
+
+  Returns:
+    ``{HF name: float32 array}``, bit-identical to the encoder's reconstruction.
+
+  Raises:
+    ArtifactError: a part is missing or malformed, or a decoded tensor differs from the encoder's reconstruction.
+  """
+  parts = artifact.unpack(buckets, manifest["index"])
+  cfg = manifest["config"]
+  out: dict[str, np.ndarray] = {}
+  for name, rec in manifest["tensors"].items():
+    p = parts.get(name)
+    if p is None:
+      raise ArtifactError(f"artifact: tensor {name} has no stored parts")
+    shape = tuple(rec["shape"])
+    try:
+      if rec["treatment"] == "quantize":
+        section = cfg["quantize"] if rec["group"] == "block" else cfg["embeddings"]
+        q = _quantizer(cfg["quantize"]["method"], section["step"], section["group_size"])
+        header = rec["coder"]
+        codes = coding.decode(coding.CodedTensor(words=p["words"], table=p["table"], header=header))
+        meta_parts = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("meta.")}
+        meta = _meta_from_parts(uniform.UniformMeta, meta_parts, rec["meta_dtypes"])
+        W = np.asarray(q.dequantize(jnp.asarray(codes), meta), dtype=np.float32)
+      else:
+        W = p["raw"].astype(np.float32)
+    except (KeyError, ValueError, TypeError) as e:
+      raise ArtifactError(f"artifact: tensor {name} cannot be decoded ({type(e).__name__}: {e})") from e
+    if W.shape != shape:
+      raise ArtifactError(f"artifact: tensor {name} decoded to shape {W.shape}, manifest says {shape}")
+    if verify and tensor_digest(W) != rec["sha256"]:
+      raise ArtifactError(
+          f"artifact: decoded tensor {name} differs from the encoder's reconstruction (SHA-256 mismatch); the "
+          "artifact is damaged, or it was decoded on a backend whose arithmetic differs from the encoder's")
+    out[name] = W
+  return out
+
+
+def assets(buckets: dict[str, np.ndarray], manifest: dict) -> dict[str, bytes]:
+  """The tokenizer files stored in an artifact, ``{file name: bytes}``."""
+  parts = artifact.unpack(buckets, manifest["index"])
+  return {f: parts[f"asset:{f}"]["bytes"].tobytes() for f in manifest.get("assets", [])}

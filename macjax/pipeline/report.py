@@ -1,0 +1,114 @@
+"""Reports: what an artifact costs, bit by bit, and what it does to the model.
+
+:func:`artifact_report` needs only an artifact's manifest and folder (it is what ``macjax info`` prints);
+:func:`format_report` renders a report dict as a plain-text table.
+
+Conventions (every number counts every byte needed to decode):
+
+* ``bits_per_param`` = 8 · (bytes of the artifact folder − tokenizer assets) / (all parameters of the model).
+  Tokenizer files ride along so that an exported folder is usable; they are not weights, so they are reported
+  separately (``bits_per_param_with_assets`` includes them).
+* ``block_bits_per_weight`` = (codes + tables + quantizer scales of the transformer-block matrices) / their weights —
+  the figure comparable with per-matrix peers (GPTQ, HQQ, NNCodec …). The manifest and container bytes are shared by
+  all tensors and are counted in ``bits_per_param`` only.
+* ``compression_ratio_vs_fp16`` = 16 · params / (8 · bytes without assets).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from macjax import artifact
+
+
+def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
+  """Bit accounting of an artifact on disk.
+
+  Returns:
+    A dict with ``params``, ``block_params``, ``bytes`` (the :func:`~macjax.artifact.size_breakdown`),
+    ``bits_per_param``, ``bits_per_param_with_assets``, ``block_bits_per_weight`` (and its parts), coded vs
+    Shannon-information bits, and ``compression_ratio_vs_fp16``.
+  """
+  sizes = artifact.size_breakdown(path, manifest)
+  tensors = manifest["tensors"]
+  params = int(sum(int(np.prod(r["shape"])) for r in tensors.values()))
+  block = {n: r for n, r in tensors.items() if r.get("group") == "block"}
+  block_params = int(sum(int(np.prod(r["shape"])) for r in block.values()))
+  block_bits = {k: int(sum(r["bits"][k] for r in block.values())) for k in ("codes", "tables", "scales")}
+  coded = sum(r["bits"]["codes"] for r in tensors.values() if "information_bits" in r)
+  info = sum(r["information_bits"] for r in tensors.values() if "information_bits" in r)
+  weight_bytes = sizes["total"] - sizes["assets"]
+  by_group = {}
+  for group in ("block", "other", "vector"):
+    rs = [r for r in tensors.values() if r.get("group") == group]
+    n = int(sum(int(np.prod(r["shape"])) for r in rs))
+    bits = int(sum(sum(r["bits"].values()) for r in rs))
+    by_group[group] = {"params": n, "bits": bits, "bits_per_weight": bits / n if n else 0.0}
+  return {
+      "source": manifest.get("source"),
+      "family": manifest["layout"]["family"],
+      "params": params,
+      "block_params": block_params,
+      "bytes": sizes,
+      "bits_per_param": 8 * weight_bytes / params,
+      "bits_per_param_with_assets": 8 * sizes["total"] / params,
+      "block_bits_per_weight": sum(block_bits.values()) / block_params if block_params else 0.0,
+      "block_bits_per_weight_parts": {k: v / block_params for k, v in block_bits.items()} if block_params else {},
+      "by_group": by_group,
+      "coded_bits": int(coded),
+      "information_bits": float(info),
+      "coding_overhead": (coded / info - 1.0) if info else 0.0,
+      "compression_ratio_vs_fp16": 16 * params / (8 * weight_bytes),
+  }
+
+
+def _fmt_bytes(n: int) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(n) < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    n /= 1024
+  return str(n)
+
+
+def format_report(report: dict) -> str:
+  """Renders a report dict (from :func:`artifact_report`, optionally with ``quality``, ``weight_error`` and
+  ``timings`` keys) as text."""
+  a = report["artifact"] if "artifact" in report else report
+  lines = []
+  lines.append(f"model            {a['source']} ({a['family']}), {a['params']:,} parameters "
+               f"({a['block_params']:,} in transformer-block matrices)")
+  if "path" in report:
+    lines.append(f"artifact         {report['path']}")
+  b = a["bytes"]
+  lines.append(f"size on disk     {_fmt_bytes(b['total'])}  = " + " + ".join(
+      f"{k} {_fmt_bytes(b[k])}" for k in ("codes", "tables", "scales", "theta", "transform", "raw", "assets",
+                                          "manifest", "container") if b[k]))
+  lines.append(f"bits/param       {a['bits_per_param']:.3f} (whole model, all bytes but tokenizer assets); "
+               f"{a['bits_per_param_with_assets']:.3f} with assets")
+  parts = a["block_bits_per_weight_parts"]
+  lines.append(f"block matrices   {a['block_bits_per_weight']:.3f} bits/weight = codes {parts.get('codes', 0):.3f} "
+               f"+ tables {parts.get('tables', 0):.3f} + scales {parts.get('scales', 0):.3f}")
+  for g, d in a["by_group"].items():
+    if d["params"]:
+      lines.append(f"  {g:<14} {d['params']:>12,} params  {d['bits_per_weight']:.3f} bits/weight")
+  lines.append(f"entropy coder    {a['coded_bits']:,} bits coded vs {a['information_bits']:,.0f} bits of information "
+               f"(+{100 * a['coding_overhead']:.3f}%)")
+  lines.append(f"ratio vs fp16    {a['compression_ratio_vs_fp16']:.2f}x")
+  if "weight_error" in report:
+    w = report["weight_error"]
+    lines.append(f"rel. weight err  block matrices {w['block']:.4f}" +
+                 (f", other 2-D tensors {w['other']:.4f}" if w.get("other") is not None else ""))
+  if report.get("quality"):
+    q = report["quality"]
+    if "perplexity" in q:
+      lines.append(f"perplexity       {q['perplexity_reference']:.4f} → {q['perplexity']:.4f} "
+                   f"({100 * q['perplexity_rel_change']:+.2f}%), KL {q['kl']:.5f} nats/token "
+                   f"on {q.get('tokens', '?')} held-out tokens")
+    if "cosine_mean" in q:
+      lines.append(f"embedding cosine mean {q['cosine_mean']:.5f}, min {q['cosine_min']:.5f} "
+                   f"on {q.get('sentences', '?')} held-out sentences")
+  if report.get("timings"):
+    lines.append("time (s)         " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))
+  return "\n".join(lines)
