@@ -43,12 +43,16 @@ class ModelLayout:
     num_layers: number of transformer blocks.
     matrices: every transformer-block weight matrix, ordered by (layer, role order of :data:`MATRIX_ROLES`).
     config: the model's Hugging Face ``config.json`` as a dict (what ``transformers`` needs to build the model).
+    name_prefix: prefix of every base-model tensor name in the checkpoint: ``""`` except for BERT checkpoints
+      saved with a head (``BertForMaskedLM`` ...), whose names start with ``"bert."``; e.g. the word embeddings
+      are ``layout.name_prefix + "embeddings.word_embeddings.weight"``. Matrix names already include it.
   """
 
   family: str
   num_layers: int
   matrices: tuple[MatrixInfo, ...]
   config: Mapping[str, object]
+  name_prefix: str = ""
 
   def by_role(self, role: str) -> tuple[MatrixInfo, ...]:
     """The matrices of one role across layers, in layer order (a *family* of matrices for ``f_θ``)."""
