@@ -17,7 +17,7 @@ import numpy as np
 
 from macjax import artifact
 from macjax.load import load_model
-from macjax.pipeline import compress as _compress
+from macjax.pipeline import codec
 from macjax.pipeline.config import PipelineConfig
 from macjax.pipeline.report import artifact_report
 
@@ -32,7 +32,7 @@ def weight_errors(reference: dict[str, np.ndarray], decoded: dict[str, np.ndarra
     if not names:
       out[group] = None
       continue
-    out[group] = float(metrics.aggregate_rel_weight_error([reference[n] for n in names], [decoded[n] for n in names]))
+    out[group] = float(metrics.aggregate_rel_weight_error(reference, decoded, names))
     if group == "block":
       out["per_tensor"] = {n: float(metrics.rel_weight_error(reference[n], decoded[n])) for n in names}
   return out
@@ -54,7 +54,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   model = load_model(source)
   timings["load"] = time.perf_counter() - t0
 
-  compressed = _compress.compress(model, config, progress=say)
+  compressed = codec.compress(model, config, progress=say)
   timings.update(compressed.timings)
 
   t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   t0 = time.perf_counter()
   say("restore from disk and decode (checking bit-exactness)")
   buckets, manifest = artifact.load(out)
-  decoded = _compress.decompress(buckets, manifest, verify=True)
+  decoded = codec.decompress(buckets, manifest, verify=True)
   timings["restore+decode"] = time.perf_counter() - t0
 
   report = {"path": str(out), "artifact": artifact_report(out, manifest)}
@@ -92,9 +92,9 @@ def run_decompress(path: str | os.PathLike, out_dir: str | os.PathLike, *, overw
   """Decodes an artifact and writes a Hugging Face folder that ``transformers`` loads."""
   from macjax.export import export_hf  # pylint: disable=g-import-not-at-top
   buckets, manifest = artifact.load(path)
-  params = _compress.decompress(buckets, manifest, verify=True)
-  layout = _compress.layout_from_json(manifest["layout"])
-  return export_hf(params, layout, _compress.assets(buckets, manifest), out_dir, dtype=dtype, overwrite=overwrite)
+  params = codec.decompress(buckets, manifest, verify=True)
+  layout = codec.layout_from_json(manifest["layout"])
+  return export_hf(params, layout, codec.assets(buckets, manifest), out_dir, dtype=dtype, overwrite=overwrite)
 
 
 def run_info(path: str | os.PathLike) -> dict:

@@ -33,7 +33,7 @@ from macjax import artifact, coding
 from macjax.errors import ArtifactError, NonFiniteError
 from macjax.load.layout import MatrixInfo, Model, ModelLayout
 from macjax.pipeline.config import PipelineConfig, to_dict
-from macjax.quantize import uniform
+from macjax.quantize.uniform import UniformMeta, uniform
 
 # Bits accounted per tensor, by kind of part.
 _PART_KINDS = ("codes", "tables", "scales", "raw")
@@ -64,7 +64,7 @@ def tensor_digest(array: np.ndarray) -> str:
 def _quantizer(method: str, step: float, group_size: int):
   if method != "uniform":  # config validation already restricts this; guard against future drift
     raise ValueError(f"unknown quantizer {method!r}")
-  return uniform.uniform(step=step, group_size=group_size or None)
+  return uniform(step=step, group_size=group_size or None)
 
 
 def _meta_to_parts(meta) -> dict[str, np.ndarray]:
@@ -237,7 +237,7 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
         header = rec["coder"]
         codes = coding.decode(coding.CodedTensor(words=p["words"], table=p["table"], header=header))
         meta_parts = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("meta.")}
-        meta = _meta_from_parts(uniform.UniformMeta, meta_parts, rec["meta_dtypes"])
+        meta = _meta_from_parts(UniformMeta, meta_parts, rec["meta_dtypes"])
         W = np.asarray(q.dequantize(jnp.asarray(codes), meta), dtype=np.float32)
       else:
         W = p["raw"].astype(np.float32)
