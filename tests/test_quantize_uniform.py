@@ -130,4 +130,18 @@ def test_bad_group_size_raises():
 
 def test_quantizer_is_a_namedtuple_pair():
   q = uniform()
-  assert isinstance(q, Quantizer) and q._fields == ("quantize", "dequantize")
+  assert isinstance(q, Quantizer) and q._fields[:2] == ("quantize", "dequantize")
+  assert Quantizer(quantize=q.quantize, dequantize=q.dequantize).quantize_column is None
+
+
+@pytest.mark.parametrize("group_size", [None, 32], ids=["row", "g32"])
+def test_quantize_column_matches_full_quantize(group_size):
+  W = jnp.asarray(_matrix("laplace_outliers"))
+  q = uniform(1 / 4, group_size)
+  codes, meta = q.quantize(W)
+  W_hat = q.dequantize(codes, meta)
+  col = jax.jit(q.quantize_column, static_argnums=3)
+  for j in (0, 31, 32, 127):
+    c, w = col(W[:, j], meta, j, W.shape[1])
+    np.testing.assert_array_equal(c, codes[:, j])
+    np.testing.assert_array_equal(w, W_hat[:, j])

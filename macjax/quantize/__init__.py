@@ -7,6 +7,10 @@ pytree of arrays, so both functions jit and vmap over stacks of matrices.
 from __future__ import annotations
 
 from macjax.quantize.base import Quantizer
+from macjax.quantize.dead_zone import DeadZoneMeta, dead_zone
 from macjax.quantize.uniform import UniformMeta, uniform
 
-__all__ = ["Quantizer", "UniformMeta", "uniform"]
+# Factories by the name a config uses.
+QUANTIZERS = {"uniform": uniform, "dead_zone": dead_zone}
+
+__all__ = ["QUANTIZERS", "DeadZoneMeta", "Quantizer", "UniformMeta", "dead_zone", "uniform"]

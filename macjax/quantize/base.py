@@ -18,6 +18,10 @@ class Quantizer(NamedTuple):
       pytree of arrays (e.g. :class:`macjax.quantize.uniform.UniformMeta`).
     dequantize: ``(codes, meta) -> f32[rows, cols]``; deterministic, so the decoder reconstructs exactly what
       the encoder reconstructed on the same backend.
+    quantize_column: optional ``(w: f32[rows], meta, j: int32 scalar, cols: int) -> (codes: int32[rows],
+      ŵ: f32[rows])``: quantizes column ``j`` of a ``cols``-column matrix on the grid fixed by ``meta`` (from an
+      earlier ``quantize``). Error-feedback methods (:func:`macjax.quantize.gptq.gptq`) need it; ``None`` when the
+      quantizer cannot quantize a column on its own.
 
   Example:
     >>> import jax.numpy as jnp
@@ -30,3 +34,4 @@ class Quantizer(NamedTuple):
 
   quantize: Callable[..., tuple[Any, Any]]
   dequantize: Callable[..., Any]
+  quantize_column: Callable[..., tuple[Any, Any]] | None = None

@@ -71,6 +71,14 @@ def expand_steps(step: jax.Array, cols: int) -> jax.Array:
   return jnp.repeat(step, cols // n_groups, axis=1, total_repeat_length=cols)
 
 
+def column_steps(step: jax.Array, j, cols: int) -> jax.Array:
+  """The steps f32[rows] that apply to column ``j`` (a traced int is fine) of a ``cols``-column matrix."""
+  rows, n_groups = step.shape
+  if n_groups == 0 or cols % n_groups:
+    raise ShapeError(f"step: shape {tuple(step.shape)} does not divide {cols} columns into equal groups")
+  return jax.lax.dynamic_index_in_dim(step, j // (cols // n_groups), axis=1, keepdims=False)
+
+
 def group_rms_steps(W: jax.Array, step: float, group_size: int | None) -> jax.Array:
   """Returns ``fp16(step · RMS_g)`` for each group of ``W``, shape f32[rows, n_groups]."""
   groups = group_view(W.astype(jnp.float32), group_size)
@@ -129,4 +137,9 @@ def uniform(step: float = 1 / 8, group_size: int | None = None) -> Quantizer:
           f"got shape {tuple(meta.step.shape)}")
     return codes.astype(jnp.float32) * expand_steps(meta.step.astype(jnp.float32), codes.shape[1])
 
-  return Quantizer(quantize=quantize, dequantize=dequantize)
+  def quantize_column(w, meta: UniformMeta, j, cols: int):
+    col_step = column_steps(meta.step.astype(jnp.float32), j, cols)
+    codes = jnp.round(w.astype(jnp.float32) / col_step).astype(jnp.int32)
+    return codes, codes.astype(jnp.float32) * col_step
+
+  return Quantizer(quantize=quantize, dequantize=dequantize, quantize_column=quantize_column)
