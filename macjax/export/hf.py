@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import safetensors.numpy
 
-from macjax.errors import ConfigError, MacjaxError
+from macjax.errors import ConfigError, MacjaxError, ModelLoadError
 from macjax.load import families, loader
 from macjax.load.layout import ModelLayout
 
@@ -48,7 +48,10 @@ def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokeniz
       raise ExportError(f"param {name!r} has dtype {array.dtype}; expected a floating-point array")
     arrays[name] = array
   where = "export_hf params"
-  spec = families.family_spec(layout.config, "layout.config", names=frozenset(arrays))
+  try:
+    spec = families.family_spec(layout.config, "layout.config", names=frozenset(arrays))
+  except ModelLoadError as e:  # an unsupported model_type or a bad config value
+    raise ExportError(str(e)) from e
   if spec.family != layout.family or spec.num_layers != layout.num_layers or spec.matrices != tuple(
       layout.matrices) or spec.name_prefix != layout.name_prefix:
     raise ExportError(f"layout (family {layout.family!r}, {layout.num_layers} layers, {len(layout.matrices)} "
@@ -58,7 +61,10 @@ def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokeniz
   buffers = sorted(n for n in arrays if spec.is_buffer(n))
   if buffers:
     raise ExportError(f"{where}: {buffers[:3]} are derived buffers, not weights; drop them before export")
-  families.check_tensors(arrays, spec, where)
+  try:
+    families.check_tensors(arrays, spec, where)
+  except ModelLoadError as e:  # a missing or unknown tensor: for export, an inconsistency of params and layout
+    raise ExportError(str(e)) from e
   loader.check_finite(arrays, where)
   for name, blob in tokenizer_files.items():
     if pathlib.PurePath(name).name != name or name in ("", ".", "..") or name in RESERVED_FILES:

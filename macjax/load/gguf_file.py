@@ -192,7 +192,8 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str
   try:
     reader = gguf.GGUFReader(path, "r")
   except Exception as e:  # the gguf library raises ValueError, IndexError, struct errors ... on bad input
-    raise ModelLoadError(f"{where}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
+    raise ModelLoadError(f"{where}: corrupt or truncated GGUF file of {path.stat().st_size} bytes "
+                         f"({type(e).__name__}: {e})") from e
   metadata = _read_metadata(reader, where)
   arch = metadata.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
