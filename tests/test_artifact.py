@@ -13,6 +13,9 @@ from macjax import artifact
 from macjax.errors import ArtifactError
 
 
+ASSETS = {"tokenizer.json": b'{"x": 1}', "vocab.txt": b"a\nb\n"}
+
+
 def _parts(seed=0):
   rng = np.random.default_rng(seed)
   return {
@@ -21,7 +24,6 @@ def _parts(seed=0):
       ("a", "meta.step", "scales"): rng.standard_normal((12, 3)).astype(np.float16),
       ("b", "raw", "raw"): rng.standard_normal(31).astype(np.float32),
       ("b", "words", "codes"): rng.integers(0, 2**32, size=7, dtype=np.uint32),
-      ("asset:t.json", "bytes", "assets"): np.frombuffer(b'{"x": 1}', np.uint8),
   }
 
 
@@ -30,7 +32,7 @@ def _save(tmp_path, name="art", **kw):
   for (t, part, kind), a in _parts().items():
     p.add(t, part, kind, a)
   buckets, index = p.finish()
-  path = artifact.save(tmp_path / name, buckets, {"index": index, "note": "test"}, **kw)
+  path = artifact.save(tmp_path / name, buckets, {"index": index, "note": "test"}, assets=ASSETS, **kw)
   return path, buckets, index
 
 
@@ -40,7 +42,7 @@ def test_pack_unpack_round_trip():
   for (t, part, kind), a in parts.items():
     p.add(t, part, kind, a)
   buckets, index = p.finish()
-  assert len(buckets) == 5  # codes__uint32 shared by two tensors
+  assert len(buckets) == 4  # codes__uint32 shared by two tensors
   out = artifact.unpack(buckets, index)
   for (t, part, _), a in parts.items():
     np.testing.assert_array_equal(out[t][part], a)
@@ -65,6 +67,7 @@ def test_save_load_round_trip_bit_exact(tmp_path):
     assert restored[k].dtype == buckets[k].dtype
     np.testing.assert_array_equal(restored[k], buckets[k])
   assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+  assert artifact.load_assets(path, manifest) == ASSETS
 
 
 def test_size_breakdown_equals_bytes_on_disk(tmp_path):
@@ -72,9 +75,10 @@ def test_size_breakdown_equals_bytes_on_disk(tmp_path):
   sizes = artifact.size_breakdown(path)
   on_disk = sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
   assert sizes["total"] == on_disk
-  assert sizes["total"] == sum(sizes[k] for k in artifact.KINDS) + sizes["manifest"] + sizes["container"]
+  assert sizes["total"] == (sum(sizes[k] for k in artifact.KINDS) + sizes["assets"] + sizes["manifest"]
+                            + sizes["container"])
   assert sizes["codes"] == sum(a.nbytes for k, a in buckets.items() if k.startswith("codes__"))
-  assert sizes["assets"] == len(b'{"x": 1}')
+  assert sizes["assets"] == sum(len(b) for b in ASSETS.values())
 
 
 def test_refuses_to_overwrite(tmp_path):
@@ -152,3 +156,23 @@ def test_not_an_artifact(tmp_path, case):
     artifact.load(path)
   with pytest.raises(ArtifactError):
     artifact.read_manifest(path)
+
+
+@pytest.mark.parametrize("damage", ["altered", "missing"])
+def test_damaged_asset_is_refused(tmp_path, damage):
+  path, _, _ = _save(tmp_path)
+  _, manifest = artifact.load(path)
+  f = pathlib.Path(path) / "assets" / "vocab.txt"
+  if damage == "altered":
+    f.write_bytes(b"a\nc\n")
+  else:
+    f.unlink()
+  with pytest.raises(ArtifactError, match="vocab.txt"):
+    artifact.load_assets(path, manifest)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden"])
+def test_asset_names_cannot_escape(tmp_path, name):
+  with pytest.raises(ArtifactError, match="not allowed"):
+    artifact.save(tmp_path / "x", {"raw__float32": np.zeros(3, np.float32)}, {}, assets={name: b"x"})
+  assert not (tmp_path / "x").exists()

@@ -11,18 +11,19 @@ import os
 import numpy as np
 
 from macjax.artifact.pack import KINDS, Packer, bucket_kind, unpack
-from macjax.artifact.store import FORMAT, FORMAT_VERSION, disk_bytes, load, manifest_bytes, read_manifest, save
+from macjax.artifact.store import (FORMAT, FORMAT_VERSION, assets_bytes, disk_bytes, load, load_assets, manifest_bytes,
+                                   read_manifest, save)
 
 
 def size_breakdown(path: str | os.PathLike, manifest: dict | None = None) -> dict[str, int]:
   """Bytes of an artifact on disk, by what they are for.
 
   ``total`` is every byte of every file in the folder. It splits exactly into the payload kinds of
-  :data:`~macjax.artifact.pack.KINDS` (uncompressed bytes of their buckets), ``manifest`` (the JSON metadata file)
-  and ``container`` (the rest: Orbax/TensorStore files and headers, *minus* what their zstd compression saved — so it
-  can be negative)::
+  :data:`~macjax.artifact.pack.KINDS` (uncompressed bytes of their buckets; ``assets`` are the plain files under
+  ``assets/``), ``manifest`` (the JSON metadata file) and ``container`` (the rest: Orbax/TensorStore files and
+  headers, *minus* what their zstd compression saved — so it can be negative)::
 
-      total == sum(kind bytes) + manifest + container
+      total == sum(kind bytes) + assets + manifest + container
 
   Example:
     >>> b = size_breakdown("out/smollm2.mjx")  # doctest: +SKIP
@@ -32,13 +33,14 @@ def size_breakdown(path: str | os.PathLike, manifest: dict | None = None) -> dic
   out = {kind: 0 for kind in KINDS}
   for name, b in manifest["buckets"].items():
     out[bucket_kind(name)] += int(np.prod(b["shape"], dtype=np.int64)) * np.dtype(b["dtype"]).itemsize
+  out["assets"] = assets_bytes(path)
   out["manifest"] = manifest_bytes(path)
   out["total"] = disk_bytes(path)
-  out["container"] = out["total"] - sum(out[k] for k in KINDS) - out["manifest"]
+  out["container"] = out["total"] - sum(out[k] for k in KINDS) - out["assets"] - out["manifest"]
   return out
 
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "KINDS", "Packer", "unpack", "save", "load", "read_manifest", "disk_bytes",
+    "FORMAT", "FORMAT_VERSION", "KINDS", "Packer", "unpack", "save", "load", "read_manifest", "disk_bytes", "load_assets",
     "size_breakdown",
 ]

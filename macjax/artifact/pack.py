@@ -11,8 +11,9 @@ Kinds name what the bytes are for; they are the rows of the bit-accounting break
 * ``scales``    — quantizer side information (step sizes, zero points);
 * ``theta``     — parameters of ``f_θ`` (the functional fit);
 * ``transform`` — stored transform state (bases, scales) that is not absorbed into the model;
-* ``raw``       — tensors kept as they are (norms, biases);
-* ``assets``    — tokenizer files: needed to export a usable folder, not to decode weights.
+* ``raw``       — tensors kept as they are (norms, biases).
+
+(``assets``, the tokenizer files, are plain files beside the buckets: see :func:`macjax.artifact.save`.)
 
 Example:
   >>> p = Packer()
@@ -30,7 +31,7 @@ import numpy as np
 
 from macjax.errors import ArtifactError
 
-KINDS = ("codes", "tables", "scales", "theta", "transform", "raw", "assets")
+KINDS = ("codes", "tables", "scales", "theta", "transform", "raw")
 
 
 def bucket_name(kind: str, dtype: np.dtype) -> str:

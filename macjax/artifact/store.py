@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import uuid
 import warnings
@@ -36,6 +37,14 @@ from macjax.errors import ArtifactError
 
 FORMAT = "macjax-artifact"
 FORMAT_VERSION = 1
+ASSETS_DIR = "assets"
+_ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_asset_name(name: str) -> None:
+  if not _ASSET_NAME.match(name):
+    raise ArtifactError(f"asset file name {name!r} is not allowed: expected letters, digits, '.', '_', '-' "
+                        "(no folders)")
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -51,14 +60,16 @@ def _ocp():
 
 
 def save(path: str | os.PathLike, buckets: dict[str, np.ndarray], manifest: dict, *,
-         overwrite: bool = False) -> pathlib.Path:
+         assets: dict[str, bytes] | None = None, overwrite: bool = False) -> pathlib.Path:
   """Writes an artifact folder atomically.
 
   Args:
     path: the folder to create.
     buckets: ``{name: flat numpy array}``.
-    manifest: JSON-serializable dict; ``format``, ``format_version`` and ``buckets`` (shape, dtype, SHA-256 of each
-      bucket) are added here.
+    manifest: JSON-serializable dict; ``format``, ``format_version``, ``buckets`` (shape, dtype, SHA-256 of each
+      bucket) and ``assets`` (size and SHA-256 of each asset file) are added here.
+    assets: ``{file name: bytes}`` stored as plain files under ``assets/`` (tokenizer files: needed to export a
+      usable folder, not to decode weights; plain files so that their bytes on disk are exactly their size).
     overwrite: replace an existing folder at ``path``.
 
   Returns:
@@ -76,6 +87,11 @@ def save(path: str | os.PathLike, buckets: dict[str, np.ndarray], manifest: dict
   manifest["buckets"] = {
       name: {"shape": list(a.shape), "dtype": a.dtype.name, "sha256": _sha256(a)} for name, a in buckets.items()
   }
+  assets = dict(assets or {})
+  for name in assets:
+    _check_asset_name(name)
+  manifest["assets"] = {name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                        for name, b in sorted(assets.items())}
   try:
     json.dumps(manifest)
   except TypeError as e:
@@ -86,6 +102,10 @@ def save(path: str | os.PathLike, buckets: dict[str, np.ndarray], manifest: dict
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       _ocp().save_pytree(tmp, {k: np.ascontiguousarray(v) for k, v in buckets.items()}, custom_metadata=manifest)
+    if assets:
+      (tmp / ASSETS_DIR).mkdir()
+      for name, content in assets.items():
+        (tmp / ASSETS_DIR / name).write_bytes(content)
     if path.exists():
       shutil.rmtree(path)
     os.replace(tmp, path)
@@ -158,6 +178,33 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
       raise ArtifactError(f"{path}: bucket {name!r} does not match its SHA-256 in the manifest: the artifact was altered")
     buckets[name] = a
   return buckets, manifest
+
+
+def load_assets(path: str | os.PathLike, manifest: dict) -> dict[str, bytes]:
+  """Reads the asset files listed in the manifest and checks their sizes and SHA-256.
+
+  Raises:
+    ArtifactError: an asset is missing, has a disallowed name, or was altered.
+  """
+  out = {}
+  listed = manifest.get("assets", {})
+  if not isinstance(listed, dict):
+    raise ArtifactError(f"{path}: malformed asset table in the manifest")
+  for name, rec in listed.items():
+    _check_asset_name(name)
+    f = pathlib.Path(path) / ASSETS_DIR / name
+    if not f.is_file():
+      raise ArtifactError(f"{path}: asset {name} is listed in the manifest but missing from {ASSETS_DIR}/")
+    content = f.read_bytes()
+    if len(content) != rec.get("bytes") or hashlib.sha256(content).hexdigest() != rec.get("sha256"):
+      raise ArtifactError(f"{path}: asset {name} does not match its size/SHA-256 in the manifest: it was altered")
+    out[name] = content
+  return out
+
+
+def assets_bytes(path: str | os.PathLike) -> int:
+  """Bytes of the plain asset files under ``assets/``."""
+  return disk_bytes(pathlib.Path(path) / ASSETS_DIR) if (pathlib.Path(path) / ASSETS_DIR).is_dir() else 0
 
 
 def disk_bytes(path: str | os.PathLike) -> int:

@@ -7,7 +7,7 @@ Encoder, for every tensor of a :class:`~macjax.load.layout.Model`:
 * 1-D tensors (norms, biases): kept in ``[vectors]``'s dtype.
 
 Every part needed to decode (coded words, probability tables, quantizer side information, kept tensors, tokenizer
-files) goes through :class:`~macjax.artifact.Packer` into the artifact; the manifest records per tensor its shape,
+files) goes into the artifact: tensors' parts through :class:`~macjax.artifact.Packer` into the artifact; the manifest records per tensor its shape,
 treatment, coder header, the bits of each part, and the SHA-256 of the encoder's reconstruction. The decoder
 rebuilds each tensor from the parts alone and checks it against that hash, so "decode is bit-identical to what the
 encoder reconstructed" is verified on every decode, not assumed.
@@ -46,12 +46,14 @@ class Compressed:
   Attributes:
     buckets: flat arrays to store (see :mod:`macjax.artifact.pack`).
     manifest: JSON-able description (config, layout, index, per-tensor headers and bit counts, hashes).
+    assets: tokenizer files to store beside the buckets.
     reconstruction: the encoder's reconstruction of every tensor, HF names, float32.
     timings: seconds spent per stage.
   """
 
   buckets: dict[str, np.ndarray]
   manifest: dict
+  assets: dict[str, bytes]
   reconstruction: dict[str, np.ndarray]
   timings: dict[str, float]
 
@@ -193,9 +195,6 @@ def compress(model: Model, config: PipelineConfig, *,
     recon[name] = W_hat.reshape(a.shape)
   timings["quantize+code"] = time.perf_counter() - t0
 
-  for fname, content in sorted(model.tokenizer_files.items()):
-    packer.add(f"asset:{fname}", "bytes", "assets", np.frombuffer(content, dtype=np.uint8))
-
   buckets, index = packer.finish()
   manifest = {
       "macjax_version": macjax.__version__,
@@ -204,9 +203,9 @@ def compress(model: Model, config: PipelineConfig, *,
       "layout": _layout_to_json(model.layout),
       "tensors": records,
       "index": index,
-      "assets": sorted(model.tokenizer_files),
   }
-  return Compressed(buckets=buckets, manifest=manifest, reconstruction=recon, timings=timings)
+  return Compressed(buckets=buckets, manifest=manifest, assets=dict(model.tokenizer_files), reconstruction=recon,
+                    timings=timings)
 
 
 def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool = True) -> dict[str, np.ndarray]:
@@ -251,9 +250,3 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
           "artifact is damaged, or it was decoded on a backend whose arithmetic differs from the encoder's")
     out[name] = W
   return out
-
-
-def assets(buckets: dict[str, np.ndarray], manifest: dict) -> dict[str, bytes]:
-  """The tokenizer files stored in an artifact, ``{file name: bytes}``."""
-  parts = artifact.unpack(buckets, manifest["index"])
-  return {f: parts[f"asset:{f}"]["bytes"].tobytes() for f in manifest.get("assets", [])}

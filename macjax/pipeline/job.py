@@ -59,7 +59,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
 
   t0 = time.perf_counter()
   say(f"save {out}")
-  artifact.save(out, compressed.buckets, compressed.manifest, overwrite=overwrite)
+  artifact.save(out, compressed.buckets, compressed.manifest, assets=compressed.assets, overwrite=overwrite)
   timings["save"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def run_decompress(path: str | os.PathLike, out_dir: str | os.PathLike, *, overw
   buckets, manifest = artifact.load(path)
   params = codec.decompress(buckets, manifest, verify=True)
   layout = codec.layout_from_json(manifest["layout"])
-  return export_hf(params, layout, codec.assets(buckets, manifest), out_dir, dtype=dtype, overwrite=overwrite)
+  return export_hf(params, layout, artifact.load_assets(path, manifest), out_dir, dtype=dtype, overwrite=overwrite)
 
 
 def run_info(path: str | os.PathLike) -> dict:
