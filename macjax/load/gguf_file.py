@@ -212,7 +212,9 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
     expected = tuple(int(d) for d in reversed(tensor.shape))
     try:
-      array = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+      array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+      # F32 comes back as a view of the read-only file map: copy it; other types are fresh arrays already.
+      array = np.array(array, dtype=np.float32, copy=np.shares_memory(array, tensor.data))
     except NotImplementedError as e:
       raise ModelLoadError(f"{where}: tensor {tensor.name!r} has quantization {tensor.tensor_type.name}, which "
                            f"gguf cannot dequantize ({e})") from e
