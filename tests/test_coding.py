@@ -101,7 +101,7 @@ def test_unseen_symbols_in_range_are_codable():
   coded = encode(x)
   w = model_weights(coded)
   assert w.sum() == 2 ** tables.PRECISION and np.all(w >= 1)
-  assert w[5] == 1
+  assert w.shape == (1, 11) and w[0, 5] == 1
   unseen = np.array([0, 5, 5, 10], np.int32)
   assert np.isfinite(information_bits(unseen, coded))
 

@@ -3,6 +3,10 @@
 Three tiers, as in tensorflow-compression: the model is built once from the serialized table
 (:func:`model_weights`, shared by encoder and decoder), the real coder writes ``uint32`` words on the host, and
 :func:`information_bits` computes ``−Σ log2 p(code)`` under that same stored model in JAX.
+
+Layout of a coded tensor: the symbols ``code − offset`` in row-major order, split into ``G`` segments (``G = 1``,
+or one per group of ``group_rows`` rows of the tensor viewed as ``[shape[0], −1]``: the context-adaptive mode,
+one model per channel group), each coded with its own model, over a 32-bit sentinel at the bottom of the ANS stack.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import constriction
 import jax.numpy as jnp
 import numpy as np
 
-from macjax.coding import tables
+from macjax.coding import models, tables
 from macjax.errors import ArtifactError, ConfigError, ShapeError
 
 FORMAT = "macjax.coded.v1"
 CODER = "ans"
-MODELS = ("histogram", "raw")
+# Stored model kinds: one model (a kind of models.KINDS), one model per row group ("grouped"), or "raw".
+STORED_MODELS = models.KINDS + ("grouped", "raw")
+# What encode(model=...) accepts: a kind, "auto" (the kind with the fewest measured bits, table included), or "raw".
+ENCODE_MODELS = models.KINDS + ("auto", "raw")
 # "raw" codes each symbol as RAW_CHUNKS chunks of RAW_CHUNK_BITS bits under a uniform model: any int32 range.
 RAW_CHUNK_BITS = 16
 RAW_CHUNKS = 2
@@ -30,6 +37,7 @@ SENTINEL = np.array([0x6D61, 0x636A], dtype=np.int32)  # "macj"
 _SENTINEL_MODEL = constriction.stream.model.Uniform(1 << 16)
 _HEADER_KEYS = {"format": str, "coder": str, "model": str, "shape": list, "offset": int, "alphabet": int,
                 "precision": int, "table_bits": int, "n_words": int}
+_MAX_GROUPS = 1 << 16
 
 
 class CodedTensor(NamedTuple):
@@ -37,9 +45,11 @@ class CodedTensor(NamedTuple):
 
   Attributes:
     words: uint32[n_words], the compressed stream.
-    table: uint8[...], the serialized probability model (everything the decoder needs besides ``header``).
-    header: JSON-able dict: ``format``, ``coder``, ``model``, ``shape`` (list of ints), ``offset`` (symbol = code −
-      offset), ``alphabet`` (number of symbols), ``precision`` (probability bits), ``table_bits``, ``n_words``.
+    table: uint8[...], the serialized probability model(s) (everything the decoder needs besides ``header``).
+    header: JSON-able dict: ``format``, ``coder``, ``model`` (a stored kind: ``histogram``, ``laplace``,
+      ``gaussian``, ``logistic``, ``grouped`` or ``raw``), ``shape`` (list of ints), ``offset`` (symbol = code −
+      offset), ``alphabet`` (number of symbols), ``precision`` (probability bits), ``table_bits``, ``n_words``;
+      and ``group_rows`` for ``grouped``.
   """
 
   words: np.ndarray
@@ -56,6 +66,10 @@ def _as_codes(codes, name: str = "codes") -> np.ndarray:
   return arr.astype(np.int32, copy=False)
 
 
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _check_header(header) -> dict:
   if not isinstance(header, dict):
     raise ArtifactError(f"coded tensor header: expected a dict, got {type(header).__name__}")
@@ -63,7 +77,7 @@ def _check_header(header) -> dict:
     if key not in header:
       raise ArtifactError(f"coded tensor header: missing key {key!r} (has {sorted(header)})")
     val = header[key]
-    if typ is int and (isinstance(val, bool) or not isinstance(val, (int, np.integer))):
+    if typ is int and not _is_int(val):
       raise ArtifactError(f"coded tensor header: {key!r} must be an int, got {val!r}")
     if typ is list and not isinstance(val, (list, tuple)):
       raise ArtifactError(f"coded tensor header: {key!r} must be a list, got {val!r}")
@@ -73,36 +87,96 @@ def _check_header(header) -> dict:
     raise ArtifactError(
         f"coded tensor header: unsupported format/coder/precision {header['format']!r}/{header['coder']!r}/"
         f"{header['precision']!r}, expected {FORMAT!r}/{CODER!r}/{tables.PRECISION}")
-  if header["model"] not in MODELS:
-    raise ArtifactError(f"coded tensor header: unknown model {header['model']!r}, expected one of {MODELS}")
+  if header["model"] not in STORED_MODELS:
+    raise ArtifactError(f"coded tensor header: unknown model {header['model']!r}, expected one of {STORED_MODELS}")
   shape = header["shape"]
-  if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
+  if not all(_is_int(d) and d >= 0 for d in shape):
     raise ArtifactError(f"coded tensor header: shape must be a list of ints >= 0, got {shape!r}")
   if not 2 <= header["alphabet"] <= tables.MAX_ALPHABET or not 1 <= header["table_bits"] <= 32:
     raise ArtifactError(f"coded tensor header: alphabet {header['alphabet']} or table_bits {header['table_bits']}"
                         f" out of range")
-  if header["n_words"] < 0:
-    raise ArtifactError(f"coded tensor header: n_words {header['n_words']} < 0")
+  if abs(header["offset"]) > 1 << 31 or header["n_words"] < 0:
+    raise ArtifactError(f"coded tensor header: offset {header['offset']} or n_words {header['n_words']} out of range")
+  if header["model"] == "grouped":
+    gr = header.get("group_rows")
+    if not (_is_int(gr) and gr >= 1 and len(shape) >= 1):
+      raise ArtifactError(f"coded tensor header: a grouped model needs an int group_rows >= 1 and a shape of rank"
+                          f" >= 1, got group_rows={gr!r}, shape={shape!r}")
   return header
 
 
-def model_weights(coded: CodedTensor) -> np.ndarray:
-  """Integer weights ``w`` (``Σ w = 2**24``, ``w ≥ 1``) of the stored model; ``p(code) = w[code − offset] / 2**24``.
+def _segments(header: dict) -> list[int]:
+  """Number of symbols of each segment (one per row group, or one in all), in coding order."""
+  shape = [int(d) for d in header["shape"]]
+  n = math.prod(shape)
+  if header["model"] == "raw":
+    return [n * RAW_CHUNKS]
+  if header["model"] != "grouped":
+    return [n]
+  rows, gr = shape[0], header["group_rows"]
+  per_row = n // rows if rows else 0
+  n_groups = -(-rows // gr)
+  if n_groups > _MAX_GROUPS:
+    raise ArtifactError(f"coded tensor header: {n_groups} row groups, more than {_MAX_GROUPS}")
+  return [per_row * (min(rows, (g + 1) * gr) - g * gr) for g in range(n_groups)]
 
-  This is the one place a model is built from its serialized table; :func:`encode`, :func:`decode` and
+
+def _frame(kind: str, table: np.ndarray) -> np.ndarray:
+  return np.concatenate([np.array([models.KINDS.index(kind)], np.uint8),
+                         tables.varint_encode(np.array([table.size])), table])
+
+
+def _unframe(table: np.ndarray, n_groups: int) -> list[tuple[str, np.ndarray]]:
+  """Splits a grouped table into (kind, sub-table) per group; raises ArtifactError on any inconsistency."""
+  t = np.asarray(table)
+  if t.dtype != np.uint8 or t.ndim != 1:
+    raise ArtifactError(f"coded tensor table: expected 1-D uint8, got dtype {t.dtype} shape {t.shape}")
+  out, pos = [], 0
+  for g in range(n_groups):
+    if pos >= t.size:
+      raise ArtifactError(f"coded tensor table: truncated at group {g} of {n_groups}")
+    kind_id = int(t[pos])
+    if kind_id >= len(models.KINDS):
+      raise ArtifactError(f"coded tensor table: group {g} has unknown model id {kind_id} (altered)")
+    end = pos + 1
+    while end < t.size and end - pos <= tables.MAX_VARINT_BYTES and t[end] >= 0x80:
+      end += 1
+    length = int(tables.varint_decode(t[pos + 1:end + 1], 1, what=f"coded tensor table (group {g} length)")[0])
+    start, stop = end + 1, end + 1 + length
+    if stop > t.size:
+      raise ArtifactError(f"coded tensor table: group {g} needs {length} bytes, {t.size - start} left (truncated)")
+    out.append((models.KINDS[kind_id], t[start:stop]))
+    pos = stop
+  if pos != t.size:
+    raise ArtifactError(f"coded tensor table: {t.size - pos} bytes left after {n_groups} groups (altered)")
+  return out
+
+
+def model_weights(coded: CodedTensor) -> np.ndarray:
+  """Integer weights ``w[g, s]`` (each row sums to ``2**24``, all ≥ 1) of the stored model of each segment ``g``.
+
+  ``p(code) = w[g, code − offset] / 2**24`` for a code of segment ``g`` (``G = 1`` unless the model is grouped).
+  This is the one place models are built from their serialized tables; :func:`encode`, :func:`decode` and
   :func:`information_bits` all call it.
 
   Raises:
     ArtifactError: the header or table is malformed, truncated, or altered.
   """
   header = _check_header(coded.header)
-  if header["model"] == "raw":
+  model = header["model"]
+  if model == "raw":
     if np.asarray(coded.table).size != 0:
-      raise ArtifactError("coded tensor table: the raw model has an empty table, got "
+      raise ArtifactError(f"coded tensor table: the raw model has an empty table, got "
                           f"{np.asarray(coded.table).size} bytes")
-    return np.full(1 << RAW_CHUNK_BITS, tables.TOTAL >> RAW_CHUNK_BITS, dtype=np.int64)
-  counts = tables.varint_decode(coded.table, header["alphabet"], what="coded tensor table")
-  return tables.weights_from_counts(counts)
+    return np.full((1, 1 << RAW_CHUNK_BITS), tables.TOTAL >> RAW_CHUNK_BITS, dtype=np.int64)
+  offset, alphabet = header["offset"], header["alphabet"]
+  if model == "grouped":
+    parts = _unframe(coded.table, len(_segments(header)))
+  else:
+    parts = [(model, coded.table)]
+  return np.stack([
+      tables.weights_from_counts(models.table_counts(kind, t, offset, alphabet, what=f"coded tensor table ({kind})"))
+      for kind, t in parts])
 
 
 def _constriction_model(weights: np.ndarray):
@@ -119,57 +193,94 @@ def _symbols(arr: np.ndarray, header: dict) -> np.ndarray:
   return flat.astype(np.int32)
 
 
-def encode(codes, *, model: str = "histogram", table_bits: int = 16) -> CodedTensor:
+def _choose_table(model: str, hist: np.ndarray, offset: int, table_bits: int) -> tuple[str, np.ndarray]:
+  """(kind, table) for a requested model; ``auto`` keeps the kind with the fewest information + table bits."""
+  kinds = models.KINDS if model == "auto" else (model,)
+  best = None
+  for kind in kinds:
+    table = models.fit_table(kind, hist, offset, table_bits)
+    if len(kinds) == 1:
+      return kind, table
+    counts = models.table_counts(kind, table, offset, hist.size)
+    bits = models.bits_under(hist, counts) + 8 * table.size
+    if best is None or bits < best[0]:
+      best = (bits, kind, table)
+  return best[1], best[2]
+
+
+def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows: int | None = None) -> CodedTensor:
   """Entropy codes an integer tensor with an ANS coder under a model stored alongside the words.
 
-  ``histogram``: the histogram of the codes over ``[min, max]``, scaled to ``2**table_bits`` total
-  (:func:`tables.quantize_histogram`) and stored as varints; coded length ≈ ``N·H`` + table. ``raw``: a uniform
-  model over ``[min, min + 2**32)`` (32 bits per code, empty table), for ranges too wide for a histogram.
+  Models (``p`` over the alphabet ``[min, max]`` of the codes):
+
+  * ``histogram``: the histogram, scaled to ``2**table_bits`` total and stored as varints; coded length ≈ ``N·H``.
+  * ``laplace`` / ``gaussian`` / ``logistic``: a fitted discrete parametric model (5–8 byte table).
+  * ``auto``: whichever of the four gives the fewest bits, table included (measured, not guessed).
+  * ``raw``: uniform over ``[min, min + 2**32)``, 32 bits per code, for ranges too wide for a table.
+
+  With ``group_rows``, the tensor is viewed as ``[shape[0], −1]`` and each run of ``group_rows`` rows (a channel
+  group) gets its own model (chosen per group with ``auto``): a context-adaptive model for tensors whose rows have
+  unequal statistics.
 
   Args:
     codes: integer array of any shape with values in int32 range.
-    model: ``"histogram"`` or ``"raw"``.
-    table_bits: precision of the stored histogram (its total is at most ``2**table_bits``).
+    model: one of ``histogram``, ``laplace``, ``gaussian``, ``logistic``, ``auto``, ``raw``.
+    table_bits: precision of a stored histogram (its total is at most ``2**table_bits``).
+    group_rows: ``None`` for one model, else the rows per channel group (not with ``raw``).
 
   Returns:
     A :class:`CodedTensor`; ``decode`` of it returns ``codes`` exactly (as int32).
 
   Raises:
-    ShapeError: ``codes`` is not integer, or its range needs more than ``2**20`` histogram symbols.
-    ConfigError: unknown ``model``.
+    ShapeError: ``codes`` is not integer, or its range needs more than ``2**20`` symbols (use ``raw``).
+    ConfigError: unknown ``model``, bad ``table_bits`` or ``group_rows``.
 
   Example:
-    >>> c = encode(np.array([[0, 1], [1, -3]], np.int32))
+    >>> c = encode(np.array([[0, 1], [1, -3]], np.int32), model="auto")
     >>> decode(c).tolist()
     [[0, 1], [1, -3]]
   """
-  if model not in MODELS:
-    raise ConfigError(f"coding: unknown model {model!r}, expected one of {MODELS}")
-  if not (isinstance(table_bits, int) and 1 <= table_bits <= 32):
+  if model not in ENCODE_MODELS:
+    raise ConfigError(f"coding: unknown model {model!r}, expected one of {ENCODE_MODELS}")
+  if not (_is_int(table_bits) and 1 <= table_bits <= 32):
     raise ConfigError(f"coding: table_bits must be an int in [1, 32], got {table_bits!r}")
+  if group_rows is not None and (not _is_int(group_rows) or group_rows < 1 or model == "raw"):
+    raise ConfigError(f"coding: group_rows must be None or an int >= 1 (and model not 'raw'), got {group_rows!r}")
   arr = _as_codes(codes)
+  if group_rows is not None and arr.ndim == 0:
+    raise ShapeError("codes: a scalar cannot be coded with group_rows; pass group_rows=None")
   lo = int(arr.min()) if arr.size else 0
   hi = int(arr.max()) if arr.size else 0
   header = {"format": FORMAT, "coder": CODER, "model": model, "shape": [int(d) for d in arr.shape],
             "offset": lo, "alphabet": 2, "precision": tables.PRECISION, "table_bits": int(table_bits),
             "n_words": 0}
-  if model == "histogram":
-    alphabet = max(hi - lo + 1, 2)
-    if alphabet > tables.MAX_ALPHABET:
-      raise ShapeError(f"codes: shape {arr.shape} spans [{lo}, {hi}] ({alphabet} symbols), more than the histogram"
-                       f" model's {tables.MAX_ALPHABET}; use model='raw' or a coarser quantizer")
-    header["alphabet"] = alphabet
-    hist = np.bincount((arr.ravel().astype(np.int64) - lo), minlength=alphabet)
-    table = tables.varint_encode(tables.quantize_histogram(hist, table_bits))
-  else:
+  if model == "raw":
     header["alphabet"] = 1 << RAW_CHUNK_BITS
     table = np.zeros(0, dtype=np.uint8)
+  else:
+    alphabet = max(hi - lo + 1, 2)
+    if alphabet > tables.MAX_ALPHABET:
+      raise ShapeError(f"codes: shape {arr.shape} spans [{lo}, {hi}] ({alphabet} symbols), more than a model's"
+                       f" {tables.MAX_ALPHABET}; use model='raw' or a coarser quantizer")
+    header["alphabet"] = alphabet
+    sym = arr.ravel().astype(np.int64) - lo
+    if group_rows is None:
+      header["model"], table = _choose_table(model, np.bincount(sym, minlength=alphabet), lo, table_bits)
+    else:
+      header["model"], header["group_rows"] = "grouped", int(group_rows)
+      bounds = np.cumsum([0] + _segments(header))
+      framed = [_frame(*_choose_table(model, np.bincount(sym[a:b], minlength=alphabet), lo, table_bits))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+      table = np.concatenate(framed) if framed else np.zeros(0, np.uint8)
   weights = model_weights(CodedTensor(np.zeros(0, np.uint32), table, header))
-  coder = constriction.stream.stack.AnsCoder()
   symbols = _symbols(arr, header)
+  coder = constriction.stream.stack.AnsCoder()
   if symbols.size:
     coder.encode_reverse(SENTINEL, _SENTINEL_MODEL)
-    coder.encode_reverse(symbols, _constriction_model(weights))
+    bounds = np.cumsum([0] + _segments(header))
+    for g in reversed(range(len(bounds) - 1)):  # a stack: the first segment goes on last
+      if bounds[g + 1] > bounds[g]:
+        coder.encode_reverse(symbols[bounds[g]:bounds[g + 1]], _constriction_model(weights[g]))
   words = np.ascontiguousarray(coder.get_compressed(), dtype=np.uint32)
   header["n_words"] = int(words.size)
   return CodedTensor(words=words, table=table, header=header)
@@ -198,14 +309,15 @@ def decode(coded: CodedTensor) -> np.ndarray:
     raise ArtifactError(f"coded tensor words: {words.size} words, header says {header['n_words']} (truncated?)")
   weights = model_weights(coded)
   shape = tuple(int(d) for d in header["shape"])
-  n = math.prod(shape) * (RAW_CHUNKS if header["model"] == "raw" else 1)
+  segments = _segments(header)
+  n = sum(segments)
   if n == 0:
     if words.size:
       raise ArtifactError(f"coded tensor words: {words.size} words for an empty tensor of shape {shape}")
     return np.zeros(shape, dtype=np.int32)
   try:
     coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words))
-    symbols = coder.decode(_constriction_model(weights), n)
+    parts = [coder.decode(_constriction_model(weights[g]), m) for g, m in enumerate(segments) if m]
     sentinel = coder.decode(_SENTINEL_MODEL, SENTINEL.size)
     exhausted = coder.is_empty()
   except Exception as e:  # constriction reports bad streams as ValueError/AssertionError
@@ -213,14 +325,12 @@ def decode(coded: CodedTensor) -> np.ndarray:
   if not (exhausted and np.array_equal(sentinel, SENTINEL)):
     raise ArtifactError(f"coded tensor words: stream of {words.size} words does not end after the {n} symbols of "
                         f"shape {shape} (truncated or altered)")
-  symbols = symbols.astype(np.int64)
+  symbols = np.concatenate(parts).astype(np.int64)
   if header["model"] == "raw":
     pairs = symbols.reshape(-1, RAW_CHUNKS)
-    flat = (pairs[:, 0] << RAW_CHUNK_BITS) | pairs[:, 1]
-  else:
-    flat = symbols
-  values = flat + header["offset"]
-  if values.size and (values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max):
+    symbols = (pairs[:, 0] << RAW_CHUNK_BITS) | pairs[:, 1]
+  values = symbols + header["offset"]
+  if values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max:
     raise ArtifactError(f"coded tensor: decoded values outside int32 for shape {shape} (altered)")
   return values.astype(np.int32).reshape(shape)
 
@@ -228,7 +338,7 @@ def decode(coded: CodedTensor) -> np.ndarray:
 def information_bits(codes, coded: CodedTensor) -> float:
   """Shannon information ``−Σ_i log2 p(codes_i)`` under the stored model of ``coded``, computed in JAX.
 
-  ``p(c) = w[c − offset] / 2**24`` with ``w`` from :func:`model_weights`, i.e. exactly the coder's model, so the
+  ``p(c) = w[g, c − offset] / 2**24`` with ``w`` from :func:`model_weights`, i.e. exactly the coder's model, so the
   real coded size ``32·len(words)`` exceeds it only by the coder's overhead (a few words, including a 32-bit
   sentinel that lets :func:`decode` detect a wrong symbol count or a damaged stream end).
 
@@ -243,11 +353,14 @@ def information_bits(codes, coded: CodedTensor) -> float:
     raise ShapeError(f"codes: shape {arr.shape} does not match the coded tensor's shape {header['shape']}")
   weights = model_weights(coded)
   symbols = _symbols(arr, header)
-  if symbols.size and (symbols.min() < 0 or symbols.max() >= weights.size):
+  if symbols.size and (symbols.min() < 0 or symbols.max() >= weights.shape[1]):
     raise ShapeError(f"codes: values of shape {arr.shape} fall outside the coded alphabet "
-                     f"[{header['offset']}, {header['offset'] + weights.size})")
-  counts = jnp.bincount(jnp.asarray(symbols), length=weights.size)
-  bits_per_symbol = tables.PRECISION - jnp.log2(jnp.asarray(weights, jnp.float32))
+                     f"[{header['offset']}, {header['offset'] + weights.shape[1]})")
+  segments = np.asarray(_segments(header))
+  segment_of = np.repeat(np.arange(segments.size), segments)
+  flat_index = jnp.asarray(segment_of * weights.shape[1] + symbols.astype(np.int64), dtype=jnp.int32)
+  counts = jnp.bincount(flat_index, length=weights.size)
+  bits_per_symbol = tables.PRECISION - jnp.log2(jnp.asarray(weights.ravel(), jnp.float32))
   return float(jnp.sum(counts.astype(jnp.float32) * bits_per_symbol))
 
 
