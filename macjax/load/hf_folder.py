@@ -48,9 +48,9 @@ def _to_array(path: pathlib.Path, name: str, view: dict) -> np.ndarray:
   if dtype == "BF16":
     raw = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
     return raw.view(np.float32).reshape(shape)
-  if dtype in _FLOAT_DTYPES:
+  if dtype in _FLOAT_DTYPES:  # (F32 data is used in place: frombuffer over the bytearray, no copy)
     return np.frombuffer(data, dtype=np.dtype(_FLOAT_DTYPES[dtype]).newbyteorder("<")).astype(
-        np.float32).reshape(shape)
+        np.float32, copy=False).reshape(shape)
   if dtype in _OTHER_DTYPES:
     return np.frombuffer(data, dtype=np.dtype(_OTHER_DTYPES[dtype]).newbyteorder("<")).astype(
         _OTHER_DTYPES[dtype]).reshape(shape)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Mapping
 
@@ -90,6 +91,7 @@ def load_model(source: str) -> Model:
     >>> len(model.layout.matrices), model.layout.matrices[0].name  # doctest: +SKIP
     (210, 'model.layers.0.self_attn.q_proj.weight')
   """
+  source = os.fspath(source)
   path = _resolve(source)
   where = str(path)
   if path.is_dir():
