@@ -66,7 +66,9 @@ def tensor_digest(array: np.ndarray) -> str:
 def _quantizer(method: str, step: float, group_size: int):
   if method != "uniform":  # config validation already restricts this; guard against future drift
     raise ValueError(f"unknown quantizer {method!r}")
-  return uniform(step=step, group_size=group_size or None)
+  q = uniform(step=step, group_size=group_size or None)
+  # One compiled program per matrix shape, instead of op-by-op dispatch.
+  return q._replace(quantize=jax.jit(q.quantize), dequantize=jax.jit(q.dequantize))
 
 
 def _meta_to_parts(meta) -> dict[str, np.ndarray]:
