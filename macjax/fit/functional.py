@@ -132,10 +132,8 @@ def functional_fit(**hyper) -> FunctionalFit:
 
     def step(carry, s):
       params, opt_state = carry
-      k_layer, k_row, k_tile = jax.random.split(jax.random.fold_in(key_data, s), 3)
-      layer = jax.random.randint(k_layer, (cfg.batch,), 0, grid.layers)
-      row = jax.random.randint(k_row, (cfg.batch,), 0, grid.rows)
-      tile = jax.random.randint(k_tile, (cfg.batch,), 0, grid.n_tiles)
+      upper = jnp.array([grid.layers, grid.rows, grid.n_tiles], jnp.int32)
+      layer, row, tile = jax.random.randint(jax.random.fold_in(key_data, s), (3, cfg.batch), 0, upper[:, None])
       loss, grads = jax.value_and_grad(loss_fn)(params, layer, row, tile, targets[layer, row, tile])
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
@@ -158,13 +156,20 @@ def functional_fit(**hyper) -> FunctionalFit:
   def predict_core(theta, grid):
     return model.predict_grid(dequantize(theta, cfg), cfg, grid)
 
+  def setup_stack(Ws, keys, grid):
+    return jax.vmap(lambda W, k: setup(W, k, grid))(Ws, keys)
+
+  def chunk_stack(params, opt_state, done, targets, key_data, start, grid):
+    return jax.vmap(lambda *a: chunk_fn(*a, start, grid))(params, opt_state, done, targets, key_data)
+
+  def predict_stack_fn(theta, grid):
+    return jax.vmap(lambda t: predict_core(t, grid))(theta)
+
   static = dict(static_argnames="grid")
-  setup_one, setup_many = jax.jit(setup, **static), jax.jit(jax.vmap(setup, in_axes=(0, 0, None)), **static)
-  chunk_one = jax.jit(chunk_fn, **static)
-  chunk_many = jax.jit(jax.vmap(chunk_fn, in_axes=(0, 0, 0, 0, 0, None, None)), **static)
+  setup_one, setup_many = jax.jit(setup, **static), jax.jit(setup_stack, **static)
+  chunk_one, chunk_many = jax.jit(chunk_fn, **static), jax.jit(chunk_stack, **static)
   finish_one, finish_many = jax.jit(finish), jax.jit(jax.vmap(finish))
-  predict_one = jax.jit(predict_core, **static)
-  predict_stack = jax.jit(jax.vmap(predict_core, in_axes=(0, None)), **static)
+  predict_one, predict_stack = jax.jit(predict_core, **static), jax.jit(predict_stack_fn, **static)
 
   def run(Ws, keys, grid, batch, setup_fn, chunk_fn_jit, finish_fn, callback):
     targets, sigma, params, opt_state, key_data = setup_fn(Ws, keys, grid=grid)

@@ -11,7 +11,9 @@ Training form — a flat ``{name: f32 array}`` dict:
 
 Stored form (:data:`Theta`) — the same flat dict, every tensor but ``out_scale`` cast to ``theta_dtype``; for
 ``int8`` each tensor ``x`` becomes codes ``q = round(x / s)`` (``int8``, ``|q| ≤ 127``) plus ``name.scale`` =
-``s = max|x| / 127`` (float32, ``s = 1`` for an all-zero tensor). ``out_scale`` stays float32. The stored form is
+``s = max|x| / 127`` (float32, ``s = 1`` for an all-zero tensor); ``bfloat16`` is stored as its raw bits in
+``uint16`` arrays (numpy's own file format and some serializers do not know bfloat16; uint16 goes anywhere).
+``out_scale`` stays float32. The stored form is
 a flat dict of arrays: it is saved as is (numpy arrays, no pickle), and its bits are exactly
 ``Σ size · itemsize · 8`` (:func:`theta_bits`). Both encoder and decoder predict from the stored form, through
 :func:`dequantize`, so they compute the same numbers.
@@ -35,6 +37,8 @@ Theta = dict  # {name: array}: the stored form of θ, see the module docstring.
 
 _FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
                  "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+_STORED_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+                  "bfloat16": np.dtype(np.uint16), "int8": np.dtype(np.int8)}
 _INT8_MAX = 127
 
 
@@ -72,13 +76,18 @@ def init_params(cfg: FitConfig, grid: Grid, *, key: jax.Array) -> dict[str, jax.
     0.0
   """
   shapes = param_shapes(cfg, grid)
-  keys = dict(zip(shapes, jax.random.split(key, len(shapes))))
+  last = f"dense_{cfg.depth}.w"
+  drawn = [n for n in shapes if n.startswith("embed.") or (n.endswith(".w") and n != last)]
+  sizes = [int(np.prod(shapes[n])) for n in drawn]
+  # One draw sliced into tensors: a single random kernel compiles much faster than one per tensor.
+  normal = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  offsets = np.cumsum([0] + sizes)
   params = {}
   for name, shape in shapes.items():
-    if name.startswith("embed."):
-      params[name] = jax.random.normal(keys[name], shape, jnp.float32)
-    elif name.endswith(".w") and name != f"dense_{cfg.depth}.w":
-      params[name] = jax.random.normal(keys[name], shape, jnp.float32) * np.float32(np.sqrt(2.0 / shape[0]))
+    if name in drawn:
+      k = drawn.index(name)
+      x = normal[offsets[k]:offsets[k + 1]].reshape(shape)
+      params[name] = x if name.startswith("embed.") else x * np.float32(np.sqrt(2.0 / shape[0]))
     elif name == "out_scale":
       params[name] = jnp.ones((), jnp.float32)
     else:
@@ -87,7 +96,7 @@ def init_params(cfg: FitConfig, grid: Grid, *, key: jax.Array) -> dict[str, jax.
 
 
 def _stored_dtype(theta_dtype: str) -> np.dtype:
-  return np.dtype(np.int8) if theta_dtype == "int8" else _FLOAT_DTYPES[theta_dtype]
+  return _STORED_DTYPES[theta_dtype]
 
 
 def theta_spec(cfg: FitConfig, grid: Grid) -> dict[str, jax.ShapeDtypeStruct]:
@@ -135,6 +144,8 @@ def quantize(params: Mapping[str, jax.Array], cfg: FitConfig) -> Theta:
       scale = jnp.where(amax > 0, amax / _INT8_MAX, 1.0).astype(jnp.float32)
       theta[name] = jnp.clip(jnp.round(x / scale), -_INT8_MAX, _INT8_MAX).astype(jnp.int8)
       theta[f"{name}.scale"] = scale
+    elif cfg.theta_dtype == "bfloat16":
+      theta[name] = jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16)
     else:
       theta[name] = x.astype(_FLOAT_DTYPES[cfg.theta_dtype])
   return theta
@@ -157,6 +168,8 @@ def dequantize(theta: Mapping[str, jax.Array], cfg: FitConfig) -> dict[str, jax.
     x = jnp.asarray(x)
     if cfg.theta_dtype == "int8" and name != "out_scale":
       params[name] = x.astype(jnp.float32) * jnp.asarray(theta[f"{name}.scale"], jnp.float32)
+    elif cfg.theta_dtype == "bfloat16" and name != "out_scale":
+      params[name] = jax.lax.bitcast_convert_type(x, jnp.bfloat16).astype(jnp.float32)
     else:
       params[name] = x.astype(jnp.float32)
   return params
