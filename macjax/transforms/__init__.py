@@ -1,1 +1,27 @@
-"""TODO"""
+"""Changes of coordinates for weight matrices: ``WeightTransform(init, apply, inverse, state_bits)`` factories.
+
+Rotations flatten (randomized Hadamard, random orthogonal, learned rotations); alignments concentrate (PCA/KLT at
+several scopes, activation-aware channel scaling). Every transform works on one ``(out, in)`` matrix, ``vmap``s over a
+stack of layers, composes with :func:`chain` / :func:`named_chain`, and says what its state costs to store.
+See :mod:`macjax.transforms.base` for the conventions.
+"""
+
+from __future__ import annotations
+
+from macjax.transforms.base import (EmptyState, SeedState, WeightTransform, chain, identity, named_chain)
+from macjax.transforms.hadamard import hadamard_matrix, hadamard_plan, randomized_hadamard
+from macjax.transforms.orthogonal import random_orthogonal, random_orthogonal_matrix
+
+__all__ = [
+    "EmptyState",
+    "SeedState",
+    "WeightTransform",
+    "chain",
+    "hadamard_matrix",
+    "hadamard_plan",
+    "identity",
+    "named_chain",
+    "random_orthogonal",
+    "random_orthogonal_matrix",
+    "randomized_hadamard",
+]
