@@ -221,6 +221,14 @@ def test_export_errors_write_nothing(tiny, tmp_path, case):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_float16_overflow_is_refused(tiny, tmp_path):
+  params = dict(tiny.params)
+  params["model.layers.0.mlp.up_proj.weight"] = params["model.layers.0.mlp.up_proj.weight"] * 1e5
+  with pytest.raises(NonFiniteError, match=r"cast to float16.*model\.layers\.0\.mlp\.up_proj\.weight"):
+    export_hf(params, tiny.layout, tiny.tokenizer_files, tmp_path / "out", dtype="float16")
+  assert not (tmp_path / "out").exists()
+
+
 def test_unsupported_dtype(tiny, tmp_path):
   with pytest.raises(ConfigError, match=r"export dtype 'int8'.*float32, float16"):
     export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "out", dtype="int8")

@@ -72,7 +72,10 @@ def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokeniz
                         f"{', '.join(RESERVED_FILES)}")
     if not isinstance(blob, (bytes, bytearray)):
       raise ExportError(f"tokenizer file {name!r} is a {type(blob).__name__}; expected bytes")
-  return {n: np.ascontiguousarray(a, dtype=EXPORT_DTYPES[dtype]) for n, a in arrays.items()}
+  with np.errstate(over="ignore"):  # an overflow is reported below, naming the tensor
+    cast = {n: np.ascontiguousarray(a, dtype=EXPORT_DTYPES[dtype]) for n, a in arrays.items()}
+  loader.check_finite(cast, f"{where} cast to {dtype} (a value beyond the {dtype} range)")
+  return cast
 
 
 def _export_config(layout: ModelLayout, dtype: str) -> dict[str, object]:

@@ -230,8 +230,10 @@ def check_tensors(params: Mapping[str, np.ndarray], spec: FamilySpec, where: str
 
   Example:
     >>> spec = llama_spec({"hidden_size": 4, "intermediate_size": 6, "num_attention_heads": 2,
-    ...     "num_hidden_layers": 0, "vocab_size": 3, "tie_word_embeddings": True})
-    >>> check_tensors({"model.embed_tokens.weight": np.zeros((3, 4)), "model.norm.weight": np.zeros(4)}, spec, "x")
+    ...     "num_hidden_layers": 1, "vocab_size": 3, "tie_word_embeddings": True})
+    >>> check_tensors({"model.embed_tokens.weight": np.zeros((3, 5))}, spec, "x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    macjax.errors.ModelLoadError: x: missing 10 tensor(s) that a llama model with this config needs: model.norm...
   """
   missing = [n for n in spec.required if n not in params]
   if missing:

@@ -178,10 +178,12 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str
   Example:
     >>> params, config, tok = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
   """
-  import gguf  # imported here: the gguf package is only needed for GGUF files
-
   path = pathlib.Path(path)
   where = str(path)
+  try:
+    import gguf  # imported here: the gguf package is only needed for GGUF files
+  except ImportError as e:
+    raise ModelLoadError(f"{where}: reading GGUF files needs the Python package gguf (`pip install gguf`)") from e
   try:
     with path.open("rb") as f:
       magic = f.read(4)
