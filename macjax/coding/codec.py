@@ -16,6 +16,7 @@ import math
 from typing import NamedTuple
 
 import constriction
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -358,10 +359,15 @@ def information_bits(codes, coded: CodedTensor) -> float:
                      f"[{header['offset']}, {header['offset'] + weights.shape[1]})")
   segments = np.asarray(_segments(header))
   segment_of = np.repeat(np.arange(segments.size), segments)
-  flat_index = jnp.asarray(segment_of * weights.shape[1] + symbols.astype(np.int64), dtype=jnp.int32)
-  counts = jnp.bincount(flat_index, length=weights.size)
-  bits_per_symbol = tables.PRECISION - jnp.log2(jnp.asarray(weights.ravel(), jnp.float32))
-  return float(jnp.sum(counts.astype(jnp.float32) * bits_per_symbol))
+  # Exact integer counts per (segment, symbol) on the host; the information itself in JAX.
+  counts = np.bincount(segment_of * weights.shape[1] + symbols.astype(np.int64), minlength=weights.size)
+  return float(_information(jnp.asarray(counts, jnp.float32), jnp.asarray(weights.ravel(), jnp.float32)))
+
+
+@jax.jit
+def _information(counts: jax.Array, weights: jax.Array) -> jax.Array:
+  """``Σ_s counts[s] · (24 − log2 w[s])``."""
+  return jnp.sum(counts * (tables.PRECISION - jnp.log2(weights)))
 
 
 def coded_bits(coded: CodedTensor) -> dict:
