@@ -116,6 +116,10 @@ def test_accepts_jax_arrays(tiny, tmp_path):
   params = {n: jnp.asarray(a) for n, a in tiny.params.items()}
   out = export_hf(params, tiny.layout, tiny.tokenizer_files, tmp_path / "out")
   assert_same_model(tiny, load_model(str(out)))
+  half = {n: jnp.asarray(a, jnp.bfloat16) for n, a in tiny.params.items()}
+  back = load_model(str(export_hf(half, tiny.layout, tiny.tokenizer_files, tmp_path / "bf16")))
+  for name, array in half.items():
+    np.testing.assert_array_equal(back.params[name], np.asarray(array, np.float32), err_msg=name)
 
 
 def test_refuses_non_empty_out_dir_unless_overwrite(tiny, tmp_path):

@@ -44,6 +44,8 @@ def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokeniz
   arrays = {}
   for name, value in params.items():
     array = np.asarray(value)
+    if array.dtype.name == "bfloat16":  # ml_dtypes (e.g. from jax): widening to float32 is exact
+      array = array.astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
       raise ExportError(f"param {name!r} has dtype {array.dtype}; expected a floating-point array")
     arrays[name] = array
@@ -74,7 +76,8 @@ def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokeniz
       raise ExportError(f"tokenizer file {name!r} is a {type(blob).__name__}; expected bytes")
   with np.errstate(over="ignore"):  # an overflow is reported below, naming the tensor
     cast = {n: np.ascontiguousarray(a, dtype=EXPORT_DTYPES[dtype]) for n, a in arrays.items()}
-  loader.check_finite(cast, f"{where} cast to {dtype} (a value beyond the {dtype} range)")
+  if any(a.dtype.itemsize > cast[n].dtype.itemsize for n, a in arrays.items()):
+    loader.check_finite(cast, f"{where} cast to {dtype} (a value beyond the {dtype} range)")
   return cast
 
 
