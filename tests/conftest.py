@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny synthetic Hugging Face folders, so the error paths and property tests run in seconds."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+TINY_LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0, "vocab_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True,
+    "hidden_act": "silu", "head_dim": 8, "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def tiny_llama_params(seed: int = 0, config: dict = TINY_LLAMA_CONFIG) -> dict[str, np.ndarray]:
+  """Random weights of a tiny LLaMA, HF names and layout, float32, heavy-tailed like trained weights."""
+  rng = np.random.default_rng(seed)
+  h, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+  hd = config["head_dim"]
+  q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+
+  def w(*shape):
+    return (rng.standard_t(5, size=shape) * 0.05).astype(np.float32)
+
+  p = {"model.embed_tokens.weight": w(v, h), "model.norm.weight": np.ones(h, np.float32)}
+  for i in range(config["num_hidden_layers"]):
+    pre = f"model.layers.{i}."
+    p.update({
+        pre + "self_attn.q_proj.weight": w(q, h), pre + "self_attn.k_proj.weight": w(kv, h),
+        pre + "self_attn.v_proj.weight": w(kv, h), pre + "self_attn.o_proj.weight": w(h, q),
+        pre + "mlp.gate_proj.weight": w(f, h), pre + "mlp.up_proj.weight": w(f, h),
+        pre + "mlp.down_proj.weight": w(h, f),
+        pre + "input_layernorm.weight": (1 + 0.1 * rng.standard_normal(h)).astype(np.float32),
+        pre + "post_attention_layernorm.weight": (1 + 0.1 * rng.standard_normal(h)).astype(np.float32),
+    })
+  return p
+
+
+def write_hf_folder(folder: pathlib.Path, params: dict[str, np.ndarray], config: dict) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "config.json").write_text(json.dumps(config))
+  save_file(params, str(folder / "model.safetensors"))
+  return folder
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path) -> pathlib.Path:
+  """A tiny LLaMA Hugging Face folder (config.json + model.safetensors)."""
+  return write_hf_folder(tmp_path / "tiny-llama", tiny_llama_params(), TINY_LLAMA_CONFIG)

@@ -1,0 +1,105 @@
+"""CLI: user errors end with one clear line, exit status 2, no traceback, and nothing written that looks valid."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from macjax import cli
+from conftest import TINY_LLAMA_CONFIG, tiny_llama_params, write_hf_folder
+
+
+def _run(capsys, *argv):
+  code = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _assert_user_error(code, err, *needles):
+  assert code == 2
+  lines = [l for l in err.strip().splitlines() if not l.startswith("[macjax]")]
+  assert len(lines) == 1 and lines[0].startswith("macjax: error: "), err
+  assert "Traceback" not in err
+  for n in needles:
+    assert n in lines[0], (n, lines[0])
+
+
+def test_compress_info_decompress(capsys, tiny_llama_dir, tmp_path):
+  art = tmp_path / "art"
+  code, out, _ = _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval")
+  assert code == 0 and "bits/param" in out and "block matrices" in out
+  code, out, _ = _run(capsys, "info", art, "--json")
+  assert code == 0 and json.loads(out)["artifact"]["params"] > 0
+  code, out, _ = _run(capsys, "decompress", art, "--out", tmp_path / "hf")
+  assert code == 0 and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_missing_model(capsys, tmp_path):
+  code, _, err = _run(capsys, "compress", tmp_path / "nowhere", "--out", tmp_path / "a", "--no-eval")
+  _assert_user_error(code, err, "nowhere")
+  assert not (tmp_path / "a").exists()
+
+
+def test_unknown_alias(capsys, tmp_path):
+  code, _, err = _run(capsys, "compress", "gpt-17", "--out", tmp_path / "a", "--no-eval")
+  _assert_user_error(code, err, "gpt-17")
+
+
+def test_unknown_architecture(capsys, tmp_path):
+  cfg = dict(TINY_LLAMA_CONFIG, model_type="mamba", architectures=["MambaForCausalLM"])
+  folder = write_hf_folder(tmp_path / "m", tiny_llama_params(), cfg)
+  code, _, err = _run(capsys, "compress", folder, "--out", tmp_path / "a", "--no-eval")
+  _assert_user_error(code, err, "mamba")
+  assert not (tmp_path / "a").exists()
+
+
+def test_nan_weight(capsys, tmp_path):
+  params = tiny_llama_params()
+  params["model.layers.0.self_attn.v_proj.weight"][0, 0] = np.nan
+  folder = write_hf_folder(tmp_path / "m", params, TINY_LLAMA_CONFIG)
+  code, _, err = _run(capsys, "compress", folder, "--out", tmp_path / "a", "--no-eval")
+  _assert_user_error(code, err, "model.layers.0.self_attn.v_proj.weight")
+  assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "quantize.stepp=0.1"], "quantize.stepp"),
+    (["--set", "quantize.step=-3"], "quantize.step"),
+    (["--config", "missing.toml"], "missing.toml"),
+], ids=["unknown-key", "bad-value", "missing-config"])
+def test_bad_config(capsys, tiny_llama_dir, tmp_path, args, needle):
+  code, _, err = _run(capsys, "compress", tiny_llama_dir, "--out", tmp_path / "a", "--no-eval", *args)
+  _assert_user_error(code, err, needle)
+  assert not (tmp_path / "a").exists()
+
+
+def test_existing_artifact_is_not_overwritten(capsys, tiny_llama_dir, tmp_path):
+  art = tmp_path / "art"
+  assert _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval")[0] == 0
+  before = sorted((p.relative_to(art), p.stat().st_size) for p in art.rglob("*") if p.is_file())
+  code, _, err = _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval", "--set", "quantize.step=0.5")
+  _assert_user_error(code, err, "already exists")
+  assert sorted((p.relative_to(art), p.stat().st_size) for p in art.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "manifest"])
+def test_damaged_artifact(capsys, tiny_llama_dir, tmp_path, damage):
+  art = tmp_path / "art"
+  assert _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval")[0] == 0
+  if damage == "truncate":
+    big = max((p for p in art.rglob("*") if p.is_file() and "/d/" in str(p)), key=lambda p: p.stat().st_size)
+    with open(big, "r+b") as f:
+      f.truncate(big.stat().st_size // 2)
+  else:
+    (art / "_CHECKPOINT_METADATA").write_text("{not json")
+  code, _, err = _run(capsys, "decompress", art, "--out", tmp_path / "hf")
+  _assert_user_error(code, err, str(art))
+  assert not (tmp_path / "hf").exists()
+
+
+def test_info_on_a_non_artifact(capsys, tmp_path):
+  code, _, err = _run(capsys, "info", tmp_path)
+  _assert_user_error(code, err, "not a macjax artifact")
