@@ -221,6 +221,8 @@ def test_smollm2_config_and_tied_head(real_models):
   assert cfg["vocab_size"] == model.params["model.embed_tokens.weight"].shape[0] == 49152
   assert cfg["rms_norm_eps"] == 1e-5 and cfg["head_dim"] == 64
   assert round(model.num_params / 1e6, 1) == 134.5
+  assert {model.source_dtypes[m.name] for m in model.layout.matrices} == {"Q4_1"}  # weights on a 4-bit grid
+  assert model.source_dtypes.keys() == model.params.keys()
   json.dumps(cfg)  # plain JSON types only
 
 
@@ -255,6 +257,7 @@ def test_minilm_tokenizer_files_are_the_folders(real_models):
   for name, blob in model.tokenizer_files.items():
     assert blob == (folder / name).read_bytes(), name
   assert round(model.num_params / 1e6, 1) == 22.7
+  assert set(model.source_dtypes.values()) == {"F32"} and model.source_dtypes.keys() == model.params.keys()
 
 
 def test_gguf_tokenizer_round_trips_shakespeare(real_models):
@@ -318,6 +321,8 @@ def test_gguf_dequantized_weights_in_hf_layout(tmp_path, qtype):
       expected = gguf.quants.dequantize(gguf.quants.quantize(array, qtype), qtype)
     np.testing.assert_array_equal(model.params[name], expected, err_msg=name)
   assert model.layout.config["tie_word_embeddings"] is False and "lm_head.weight" in model.params
+  assert model.source_dtypes["model.layers.1.mlp.down_proj.weight"] == qtype.name
+  assert model.source_dtypes["model.norm.weight"] == "F32"
 
 
 def test_gguf_config_matches_metadata(tmp_path):
@@ -404,8 +409,9 @@ def test_low_and_high_precision_weights_become_float32(tmp_path, dtype):
     numpy_dtype = {"F16": np.float16, "F64": np.float64}[dtype]
     expected = w.astype(numpy_dtype).astype(np.float32)
     folder = write_hf_folder(tmp_path / "m", config, {**params, name: w.astype(numpy_dtype)})
-  loaded = load_model(str(folder)).params[name]
-  assert loaded.dtype == np.float32
+  model = load_model(str(folder))
+  loaded = model.params[name]
+  assert loaded.dtype == np.float32 and model.source_dtypes[name] == dtype
   np.testing.assert_array_equal(loaded, expected)
 
 

@@ -8,8 +8,8 @@ with ``n = head_count`` for q and ``head_count_kv`` for k, is
     W_hf = W.reshape(n, rows / n / 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 Example:
-  >>> params, config, tok = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
-  >>> params["model.layers.0.self_attn.k_proj.weight"].shape, config["num_key_value_heads"]  # doctest: +SKIP
+  >>> raw = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+  >>> raw.params["model.layers.0.self_attn.k_proj.weight"].shape, raw.config["num_key_value_heads"]  # doctest: +SKIP
   ((192, 576), 3)
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from macjax.errors import ModelLoadError, ShapeError
 from macjax.load.gguf_tokenizer import tokenizer_files_from_gguf
+from macjax.load.raw import RawCheckpoint
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 GGUF_MAGIC = b"GGUF"
@@ -164,11 +165,11 @@ def llama_config(metadata: Mapping[str, object], has_output: bool, where: str) -
   return config
 
 
-def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, object], dict[str, bytes]]:
+def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
   """Read a llama GGUF file: dequantized float32 weights in HF names/layout, HF config, tokenizer files.
 
   Returns:
-    ``(params, config, tokenizer_files)``.
+    A :class:`RawCheckpoint`; ``source_dtypes`` holds each tensor's GGUF type (``"Q4_1"``, ``"Q8_0"``, ``"F32"``).
 
   Raises:
     ModelLoadError: not a GGUF file, truncated or corrupt, another architecture, an unknown tensor name, a
@@ -176,7 +177,8 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str
     ShapeError: a dequantized tensor's shape disagrees with its GGUF header.
 
   Example:
-    >>> params, config, tok = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+    >>> read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf").source_dtypes["model.embed_tokens.weight"]  # doctest: +SKIP
+    'Q8_0'
   """
   path = pathlib.Path(path)
   where = str(path)
@@ -205,6 +207,7 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str
   n_heads["k_proj"] = _meta(metadata, "llama.attention.head_count_kv", where, int, default=n_heads["q_proj"])
 
   params: dict[str, np.ndarray] = {}
+  dtypes: dict[str, str] = {}
   for tensor in reader.tensors:
     name = hf_name(tensor.name)
     if name is None:
@@ -230,5 +233,7 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str
     if module in n_heads:
       array = unpermute_rows(array, n_heads[module])
     params[name] = array
+    dtypes[name] = tensor.tensor_type.name
   config = llama_config(metadata, has_output="lm_head.weight" in params, where=where)
-  return params, config, tokenizer_files_from_gguf(metadata, where)
+  return RawCheckpoint(params=params, config=config, tokenizer_files=tokenizer_files_from_gguf(metadata, where),
+                       source_dtypes=dtypes)

@@ -5,8 +5,8 @@ BF16 and F64 are converted (BF16 by widening its 16 bits, which is exact; F64 by
 tensors keep their dtype so that the caller can recognise buffers such as ``embeddings.position_ids``.
 
 Example:
-  >>> params, config, tok = read_hf_folder("path/to/model")  # doctest: +SKIP
-  >>> config["model_type"], sorted(tok)[:2]  # doctest: +SKIP
+  >>> raw = read_hf_folder("path/to/model")  # doctest: +SKIP
+  >>> raw.config["model_type"], sorted(raw.tokenizer_files)[:2]  # doctest: +SKIP
   ('bert', ['special_tokens_map.json', 'tokenizer.json'])
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import safetensors
 
 from macjax.errors import ModelLoadError
+from macjax.load.raw import RawCheckpoint
 
 SINGLE_WEIGHTS = "model.safetensors"
 SHARDED_INDEX = "model.safetensors.index.json"
@@ -58,15 +59,16 @@ def _to_array(path: pathlib.Path, name: str, view: dict) -> np.ndarray:
                        f"{', '.join(['BF16', *_FLOAT_DTYPES, *_OTHER_DTYPES])}")
 
 
-def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """Every tensor of one safetensors file: floats as float32, integers/bools as they are.
+def read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Every tensor of one safetensors file (floats as float32, integers/bools as they are), and its stored dtype.
 
   Raises:
     ModelLoadError: the file is missing, truncated, or not a valid safetensors file.
 
   Example:
-    >>> read_safetensors(pathlib.Path("model.safetensors"))["embeddings.word_embeddings.weight"].dtype  # doctest: +SKIP
-    dtype('float32')
+    >>> arrays, dtypes = read_safetensors(pathlib.Path("model.safetensors"))  # doctest: +SKIP
+    >>> arrays["embeddings.word_embeddings.weight"].dtype, dtypes["embeddings.word_embeddings.weight"]  # doctest: +SKIP
+    (dtype('float32'), 'F32')
   """
   try:
     blob = path.read_bytes()
@@ -77,18 +79,19 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
   except safetensors.SafetensorError as e:
     raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({len(blob)} bytes): {e}") from e
   del blob
-  return {name: _to_array(path, name, view) for name, view in views}
+  return ({name: _to_array(path, name, view) for name, view in views},
+          {name: str(view["dtype"]) for name, view in views})
 
 
-def read_weights(folder: pathlib.Path) -> dict[str, np.ndarray]:
-  """The tensors of ``model.safetensors``, or of every shard listed by ``model.safetensors.index.json``.
+def read_weights(folder: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """The tensors (and stored dtypes) of ``model.safetensors``, or of every shard of ``model.safetensors.index.json``.
 
   Raises:
     ModelLoadError: no safetensors weights (only pickle ``.bin`` files are refused), a shard is missing, or the
       index and the shards disagree about which tensor lives where.
 
   Example:
-    >>> sorted(read_weights(pathlib.Path("minilm")))[0]  # doctest: +SKIP
+    >>> sorted(read_weights(pathlib.Path("minilm"))[0])[0]  # doctest: +SKIP
     'embeddings.LayerNorm.bias'
   """
   single, index = folder / SINGLE_WEIGHTS, folder / SHARDED_INDEX
@@ -102,18 +105,20 @@ def read_weights(folder: pathlib.Path) -> dict[str, np.ndarray]:
   if not isinstance(weight_map, dict) or not weight_map:
     raise ModelLoadError(f"{index}: expected a non-empty object 'weight_map' of tensor name -> shard file")
   params: dict[str, np.ndarray] = {}
+  dtypes: dict[str, str] = {}
   for shard_name in sorted(set(weight_map.values())):
     shard = folder / str(shard_name)
     if pathlib.Path(str(shard_name)).name != shard_name or not shard.is_file():
       raise ModelLoadError(f"{index}: shard {shard_name!r} is not a file in {folder}")
-    tensors = read_safetensors(shard)
+    tensors, shard_dtypes = read_safetensors(shard)
     listed = {n for n, s in weight_map.items() if s == shard_name}
     if set(tensors) != listed:
       extra, absent = sorted(set(tensors) - listed), sorted(listed - set(tensors))
       raise ModelLoadError(f"{shard}: holds tensors {extra[:3]} that the index does not list, and lacks "
                            f"{absent[:3]} that it lists")
     params.update(tensors)
-  return params
+    dtypes.update(shard_dtypes)
+  return params, dtypes
 
 
 def read_tokenizer_files(folder: pathlib.Path) -> dict[str, bytes]:
@@ -121,19 +126,22 @@ def read_tokenizer_files(folder: pathlib.Path) -> dict[str, bytes]:
   return {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).is_file()}
 
 
-def read_hf_folder(folder: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict, dict[str, bytes]]:
+def read_hf_folder(folder: str | pathlib.Path) -> RawCheckpoint:
   """Read a Hugging Face model folder.
 
   Args:
     folder: a folder with ``config.json`` and safetensors weights.
 
   Returns:
-    ``(params, config, tokenizer_files)``: ``{name: array}`` as stored (floats as float32), the parsed
-    ``config.json``, and ``{file name: bytes}`` of the tokenizer files.
+    A :class:`RawCheckpoint`: ``{name: array}`` as stored (floats as float32), the parsed ``config.json``,
+    ``{file name: bytes}`` of the tokenizer files, and each tensor's safetensors dtype.
 
   Example:
-    >>> params, config, tok = read_hf_folder("minilm")  # doctest: +SKIP
+    >>> read_hf_folder("minilm").config["model_type"]  # doctest: +SKIP
+    'bert'
   """
   folder = pathlib.Path(folder)
   config = read_json(folder / "config.json")
-  return read_weights(folder), config, read_tokenizer_files(folder)
+  params, dtypes = read_weights(folder)
+  return RawCheckpoint(params=params, config=config, tokenizer_files=read_tokenizer_files(folder),
+                       source_dtypes=dtypes)

@@ -74,12 +74,16 @@ class Model:
     tokenizer_files: file name -> bytes of the Hugging Face tokenizer files (``tokenizer.json``,
       ``tokenizer_config.json``, ``special_tokens_map.json``, ``vocab.txt`` ...), enough for
       ``transformers.AutoTokenizer`` and for :mod:`tokenizers` to load.
+    source_dtypes: tensor name -> how the source file stored it (``"F32"``, ``"BF16"``, GGUF types such as
+      ``"Q4_1"``). Weights read from a quantized GGUF sit on that quantizer's grid: reports should say so, and no
+      method should be tuned to that grid.
   """
 
   params: dict[str, np.ndarray]
   layout: ModelLayout
   source: str
   tokenizer_files: dict[str, bytes]
+  source_dtypes: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def num_params(self) -> int:

@@ -98,11 +98,12 @@ def load_model(source: str) -> Model:
     if not (path / "config.json").is_file():
       raise ModelLoadError(f"{where}: a folder without config.json; expected a Hugging Face model folder "
                            "(config.json + model.safetensors)")
-    params, config, tokenizer_files = hf_folder.read_hf_folder(path)
+    raw = hf_folder.read_hf_folder(path)
   elif path.suffix.lower() == ".gguf":
-    params, config, tokenizer_files = gguf_file.read_gguf(path)
+    raw = gguf_file.read_gguf(path)
   else:
     raise ModelLoadError(f"{where}: neither a folder with config.json nor a .gguf file")
-  params, spec = check_params(params, config, where)
-  return Model(params=params, layout=families.build_layout(spec, config), source=source,
-               tokenizer_files=tokenizer_files)
+  params, spec = check_params(raw.params, raw.config, where)
+  return Model(params=params, layout=families.build_layout(spec, raw.config), source=source,
+               tokenizer_files=raw.tokenizer_files,
+               source_dtypes={n: raw.source_dtypes[n] for n in params if n in raw.source_dtypes})
