@@ -349,6 +349,21 @@ def test_tiny_gguf_tokenizer(tmp_path):
   assert json.loads(files["special_tokens_map.json"])["bos_token"] == "<|im_start|>"
 
 
+def test_gguf_tokenizer_files_are_deterministic(tmp_path):
+  config = tiny_llama_config()
+  path = write_tiny_gguf(tmp_path / "t.gguf", config, tiny_llama_params(config))
+  assert load_model(str(path)).tokenizer_files == load_model(str(path)).tokenizer_files
+
+
+def test_relative_path_and_pathlike(tmp_path, monkeypatch):
+  config = tiny_bert_config()
+  write_hf_folder(tmp_path / "m", config, tiny_bert_params(config))
+  monkeypatch.chdir(tmp_path)
+  by_str, by_path = load_model("m"), load_model(tmp_path / "m")
+  assert by_str.source == "m" and by_path.source == str(tmp_path / "m")
+  assert by_str.layout == by_path.layout
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Hugging Face folders.
 
