@@ -59,6 +59,21 @@ CASES = {
                           dims=(576, 385), jit_dims=(30,)),
     "orthogonal-in": Case(lambda: T.random_orthogonal(side="input"), "input", True, bits=lambda s: 0),
     "orthogonal-both": Case(lambda: T.random_orthogonal(side="both"), "both", True, bits=lambda s: 0),
+    # a float16 basis: d·d·16 bits (d = in for the input side, out for the output side)
+    "pca-in": Case(lambda: T.pca(side="input"), "input", True, bits=lambda s: s[1] * s[1] * 16),
+    "pca-out-f32": Case(lambda: T.pca(side="output", storage_dtype=jnp.float32), "output", True,
+                        bits=lambda s: s[0] * s[0] * 32),
+    "pca-head": Case(lambda: T.pca(side="output", scope="head", block_size=16), "output", True,
+                     bits=lambda s: s[0] * 16 * 16, dims=(64, 576), jit_dims=(64,)),
+    "pca-group-act": Case(lambda: T.pca(side="input", scope="group", block_size=16, source="activations"), "input",
+                          True, stats=_act_cov, bits=lambda s: s[1] * 16 * 16, dims=(64, 384), jit_dims=(64,)),
+    "pca-absorbed": Case(lambda: T.pca(side="input", absorbed=True), "input", True, bits=lambda s: 0),
+    "scaling": Case(lambda: T.channel_scaling(alpha=0.5), "input", False, stats=_act_absmax,
+                    bits=lambda s: s[1] * 16),
+    "scaling-pow2": Case(lambda: T.channel_scaling(alpha=0.8, power_of_two=True), "input", False, stats=_act_absmax,
+                         bits=lambda s: s[1] * 8),
+    "scaling-absorbed": Case(lambda: T.channel_scaling(absorbed=True), "input", False, stats=_act_absmax,
+                             bits=lambda s: 0),
 }
 
 

@@ -11,9 +11,18 @@ from __future__ import annotations
 from macjax.transforms.base import (EmptyState, SeedState, WeightTransform, chain, identity, named_chain)
 from macjax.transforms.hadamard import hadamard_matrix, hadamard_plan, randomized_hadamard
 from macjax.transforms.orthogonal import random_orthogonal, random_orthogonal_matrix
+from macjax.transforms.pca import PCAState, orthonormalize, pca, principal_basis
+from macjax.transforms.scaling import ScaleState, channel_scaling, smoothquant_scales
 
 __all__ = [
     "EmptyState",
+    "PCAState",
+    "ScaleState",
+    "channel_scaling",
+    "orthonormalize",
+    "pca",
+    "principal_basis",
+    "smoothquant_scales",
     "SeedState",
     "WeightTransform",
     "chain",
