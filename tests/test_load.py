@@ -496,6 +496,16 @@ def _case_gguf_shape(tmp):
   return tmp / "s.gguf", ShapeError, r"model\.layers\.0\.mlp\.gate_proj\.weight.*\(96, 64\).*\(128, 64\)"
 
 
+def _case_gguf_heads_do_not_divide_rows(tmp):
+  config = tiny_llama_config(n_q=4, n_kv=2)
+  path = write_tiny_gguf(tmp / "h.gguf", config, tiny_llama_params(config))
+  data = path.read_bytes()
+  key = b"llama.attention.head_count_kv"
+  at = data.index(key) + len(key) + 4  # after the key and its uint32 value type
+  path.write_bytes(data[:at] + (3).to_bytes(4, "little") + data[at + 4:])  # 3 heads cannot split 32 k rows
+  return path, ShapeError, r"h\.gguf.*tensor 'blk\.0\.attn_k\.weight' of shape \(32, 64\).*multiple of 2 x 3 heads"
+
+
 def _case_missing_tensor(tmp):
   config = tiny_llama_config()
   params = tiny_llama_params(config)
@@ -574,6 +584,7 @@ def _case_bad_config_json(tmp):
 
 ERROR_CASES = [_case_missing_path, _case_folder_without_config, _case_not_gguf_suffix, _case_bad_magic,
                _case_unknown_model_type, _case_other_gguf_arch, _case_hf_shape, _case_gguf_shape,
+               _case_gguf_heads_do_not_divide_rows,
                _case_missing_tensor, _case_untied_without_head, _case_unexpected_tensor, _case_nan_safetensors,
                _case_inf_gguf, _case_truncated_safetensors, _case_garbage_safetensors, _case_truncated_gguf,
                _case_header_only_gguf, _case_pickle_only, _case_bad_config_json]

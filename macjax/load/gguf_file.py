@@ -217,9 +217,9 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
     expected = tuple(int(d) for d in reversed(tensor.shape))
     try:
-      array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-      # F32 comes back as a view of the read-only file map: copy it; other types are fresh arrays already.
-      array = np.array(array, dtype=np.float32, copy=np.shares_memory(array, tensor.data))
+      array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+      if np.shares_memory(array, tensor.data):  # F32 comes back as a view of the read-only file map
+        array = array.copy()
     except NotImplementedError as e:
       raise ModelLoadError(f"{where}: tensor {tensor.name!r} has quantization {tensor.tensor_type.name}, which "
                            f"gguf cannot dequantize ({e})") from e
@@ -231,7 +231,10 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
                        f"{list(map(int, tensor.shape))} reversed is {expected}")
     module = name.split(".")[-2]
     if module in n_heads:
-      array = unpermute_rows(array, n_heads[module])
+      try:
+        array = unpermute_rows(array, n_heads[module])
+      except ShapeError as e:
+        raise ShapeError(f"{where}: tensor {tensor.name!r} of shape {array.shape}: {e}") from e
     params[name] = array
     dtypes[name] = tensor.tensor_type.name
   config = llama_config(metadata, has_output="lm_head.weight" in params, where=where)
