@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -135,6 +136,8 @@ def test_refuses_non_empty_out_dir_unless_overwrite(tiny, tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(ExportError, match="not a folder"):
     export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "file", overwrite=True)
+  with pytest.raises(ExportError, match="cannot create a folder next to it"):
+    export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "file" / "sub")
   empty = tmp_path / "empty"
   empty.mkdir()
   export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, empty)  # an empty folder is fine
@@ -146,12 +149,26 @@ def test_failure_mid_write_leaves_nothing_that_looks_valid(tiny, tmp_path, monke
     raise OSError("disk full")
 
   export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "old")
+  other = {n: 2 * a for n, a in tiny.params.items()}  # what the failed overwrites would have written
   monkeypatch.setattr(pathlib.Path, "write_bytes", fail)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(ExportError, match=r"new: writing failed, nothing was changed there \(disk full\)"):
     export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "new")
-  with pytest.raises(OSError, match="disk full"):
-    export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "old", overwrite=True)
+  with pytest.raises(ExportError, match="disk full"):
+    export_hf(other, tiny.layout, tiny.tokenizer_files, tmp_path / "old", overwrite=True)
   monkeypatch.undo()
+  real_replace, calls = os.replace, []
+
+  def fail_second_replace(src, dst):  # the swap: moving the old folder aside works, moving the new one in fails
+    calls.append(dst)
+    if len(calls) == 2:
+      raise OSError("rename failed")
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", fail_second_replace)
+  with pytest.raises(ExportError, match="rename failed"):
+    export_hf(other, tiny.layout, tiny.tokenizer_files, tmp_path / "old", overwrite=True)
+  monkeypatch.undo()
+  assert len(calls) == 3  # aside, (failed) in, restored
   assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "src"]  # no "new", no temporary folders
   assert_same_model(tiny, load_model(str(tmp_path / "old")))  # the previous export is intact
 

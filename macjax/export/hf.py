@@ -132,26 +132,37 @@ def export_hf(params: dict[str, np.ndarray], layout: ModelLayout, tokenizer_file
   arrays = _check_inputs(params, layout, tokenizer_files, dtype)
   out = pathlib.Path(out_dir).expanduser().absolute()
   _prepare_out_dir(out, overwrite)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+  except OSError as e:
+    raise ExportError(f"out_dir {out}: cannot create a folder next to it ({e})") from e
   try:
     safetensors.numpy.save_file(arrays, tmp / "model.safetensors", metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(_export_config(layout, dtype), indent=2) + "\n", encoding="utf-8")
     for name, blob in tokenizer_files.items():
       (tmp / name).write_bytes(bytes(blob))
     _prepare_out_dir(out, overwrite)  # again: another writer may have filled it meanwhile
-    if out.exists():
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-      os.replace(out, old / out.name)
-      try:
-        os.replace(tmp, out)
-      except BaseException:
-        os.replace(old / out.name, out)
-        raise
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    _move_into_place(tmp, out)
+  except OSError as e:
+    raise ExportError(f"out_dir {out}: writing failed, nothing was changed there ({e})") from e
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move
   return out
+
+
+def _move_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:
+  """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and restored if the rename fails."""
+  if not out.exists():
+    os.replace(tmp, out)
+    return
+  old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+  try:
+    os.replace(out, old / out.name)
+    try:
+      os.replace(tmp, out)
+    except BaseException:
+      os.replace(old / out.name, out)
+      raise
+  finally:
+    shutil.rmtree(old, ignore_errors=True)
