@@ -383,6 +383,15 @@ def test_bert_folder(tmp_path, prefix):
   assert model.layout.matrices[5].name == f"{prefix}encoder.layer.0.output.dense.weight"
 
 
+def test_llama_config_defaults(tmp_path):
+  config = tiny_llama_config(n_q=4, n_kv=4)
+  params = tiny_llama_params(config)
+  config = {**config, "head_dim": None}
+  del config["num_key_value_heads"]  # LlamaConfig's defaults: head_dim = hidden / heads, kv heads = heads
+  model = load_model(str(write_hf_folder(tmp_path / "m", config, params)))
+  assert model.layout.by_role("k")[0].shape == (64, 64)
+
+
 def test_llama_folder_sharded_equals_single(tmp_path):
   config = tiny_llama_config(tied=False)
   params = tiny_llama_params(config)

@@ -95,7 +95,9 @@ def family_of(config: Mapping[str, object], where: str = "config.json") -> str:
 
 
 def _int(config: Mapping[str, object], key: str, where: str, default: int | None = None) -> int:
-  value = config.get(key, default)
+  value = config.get(key)
+  if value is None:  # absent, or null as some configs write it: the family's default
+    value = default
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
     raise ModelLoadError(f"{where}: key {key!r} is {value!r}; expected a positive integer")
   return int(value)
