@@ -30,6 +30,10 @@ def _codes(kind: str, seed: int = 0) -> np.ndarray:
     return x
   if kind == "huge_range_raw":
     return rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, size=(100, 3), dtype=np.int64).astype(np.int32)
+  if kind == "int32_extremes_single":
+    return np.full((3, 4), np.iinfo(np.int32).max, np.int32)
+  if kind == "int32_min_single":
+    return np.full((3, 4), np.iinfo(np.int32).min, np.int32)
   if kind == "scalar":
     return np.array(7, np.int32)
   if kind == "empty":
@@ -41,7 +45,7 @@ def _codes(kind: str, seed: int = 0) -> np.ndarray:
 
 
 KINDS = ["uniform_small", "laplace", "student_t_heavy", "all_zero", "single_symbol", "two_outliers",
-         "huge_range_raw", "scalar", "empty", "rdo_like_sparse"]
+         "huge_range_raw", "scalar", "empty", "rdo_like_sparse", "int32_extremes_single", "int32_min_single"]
 
 
 def _model(kind: str) -> str:

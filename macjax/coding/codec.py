@@ -96,8 +96,15 @@ def _check_header(header) -> dict:
   if not 2 <= header["alphabet"] <= tables.MAX_ALPHABET or not 1 <= header["table_bits"] <= 32:
     raise ArtifactError(f"coded tensor header: alphabet {header['alphabet']} or table_bits {header['table_bits']}"
                         f" out of range")
-  if abs(header["offset"]) > 1 << 31 or header["n_words"] < 0:
-    raise ArtifactError(f"coded tensor header: offset {header['offset']} or n_words {header['n_words']} out of range")
+  if header["n_words"] < 0:
+    raise ArtifactError(f"coded tensor header: n_words {header['n_words']} < 0")
+  i32 = np.iinfo(np.int32)
+  if header["model"] == "raw":
+    if not i32.min <= header["offset"] <= i32.max:
+      raise ArtifactError(f"coded tensor header: offset {header['offset']} outside int32")
+  elif not (i32.min <= header["offset"] and header["offset"] + header["alphabet"] - 1 <= i32.max):
+    raise ArtifactError(f"coded tensor header: alphabet [{header['offset']}, {header['offset']} + "
+                        f"{header['alphabet']}) leaves int32 (altered)")
   if header["model"] == "grouped":
     gr = header.get("group_rows")
     if not (_is_int(gr) and gr >= 1 and len(shape) >= 1):
@@ -186,12 +193,16 @@ def _constriction_model(weights: np.ndarray):
 
 
 def _symbols(arr: np.ndarray, header: dict) -> np.ndarray:
-  """Maps codes to the coder's symbols: ``code − offset``, or two 16-bit chunks per code for the raw model."""
-  flat = arr.ravel().astype(np.int64) - header["offset"]
+  """Maps codes to the coder's symbols: ``code − offset``, or two 16-bit chunks per code for the raw model.
+
+  The caller guarantees the codes lie in ``[offset, offset + alphabet)``; for table models ``alphabet ≤ 2**20``,
+  so the int32 difference is exact.
+  """
   if header["model"] == "raw":
+    flat = arr.ravel().astype(np.int64) - header["offset"]
     mask = (1 << RAW_CHUNK_BITS) - 1
     return np.stack([flat >> RAW_CHUNK_BITS, flat & mask], axis=1).ravel().astype(np.int32)
-  return flat.astype(np.int32)
+  return np.subtract(arr.ravel(), np.int32(header["offset"]), dtype=np.int32)
 
 
 def _choose_table(model: str, hist: np.ndarray, offset: int, table_bits: int) -> tuple[str, np.ndarray]:
@@ -259,12 +270,15 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
     header["alphabet"] = 1 << RAW_CHUNK_BITS
     table = np.zeros(0, dtype=np.uint8)
   else:
-    alphabet = max(hi - lo + 1, 2)
+    if hi == lo:  # a one-symbol tensor still gets a 2-symbol alphabet (constriction's minimum), inside int32
+      lo, hi = (lo, lo + 1) if lo < np.iinfo(np.int32).max else (lo - 1, hi)
+      header["offset"] = lo
+    alphabet = hi - lo + 1
     if alphabet > tables.MAX_ALPHABET:
       raise ShapeError(f"codes: shape {arr.shape} spans [{lo}, {hi}] ({alphabet} symbols), more than a model's"
                        f" {tables.MAX_ALPHABET}; use model='raw' or a coarser quantizer")
     header["alphabet"] = alphabet
-    sym = arr.ravel().astype(np.int64) - lo
+    sym = _symbols(arr, header)
     if group_rows is None:
       header["model"], table = _choose_table(model, np.bincount(sym, minlength=alphabet), lo, table_bits)
     else:
@@ -274,7 +288,7 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
                 for a, b in zip(bounds[:-1], bounds[1:])]
       table = np.concatenate(framed) if framed else np.zeros(0, np.uint8)
   weights = model_weights(CodedTensor(np.zeros(0, np.uint32), table, header))
-  symbols = _symbols(arr, header)
+  symbols = sym if model != "raw" else _symbols(arr, header)
   coder = constriction.stream.stack.AnsCoder()
   if symbols.size:
     coder.encode_reverse(SENTINEL, _SENTINEL_MODEL)
@@ -326,14 +340,17 @@ def decode(coded: CodedTensor) -> np.ndarray:
   if not (exhausted and np.array_equal(sentinel, SENTINEL)):
     raise ArtifactError(f"coded tensor words: stream of {words.size} words does not end after the {n} symbols of "
                         f"shape {shape} (truncated or altered)")
-  symbols = np.concatenate(parts).astype(np.int64)
+  symbols = parts[0] if len(parts) == 1 else np.concatenate(parts)
   if header["model"] == "raw":
-    pairs = symbols.reshape(-1, RAW_CHUNKS)
-    symbols = (pairs[:, 0] << RAW_CHUNK_BITS) | pairs[:, 1]
-  values = symbols + header["offset"]
-  if values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max:
-    raise ArtifactError(f"coded tensor: decoded values outside int32 for shape {shape} (altered)")
-  return values.astype(np.int32).reshape(shape)
+    pairs = symbols.astype(np.int64).reshape(-1, RAW_CHUNKS)
+    values = ((pairs[:, 0] << RAW_CHUNK_BITS) | pairs[:, 1]) + header["offset"]
+    if values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max:
+      raise ArtifactError(f"coded tensor: decoded values outside int32 for shape {shape} (altered)")
+    return values.astype(np.int32).reshape(shape)
+  # Table models: symbols < alphabet, and the header check keeps [offset, offset + alphabet) inside int32.
+  symbols = symbols.astype(np.int32, copy=False)
+  symbols += np.int32(header["offset"])
+  return symbols.reshape(shape)
 
 
 def information_bits(codes, coded: CodedTensor) -> float:
@@ -353,14 +370,17 @@ def information_bits(codes, coded: CodedTensor) -> float:
   if list(arr.shape) != [int(d) for d in header["shape"]]:
     raise ShapeError(f"codes: shape {arr.shape} does not match the coded tensor's shape {header['shape']}")
   weights = model_weights(coded)
-  symbols = _symbols(arr, header)
+  if header["model"] == "raw":
+    symbols = _symbols(arr, header).astype(np.int64)
+  else:
+    symbols = arr.ravel().astype(np.int64) - header["offset"]
   if symbols.size and (symbols.min() < 0 or symbols.max() >= weights.shape[1]):
     raise ShapeError(f"codes: values of shape {arr.shape} fall outside the coded alphabet "
                      f"[{header['offset']}, {header['offset'] + weights.shape[1]})")
   segments = np.asarray(_segments(header))
   segment_of = np.repeat(np.arange(segments.size), segments)
   # Exact integer counts per (segment, symbol) on the host; the information itself in JAX.
-  counts = np.bincount(segment_of * weights.shape[1] + symbols.astype(np.int64), minlength=weights.size)
+  counts = np.bincount(segment_of * weights.shape[1] + symbols, minlength=weights.size)
   return float(_information(jnp.asarray(counts, jnp.float32), jnp.asarray(weights.ravel(), jnp.float32)))
 
 
