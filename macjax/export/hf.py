@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import types
 import shutil
 import tempfile
 from typing import Mapping
@@ -29,7 +30,7 @@ from macjax.errors import ConfigError, MacjaxError, ModelLoadError
 from macjax.load import families, loader
 from macjax.load.layout import ModelLayout
 
-EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
+EXPORT_DTYPES = types.MappingProxyType({"float32": np.float32, "float16": np.float16})
 RESERVED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Mapping
 
 import numpy as np
@@ -25,17 +26,17 @@ from macjax.errors import ModelLoadError, ShapeError
 from macjax.load.layout import MATRIX_ROLES, MatrixInfo, ModelLayout
 
 # model_type in config.json -> family name of ModelLayout.
-SUPPORTED_MODEL_TYPES = {"llama": "llama", "bert": "bert"}
+SUPPORTED_MODEL_TYPES = types.MappingProxyType({"llama": "llama", "bert": "bert"})
 
 # Role -> module path inside one transformer block.
-LLAMA_BLOCK_MATRICES = {
+LLAMA_BLOCK_MATRICES = types.MappingProxyType({
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
     "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
-}
-BERT_BLOCK_MATRICES = {
+})
+BERT_BLOCK_MATRICES = types.MappingProxyType({
     "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
     "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense",
-}
+})
 # The prefix of BERT base-model names in checkpoints of BERT models with a head (BertForMaskedLM, ...).
 BERT_PREFIXES = ("", "bert.")
 

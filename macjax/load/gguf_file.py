@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import pathlib
+import types
 import re
 from typing import Mapping
 
@@ -28,13 +29,13 @@ from macjax.load.raw import RawCheckpoint
 SUPPORTED_ARCHITECTURES = ("llama",)
 GGUF_MAGIC = b"GGUF"
 # GGUF name (without .weight/.bias) -> Hugging Face name, outside the blocks.
-GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+GLOBAL_NAMES = types.MappingProxyType({"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"})
 # GGUF block part -> Hugging Face module inside ``model.layers.N``.
-BLOCK_NAMES = {
+BLOCK_NAMES = types.MappingProxyType({
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-}
+})
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import types
 from typing import Callable, Mapping
 
 import tokenizers
@@ -40,10 +41,10 @@ def _gpt2_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 # tokenizer.ggml.pre -> factory of the Hugging Face pre-tokenizer it stands for.
-PRE_TOKENIZERS: Mapping[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
+PRE_TOKENIZERS: Mapping[str, Callable[[], pre_tokenizers.PreTokenizer]] = types.MappingProxyType({
     "smollm": _smollm_pre_tokenizer,
     "gpt2": _gpt2_pre_tokenizer,
-}
+})
 
 
 def _get(metadata: Mapping[str, object], key: str, where: str, default: object = ...) -> object:
