@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import types
 import shutil
 import tempfile
+import types
 from typing import Mapping
 
 import numpy as np

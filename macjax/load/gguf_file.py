@@ -16,8 +16,8 @@ Example:
 from __future__ import annotations
 
 import pathlib
-import types
 import re
+import types
 from typing import Mapping
 
 import numpy as np
