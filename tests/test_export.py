@@ -253,3 +253,19 @@ def test_float16_overflow_is_refused(tiny, tmp_path):
 def test_unsupported_dtype(tiny, tmp_path):
   with pytest.raises(ConfigError, match=r"export dtype 'int8'.*float32, float16"):
     export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "out", dtype="int8")
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_transformers_loads_every_tensor(tmp_path, tied):
+  """Where torch is installed (not a dependency of macjax): LlamaForCausalLM uses every exported tensor as is."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  model = load_model(str(tiny_llama_folder(tmp_path / "src", tied=tied)))
+  out = export_hf(model.params, model.layout, model.tokenizer_files, tmp_path / "out")
+  hf, info = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32, output_loading_info=True)
+  assert not any(info.values()), info
+  state = hf.state_dict()
+  for name, array in model.params.items():
+    np.testing.assert_array_equal(state[name].numpy(), array, err_msg=name)
+  if tied:
+    np.testing.assert_array_equal(state["lm_head.weight"].numpy(), model.params["model.embed_tokens.weight"])
