@@ -537,6 +537,13 @@ def _case_unexpected_tensor(tmp):
   return tmp / "m", ModelLoadError, r"unexpected tensor 'model\.layers\.2\."
 
 
+def _case_integer_weight(tmp):
+  config = tiny_bert_config()
+  params = {**tiny_bert_params(config), "cls.seq_relationship.weight": np.ones((2, 32), np.int32)}
+  write_hf_folder(tmp / "m", config, params)
+  return tmp / "m", ModelLoadError, r"'cls\.seq_relationship\.weight' has dtype int32; expected a floating"
+
+
 def _case_nan_safetensors(tmp):
   config = tiny_bert_config()
   params = tiny_bert_params(config)
@@ -594,7 +601,8 @@ def _case_bad_config_json(tmp):
 ERROR_CASES = [_case_missing_path, _case_folder_without_config, _case_not_gguf_suffix, _case_bad_magic,
                _case_unknown_model_type, _case_other_gguf_arch, _case_hf_shape, _case_gguf_shape,
                _case_gguf_heads_do_not_divide_rows,
-               _case_missing_tensor, _case_untied_without_head, _case_unexpected_tensor, _case_nan_safetensors,
+               _case_missing_tensor, _case_untied_without_head, _case_unexpected_tensor, _case_integer_weight,
+               _case_nan_safetensors,
                _case_inf_gguf, _case_truncated_safetensors, _case_garbage_safetensors, _case_truncated_gguf,
                _case_header_only_gguf, _case_pickle_only, _case_bad_config_json]
 
