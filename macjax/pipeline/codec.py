@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from typing import Callable
@@ -63,6 +64,7 @@ def tensor_digest(array: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=32)
 def _quantizer(method: str, step: float, group_size: int):
   if method != "uniform":  # config validation already restricts this; guard against future drift
     raise ValueError(f"unknown quantizer {method!r}")
