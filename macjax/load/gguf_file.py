@@ -29,7 +29,8 @@ from macjax.load.raw import RawCheckpoint
 SUPPORTED_ARCHITECTURES = ("llama",)
 GGUF_MAGIC = b"GGUF"
 # GGUF name (without .weight/.bias) -> Hugging Face name, outside the blocks.
-GLOBAL_NAMES = types.MappingProxyType({"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"})
+GLOBAL_NAMES = types.MappingProxyType(
+    {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"})
 # GGUF block part -> Hugging Face module inside ``model.layers.N``.
 BLOCK_NAMES = types.MappingProxyType({
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",

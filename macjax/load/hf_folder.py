@@ -30,8 +30,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json")
 # safetensors dtype -> how to make a numpy array of it from raw little-endian bytes.
 _FLOAT_DTYPES = types.MappingProxyType({"F32": np.float32, "F16": np.float16, "F64": np.float64})
-_OTHER_DTYPES = types.MappingProxyType({"I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-                 "U16": np.uint16, "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_})
+_OTHER_DTYPES = types.MappingProxyType({
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16,
+    "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_})
 
 
 def read_json(path: pathlib.Path) -> dict:
