@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from macjax.quantize.base import Quantizer
 from macjax.quantize.dead_zone import DeadZoneMeta, dead_zone
+from macjax.quantize.rdoq import rdoq
 from macjax.quantize.uniform import UniformMeta, uniform
 
 # Factories by the name a config uses.
-QUANTIZERS = {"uniform": uniform, "dead_zone": dead_zone}
+QUANTIZERS = {"uniform": uniform, "dead_zone": dead_zone, "rdoq": rdoq}
 
-__all__ = ["QUANTIZERS", "DeadZoneMeta", "Quantizer", "UniformMeta", "dead_zone", "uniform"]
+__all__ = ["QUANTIZERS", "DeadZoneMeta", "Quantizer", "UniformMeta", "dead_zone", "rdoq", "uniform"]
