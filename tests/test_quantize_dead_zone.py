@@ -76,7 +76,7 @@ def test_dead_zone_lowers_rate_at_equal_distortion_on_laplacian(step, width, rec
   W = _laplace(rows=256, cols=1024, seed=1)  # 262k samples
   rate, mse = _rate_distortion(dead_zone(step, width=width, recon=recon), W)
   # The uniform quantizer's operational R(D) curve (real coded bits), interpolated at the dead-zone's distortion.
-  curve = [_rate_distortion(uniform(s), W) for s in np.geomspace(step / 3, step * 3, 25)]
+  curve = [_rate_distortion(uniform(s), W) for s in np.geomspace(step / 2, step * 2, 15)]
   rates, mses = np.array(curve).T
   order = np.argsort(mses)
   uniform_rate = float(np.interp(np.log(mse), np.log(mses[order]), rates[order]))
