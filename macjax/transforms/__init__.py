@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from macjax.transforms.base import (EmptyState, SeedState, WeightTransform, chain, identity, named_chain)
 from macjax.transforms.hadamard import hadamard_matrix, hadamard_plan, randomized_hadamard
+from macjax.transforms.learned import (LearnedRotationState, cayley, learned_rotation, rotation_objective,
+                                      soft_code_entropy)
 from macjax.transforms.orthogonal import random_orthogonal, random_orthogonal_matrix
 from macjax.transforms.pca import PCAState, orthonormalize, pca, principal_basis
 from macjax.transforms.scaling import ScaleState, channel_scaling, smoothquant_scales
 
 __all__ = [
     "EmptyState",
+    "LearnedRotationState",
+    "cayley",
+    "learned_rotation",
+    "rotation_objective",
+    "soft_code_entropy",
     "PCAState",
     "ScaleState",
     "channel_scaling",
