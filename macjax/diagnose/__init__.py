@@ -1,1 +1,21 @@
-"""TODO"""
+"""Statistics of weights in some coordinates: kurtosis, max/RMS, effective rank, top-k energy, entropy at a step.
+
+Functions of one matrix; ``jax.vmap`` them over a stack of layers. See :mod:`macjax.diagnose.stats` for the maths.
+"""
+
+from __future__ import annotations
+
+from macjax.diagnose.stats import (MatrixStats, code_entropy, effective_rank, kurtosis, matrix_stats, max_to_rms,
+                                   participation_ratio, stats_by_coordinates, top_energy_ratio)
+
+__all__ = [
+    "MatrixStats",
+    "code_entropy",
+    "effective_rank",
+    "kurtosis",
+    "matrix_stats",
+    "max_to_rms",
+    "participation_ratio",
+    "stats_by_coordinates",
+    "top_energy_ratio",
+]
