@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from macjax.transforms.base import (EmptyState, SeedState, WeightTransform, chain, identity, named_chain)
 from macjax.transforms.hadamard import hadamard_matrix, hadamard_plan, randomized_hadamard
+from macjax.transforms.invariance import InvariantRewrite, residual_pca_basis, rotate_llama
 from macjax.transforms.learned import (LearnedRotationState, cayley, learned_rotation, rotation_objective,
                                       soft_code_entropy)
 from macjax.transforms.orthogonal import random_orthogonal, random_orthogonal_matrix
@@ -18,6 +19,9 @@ from macjax.transforms.scaling import ScaleState, channel_scaling, smoothquant_s
 
 __all__ = [
     "EmptyState",
+    "InvariantRewrite",
+    "residual_pca_basis",
+    "rotate_llama",
     "LearnedRotationState",
     "cayley",
     "learned_rotation",
