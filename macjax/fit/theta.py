@@ -131,7 +131,7 @@ def quantize(params: Mapping[str, jax.Array], cfg: FitConfig) -> Theta:
   Example:
     >>> cfg = FitConfig(theta_dtype="int8")
     >>> t = quantize({"dense_0.w": jnp.array([0.5, -1.0]), "out_scale": jnp.float32(2.0)}, cfg)
-    >>> t["dense_0.w"].tolist(), float(t["dense_0.w.scale"]) * 127
+    >>> t["dense_0.w"].tolist(), round(float(t["dense_0.w.scale"]) * 127, 6)
     ([64, -127], 1.0)
   """
   theta = {}
@@ -158,7 +158,7 @@ def dequantize(theta: Mapping[str, jax.Array], cfg: FitConfig) -> dict[str, jax.
     >>> cfg = FitConfig(theta_dtype="int8")
     >>> t = {"dense_0.w": jnp.array([64, -127], jnp.int8), "dense_0.w.scale": jnp.float32(1 / 127),
     ...      "out_scale": jnp.float32(2.0)}
-    >>> dequantize(t, cfg)["dense_0.w"].round(3).tolist()
+    >>> [round(float(x), 3) for x in dequantize(t, cfg)["dense_0.w"]]
     [0.504, -1.0]
   """
   params = {}
