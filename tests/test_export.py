@@ -80,7 +80,7 @@ def test_gguf_export_is_what_llama_for_causal_lm_expects(real_models, tmp_path):
   assert "lm_head.weight" not in names and len(names) == 1 + 1 + 30 * 9  # tied: embeddings, norm, 9 per block
   config = json.loads((out / "config.json").read_text())
   assert config["tie_word_embeddings"] is True and config["architectures"] == ["LlamaForCausalLM"]
-  transformers = pytest.importorskip("transformers")
+  import transformers  # pylint: disable=g-import-not-at-top
   hf_config = transformers.AutoConfig.from_pretrained(str(out))
   assert (hf_config.model_type, hf_config.num_key_value_heads, hf_config.head_dim) == ("llama", 3, 64)
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
@@ -113,7 +113,7 @@ def test_config_records_the_stored_dtype(tmp_path):
 
 
 def test_accepts_jax_arrays(tiny, tmp_path):
-  jnp = pytest.importorskip("jax.numpy")
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   params = {n: jnp.asarray(a) for n, a in tiny.params.items()}
   out = export_hf(params, tiny.layout, tiny.tokenizer_files, tmp_path / "out")
   assert_same_model(tiny, load_model(str(out)))
@@ -255,11 +255,12 @@ def test_unsupported_dtype(tiny, tmp_path):
     export_hf(tiny.params, tiny.layout, tiny.tokenizer_files, tmp_path / "out", dtype="int8")
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_transformers_loads_every_tensor(tmp_path, tied):
   """Where torch is installed (not a dependency of macjax): LlamaForCausalLM uses every exported tensor as is."""
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
   model = load_model(str(tiny_llama_folder(tmp_path / "src", tied=tied)))
   out = export_hf(model.params, model.layout, model.tokenizer_files, tmp_path / "out")
   hf, info = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32, output_loading_info=True)

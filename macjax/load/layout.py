@@ -62,6 +62,27 @@ class ModelLayout:
   def matrix_names(self) -> frozenset[str]:
     return frozenset(m.name for m in self.matrices)
 
+  def to_json(self) -> dict:
+    """A JSON-able dict; :meth:`from_json` inverts it exactly."""
+    d = dataclasses.asdict(self)
+    d["config"] = dict(self.config)
+    return d
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, object]) -> "ModelLayout":
+    """Rebuilds a layout from :meth:`to_json`'s output.
+
+    Raises:
+      ValueError: a field is missing or of the wrong type.
+    """
+    try:
+      mats = tuple(MatrixInfo(name=str(m["name"]), role=str(m["role"]), layer=int(m["layer"]),
+                              shape=tuple(int(s) for s in m["shape"])) for m in d["matrices"])
+      return cls(family=str(d["family"]), num_layers=int(d["num_layers"]), matrices=mats, config=dict(d["config"]),
+                 name_prefix=str(d.get("name_prefix", "")))
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"malformed model layout record: {e}") from e
+
 
 @dataclasses.dataclass
 class Model:

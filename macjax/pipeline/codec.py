@@ -32,7 +32,7 @@ import numpy as np
 import macjax
 from macjax import artifact, coding
 from macjax.errors import ArtifactError, NonFiniteError
-from macjax.load.layout import MatrixInfo, Model, ModelLayout
+from macjax.load.layout import Model, ModelLayout
 from macjax.pipeline.config import PipelineConfig, to_dict
 from macjax.quantize.uniform import UniformMeta, uniform
 
@@ -129,23 +129,12 @@ def _encode_raw(name: str, a: np.ndarray, dtype: str, packer: artifact.Packer) -
   return stored.astype(np.float32), {"bits": {"codes": 0, "tables": 0, "scales": 0, "raw": int(stored.nbytes * 8)}}
 
 
-def _layout_to_json(layout: ModelLayout) -> dict:
-  return {
-      "family": layout.family,
-      "num_layers": layout.num_layers,
-      "matrices": [dataclasses.asdict(m) for m in layout.matrices],
-      "config": dict(layout.config),
-  }
-
-
 def layout_from_json(d: dict) -> ModelLayout:
-  """Inverse of the manifest's layout record."""
+  """The model layout recorded in an artifact's manifest."""
   try:
-    mats = tuple(MatrixInfo(name=m["name"], role=m["role"], layer=int(m["layer"]), shape=tuple(m["shape"]))
-                 for m in d["matrices"])
-    return ModelLayout(family=d["family"], num_layers=int(d["num_layers"]), matrices=mats, config=d["config"])
-  except (KeyError, TypeError, ValueError) as e:
-    raise ArtifactError(f"artifact manifest: malformed model layout ({e})") from e
+    return ModelLayout.from_json(d)
+  except ValueError as e:
+    raise ArtifactError(f"artifact manifest: {e}") from e
 
 
 def compress(model: Model, config: PipelineConfig, *,
@@ -204,7 +193,7 @@ def compress(model: Model, config: PipelineConfig, *,
       "macjax_version": macjax.__version__,
       "source": model.source,
       "config": to_dict(config),
-      "layout": _layout_to_json(model.layout),
+      "layout": model.layout.to_json(),
       "tensors": records,
       "index": index,
   }
