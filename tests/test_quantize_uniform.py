@@ -145,3 +145,24 @@ def test_quantize_column_matches_full_quantize(group_size):
     c, w = col(W[:, j], meta, j, W.shape[1])
     np.testing.assert_array_equal(c, codes[:, j])
     np.testing.assert_array_equal(w, W_hat[:, j])
+
+
+@pytest.mark.parametrize("scope", ["matrix", "absolute"])
+def test_matrix_and_absolute_scopes_store_one_step(scope):
+  W = jnp.asarray(_matrix("laplace_outliers"))
+  q = uniform(0.25 if scope == "matrix" else 0.003, scope=scope)
+  codes, meta = jax.jit(q.quantize)(W)
+  assert meta.step.shape == (1, 1)
+  expected = 0.25 * float(jnp.sqrt(jnp.mean(W ** 2))) if scope == "matrix" else 0.003
+  assert float(meta.step[0, 0]) == pytest.approx(expected, rel=2 ** -10)
+  err = np.abs(np.asarray(W) - np.asarray(q.dequantize(codes, meta)))
+  assert np.all(err <= 0.5 * float(meta.step[0, 0]) * (1 + 1e-6) + 1e-7)
+  c, w = q.quantize_column(W[:, 3], meta, 3, W.shape[1])
+  np.testing.assert_array_equal(c, codes[:, 3])
+
+
+def test_scope_knob_is_validated():
+  with pytest.raises(ConfigError, match="scope"):
+    uniform(scope="column")
+  with pytest.raises(ConfigError, match="scope='row'"):
+    uniform(group_size=64, scope="matrix")

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macjax.errors import ConfigError, ShapeError
+from macjax.errors import ConfigError
 from macjax.quantize.base import Quantizer
-from macjax.quantize.uniform import check_matrix, column_steps, expand_steps, group_rms_steps
+from macjax.quantize.uniform import (check_grid_knobs, check_matrix, check_meta_step, column_steps, expand_steps,
+                                     group_rms_steps)
 
 
 class DeadZoneMeta(NamedTuple):
@@ -50,7 +51,7 @@ def dead_zone_values(codes: jax.Array, step: jax.Array, width: float, recon: flo
 
 
 def dead_zone(step: float = 1 / 8, group_size: int | None = None, width: float = 1.2,
-              recon: float = 0.45) -> Quantizer:
+              recon: float = 0.45, scope: str = "row") -> Quantizer:
   """Per-group dead-zone quantizer: zero bin ``z·Δ`` wide, reconstruction ``ρ·Δ`` into each non-zero bin.
 
   Element-wise error: ``|w − ŵ| ≤ max(z/2, ρ, 1 − ρ) · Δ``.
@@ -60,6 +61,7 @@ def dead_zone(step: float = 1 / 8, group_size: int | None = None, width: float =
     group_size: ``None`` for one group per row, else the number of consecutive columns per group.
     width: zero-bin width ``z`` in steps (≥ 1; 1 is plain rounding's zero bin).
     recon: reconstruction offset ``ρ`` within a non-zero bin, in steps (in [0, 1]; 1/2 is the bin's middle).
+    scope: ``row``, ``matrix`` or ``absolute``, as in :func:`macjax.quantize.uniform.uniform`.
 
   Returns:
     A :class:`Quantizer` with ``(int32 codes, DeadZoneMeta)``; jit, vmap and :func:`gptq` work with it.
@@ -72,10 +74,7 @@ def dead_zone(step: float = 1 / 8, group_size: int | None = None, width: float =
     >>> q.dequantize(codes, meta).shape
     (4, 256)
   """
-  if not (isinstance(step, (int, float)) and np.isfinite(step) and step > 0):
-    raise ConfigError(f"dead_zone: step must be a finite number > 0, got {step!r}")
-  if group_size is not None and not (isinstance(group_size, int) and group_size >= 1):
-    raise ConfigError(f"dead_zone: group_size must be None or an int >= 1, got {group_size!r}")
+  check_grid_knobs("dead_zone", step, group_size, scope)
   if not (isinstance(width, (int, float)) and 1.0 <= width <= 64.0):
     raise ConfigError(f"dead_zone: width (zero-bin width in steps) must be in [1, 64], got {width!r}")
   if not (isinstance(recon, (int, float)) and 0.0 <= recon <= 1.0):
@@ -85,13 +84,11 @@ def dead_zone(step: float = 1 / 8, group_size: int | None = None, width: float =
   def quantize(W):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size)
+    steps = group_rms_steps(W, step, group_size, scope)
     return dead_zone_codes(W, expand_steps(steps, W.shape[1]), width), DeadZoneMeta(step=steps)
 
   def dequantize(codes, meta: DeadZoneMeta):
-    if codes.ndim != 2 or meta.step.ndim != 2 or meta.step.shape[0] != codes.shape[0]:
-      raise ShapeError(f"dead_zone: codes of shape {tuple(codes.shape)} need meta.step f32[{codes.shape[0]}, "
-                       f"n_groups], got {tuple(meta.step.shape)}")
+    check_meta_step("dead_zone", codes, meta.step)
     return dead_zone_values(codes, expand_steps(meta.step.astype(jnp.float32), codes.shape[1]), width, recon)
 
   def quantize_column(w, meta: DeadZoneMeta, j, cols: int):

@@ -46,7 +46,7 @@ def rd_choose(y: jax.Array, bits_of) -> jax.Array:
 
 
 def rdoq(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1, iters: int = 4,
-         max_abs: int = 4096) -> Quantizer:
+         max_abs: int = 4096, scope: str = "row") -> Quantizer:
   """RDOQ quantizer: uniform grid, codes chosen by ``(y − c)² + λ·bits(c)`` under the codes' own histogram.
 
   Args:
@@ -55,6 +55,7 @@ def rdoq(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1, i
     lam: ``λ``, squared steps per bit (≥ 0). About 0.05–0.3 is useful; larger values zero more weights.
     iters: re-estimations of the histogram (≥ 1).
     max_abs: codes beyond ``±max_abs`` are kept as rounded (static bound of the histogram).
+    scope: ``row``, ``matrix`` or ``absolute``, as in :func:`uniform`.
 
   Returns:
     A :class:`Quantizer` with ``(int32 codes, UniformMeta)``; ``dequantize`` is the uniform one. Its
@@ -75,13 +76,13 @@ def rdoq(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1, i
     raise ConfigError(f"rdoq: iters must be an int >= 1, got {iters!r}")
   if not (isinstance(max_abs, int) and 1 <= max_abs <= 1 << 20):
     raise ConfigError(f"rdoq: max_abs must be an int in [1, 2**20], got {max_abs!r}")
-  base = uniform(step, group_size)  # validates step and group_size
+  base = uniform(step, group_size, scope)  # validates step, group_size and scope
   lam = float(lam)
 
   def quantize(W):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size)
+    steps = group_rms_steps(W, step, group_size, scope)
     y = W / expand_steps(steps, W.shape[1])
     c_round = jnp.round(y).astype(jnp.int32)
     far = jnp.abs(c_round) > max_abs

@@ -1,9 +1,13 @@
 """Per-group uniform scalar quantization with float16-representable steps.
 
-For a group ``g`` (a whole row, or a run of ``group_size`` columns of a row) with entries ``w``:
+For a group ``g`` (``scope="row"``: a whole row, or a run of ``group_size`` columns of a row; ``scope="matrix"``:
+the whole matrix) with entries ``w``:
 
     RMS_g  = sqrt(mean(w²))
     Δ_g    = fp16(step · RMS_g)            (clipped into float16's normal range, so a zero group is safe)
+
+or, with ``scope="absolute"``, ``Δ = fp16(step)`` for every matrix (one step in the weights' own units: under a
+plain MSE criterion, equal steps everywhere are the equal-slope allocation across matrices and rows).
     code   = round(w / Δ_g)                (round half to even)
     ŵ      = code · Δ_g                    with |w − ŵ| ≤ Δ_g / 2
 
@@ -31,8 +35,9 @@ class UniformMeta(NamedTuple):
   """Metadata of :func:`uniform`.
 
   Attributes:
-    step: f32[rows, n_groups], each value exactly representable in float16; ``n_groups = 1`` for per-row groups,
-      else ``cols // group_size``. The group size is derived from the shapes (``cols // n_groups``).
+    step: f32[rows, n_groups], or f32[1, 1] for the ``matrix``/``absolute`` scopes (broadcast over the matrix);
+      each value exactly representable in float16; ``n_groups = 1`` for per-row groups, else
+      ``cols // group_size``. The group size is derived from the shapes (``cols // n_groups``).
   """
 
   step: jax.Array
@@ -63,30 +68,57 @@ def fp16_step(raw_step: jax.Array) -> jax.Array:
   return clipped.astype(jnp.float16).astype(jnp.float32)
 
 
+SCOPES = ("row", "matrix", "absolute")
+
+
+def check_grid_knobs(name: str, step, group_size, scope) -> None:
+  """Validates the knobs shared by the uniform-grid quantizers; raises :class:`ConfigError` naming the bad one."""
+  if not (isinstance(step, (int, float)) and not isinstance(step, bool) and np.isfinite(step) and step > 0):
+    raise ConfigError(f"{name}: step must be a finite number > 0, got {step!r}")
+  if group_size is not None and not (isinstance(group_size, int) and group_size >= 1):
+    raise ConfigError(f"{name}: group_size must be None or an int >= 1, got {group_size!r}")
+  if scope not in SCOPES:
+    raise ConfigError(f"{name}: scope must be one of {SCOPES}, got {scope!r}")
+  if scope != "row" and group_size is not None:
+    raise ConfigError(f"{name}: group_size={group_size} needs scope='row' (scope {scope!r} has one step per matrix)")
+
+
 def expand_steps(step: jax.Array, cols: int) -> jax.Array:
-  """Broadcasts per-group steps f32[rows, n_groups] to f32[rows, cols] (each step repeated ``cols // n_groups``)."""
+  """Broadcasts per-group steps f32[rows or 1, n_groups] to f32[rows or 1, cols] (each repeated cols/n_groups)."""
   rows, n_groups = step.shape
   if n_groups == 0 or cols % n_groups:
     raise ShapeError(f"step: shape {tuple(step.shape)} does not divide {cols} columns into equal groups")
   return jnp.repeat(step, cols // n_groups, axis=1, total_repeat_length=cols)
 
 
+def check_meta_step(name: str, codes, step) -> None:
+  """Raises :class:`ShapeError` unless ``step`` is f32[rows or 1, n_groups] for ``codes`` int32[rows, cols]."""
+  if codes.ndim != 2 or step.ndim != 2 or step.shape[0] not in (1, codes.shape[0]):
+    raise ShapeError(f"{name}: codes of shape {tuple(codes.shape)} need meta.step f32[{codes.shape[0]} or 1, "
+                     f"n_groups], got shape {tuple(step.shape)}")
+
+
 def column_steps(step: jax.Array, j, cols: int) -> jax.Array:
-  """The steps f32[rows] that apply to column ``j`` (a traced int is fine) of a ``cols``-column matrix."""
+  """The steps f32[rows or 1] that apply to column ``j`` (a traced int is fine) of a ``cols``-column matrix."""
   rows, n_groups = step.shape
   if n_groups == 0 or cols % n_groups:
     raise ShapeError(f"step: shape {tuple(step.shape)} does not divide {cols} columns into equal groups")
   return jax.lax.dynamic_index_in_dim(step, j // (cols // n_groups), axis=1, keepdims=False)
 
 
-def group_rms_steps(W: jax.Array, step: float, group_size: int | None) -> jax.Array:
-  """Returns ``fp16(step · RMS_g)`` for each group of ``W``, shape f32[rows, n_groups]."""
-  groups = group_view(W.astype(jnp.float32), group_size)
+def group_rms_steps(W: jax.Array, step: float, group_size: int | None, scope: str = "row") -> jax.Array:
+  """``fp16(step · RMS_g)`` per group of ``W`` (f32[rows, n_groups]); f32[1, 1] for ``matrix``/``absolute``."""
+  W = W.astype(jnp.float32)
+  if scope == "absolute":
+    return fp16_step(jnp.full((1, 1), step, jnp.float32))
+  if scope == "matrix":
+    return fp16_step(step * jnp.sqrt(jnp.mean(jnp.square(W))).reshape(1, 1))
+  groups = group_view(W, group_size)
   rms = jnp.sqrt(jnp.mean(jnp.square(groups), axis=-1))
   return fp16_step(step * rms)
 
 
-def uniform(step: float = 1 / 8, group_size: int | None = None) -> Quantizer:
+def uniform(step: float = 1 / 8, group_size: int | None = None, scope: str = "row") -> Quantizer:
   """Per-group uniform scalar quantization, step relative to each group's RMS.
 
   ``Δ_g = fp16(step · RMS_g)``, ``codes = round(W / Δ_g)``, ``Ŵ = codes · Δ_g``; so ``|W − Ŵ| ≤ Δ_g / 2``
@@ -97,6 +129,8 @@ def uniform(step: float = 1 / 8, group_size: int | None = None) -> Quantizer:
       weights; each halving adds ≈ 1 bit.
     group_size: ``None`` for one group per row, else the number of consecutive columns in a group (must divide
       the number of columns of the matrices it is applied to).
+    scope: ``row`` (steps relative to each row group's RMS), ``matrix`` (one step relative to the matrix's RMS),
+      or ``absolute`` (``step`` is the step itself, in the weights' units, for every matrix).
 
   Returns:
     A :class:`Quantizer` whose ``quantize(W)`` returns ``(int32 codes, UniformMeta)``; both functions jit and vmap.
@@ -115,26 +149,18 @@ def uniform(step: float = 1 / 8, group_size: int | None = None) -> Quantizer:
     >>> bool(jnp.all(jnp.abs(W - q.dequantize(codes, meta)) <= 0.5 * jnp.repeat(meta.step, 64, axis=1)))
     True
   """
-  if not (isinstance(step, (int, float)) and np.isfinite(step) and step > 0):
-    raise ConfigError(f"uniform: step must be a finite number > 0, got {step!r}")
-  if group_size is not None and not (isinstance(group_size, int) and group_size >= 1):
-    raise ConfigError(f"uniform: group_size must be None or an int >= 1, got {group_size!r}")
+  check_grid_knobs("uniform", step, group_size, scope)
   step = float(step)
 
   def quantize(W):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size)
+    steps = group_rms_steps(W, step, group_size, scope)
     codes = jnp.round(W / expand_steps(steps, W.shape[1])).astype(jnp.int32)
     return codes, UniformMeta(step=steps)
 
   def dequantize(codes, meta: UniformMeta):
-    if codes.ndim != 2:
-      raise ShapeError(f"codes: expected int32[rows, cols], got shape {tuple(codes.shape)}")
-    if meta.step.ndim != 2 or meta.step.shape[0] != codes.shape[0]:
-      raise ShapeError(
-          f"meta.step: expected f32[{codes.shape[0]}, n_groups] for codes of shape {tuple(codes.shape)}, "
-          f"got shape {tuple(meta.step.shape)}")
+    check_meta_step("uniform", codes, meta.step)
     return codes.astype(jnp.float32) * expand_steps(meta.step.astype(jnp.float32), codes.shape[1])
 
   def quantize_column(w, meta: UniformMeta, j, cols: int):
