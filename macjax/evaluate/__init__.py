@@ -49,13 +49,26 @@ DEFAULT_N_SENTENCES = 256
 
 @jax.jit
 def _head_stats(h_ref, head_ref, h_cand, head_cand, targets):
-  """Per token: reference NLL, candidate NLL, KL(ref || cand); logits live only inside this call."""
-  log_p = jax.nn.log_softmax(jnp.einsum("ti,vi->tv", h_ref, head_ref), axis=-1)
-  log_q = jax.nn.log_softmax(jnp.einsum("ti,vi->tv", h_cand, head_cand), axis=-1)
-  nll_p = -jnp.take_along_axis(log_p, targets[:, None], axis=-1)[:, 0]
-  nll_q = -jnp.take_along_axis(log_q, targets[:, None], axis=-1)[:, 0]
-  kl = jnp.maximum(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1), 0.0)
-  return nll_p, nll_q, kl
+  """Per token: reference NLL, candidate NLL, KL(ref || cand); logits live only inside this call.
+
+  With :math:`z = W h` and :math:`\\ell = \\log\\sum_v e^{z_v}` for each model,
+  :math:`\\mathrm{KL}(p\\|q) = \\sum_v p_v (z^p_v - z^q_v) - \\ell^p + \\ell^q`: one exp per logit of each
+  model (the matmuls dominate), and exactly 0 when the two logit rows are equal (both models' logits go through
+  one stacked reduction, so equal rows round alike).
+  """
+  z = jnp.stack([jnp.einsum("ti,vi->tv", h_ref, head_ref), jnp.einsum("ti,vi->tv", h_cand, head_cand)])
+  m = jnp.max(z, axis=-1, keepdims=True)
+  e = jnp.exp(z - m)
+  s = jnp.sum(e, axis=-1)
+  lse = jnp.log(s) + m[..., 0]
+  kl = jnp.maximum(jnp.sum(e[0] * (z[0] - z[1]), axis=-1) / s[0] - lse[0] + lse[1], 0.0)
+  nll = lse - jnp.take_along_axis(z, jnp.broadcast_to(targets[None, :, None], (2, targets.shape[0], 1)), -1)[..., 0]
+  return nll[0], nll[1], kl
+
+
+@jax.jit
+def _head_nll(h, head, targets):
+  return metrics.token_nll(jnp.einsum("ti,vi->tv", h, head), targets)
 
 
 def _stderr_of_mean(per_group: np.ndarray) -> float:
@@ -76,12 +89,19 @@ class Evaluator:
   For a BERT model it builds ``n_sentences`` held-out passages (:func:`text.sentences`), sorts them by length into
   chunks padded to a multiple of 32 tokens (a handful of compiled shapes), and caches the reference embeddings.
 
-  Measured on the 2-core development CPU (shared), SmolLM2-135M: ``n_seq=24, seq_len=256`` (6120 scored tokens)
-  — building the evaluator (reference pass) ~16 s, each candidate ~30 s, so one :func:`quality` call ~46 s plus
-  ~6 s of first compile. The reference perplexity there is ~30 and the standard error of the perplexity's relative
-  change between two models (from per-window means) is reported as ``perplexity_rel_change_stderr`` — typically
-  a few tenths of a percent for a +5% change, well below the effects being compared. MiniLM:
-  ``n_sentences=256`` — build ~2 s, each candidate ~2 s, first compile ~3 s.
+  Sizes and costs, measured on the 2-core development CPU shared with other jobs (CPU-seconds are what this
+  process used; wall time is ~0.7x that when the machine is quiet, 2-3x under a load average of 7-9):
+
+  * SmolLM2-135M, defaults ``n_seq=24, seq_len=256``: 6120 scored predictions drawn from 24 windows spread
+    over 6 held-out works. Build (reference pass) 10.5 CPU-s, each candidate 17 CPU-s; one :func:`quality` call
+    28 CPU-s (wall 20 s on a momentarily quiet machine, 59 s under load 7). Reference perplexity on this text: 48.3 (Shakespeare, sonnets included,
+    windows start mid-text without BOS). Statistical resolution: for a candidate at +2.6% perplexity the standard
+    error of ``perplexity_rel_change`` (over per-window means of the paired NLL difference) is 0.5 points and that
+    of ``kl`` 10% of its value: enough to rank methods a few percent apart; raise ``n_seq`` for finer claims
+    (error ~ 1/sqrt(n_seq), cost ~ n_seq).
+  * MiniLM-L6, default ``n_sentences=256`` held-out passages of 8-64 words: build 1.8 CPU-s, each candidate
+    1.8 CPU-s; one :func:`quality` call 3.5 CPU-s warm, 6 CPU-s with the first compile (wall 8-14 s under load).
+    Standard error of ``cosine_mean``: 2e-5 at cosine 0.998.
 
   Args:
     reference: the reference :class:`~macjax.load.layout.Model` (its params, layout.config, tokenizer files).
@@ -197,15 +217,18 @@ class Evaluator:
 
   @functools.cached_property
   def reference_perplexity(self) -> float:
-    """Perplexity of the reference on the held-out windows (LLaMA only)."""
+    """Perplexity of the reference on the held-out windows (LLaMA only), from the cached hidden states."""
     if self.family != "llama":
       raise ConfigError(f"evaluate: reference_perplexity is defined for 'llama' models; this one is {self.family!r}")
-    h = self._ref_hidden[:, :-1].reshape(-1, self._ref_hidden.shape[-1])
+    dim = self._ref_hidden.shape[-1]
+    h = self._ref_hidden[:, :-1].reshape(-1, dim)
     targets = self.tokens[:, 1:].reshape(-1)
     total = 0.0
     for start in range(0, len(targets), self.head_chunk):
-      logits = jnp.einsum("ti,vi->tv", h[start:start + self.head_chunk], self._ref_head)
-      total += float(jnp.sum(metrics.token_nll(logits, targets[start:start + self.head_chunk])))
+      stop = min(start + self.head_chunk, len(targets))
+      pad = self.head_chunk - (stop - start)
+      nll = _head_nll(np.pad(h[start:stop], [(0, pad), (0, 0)]), self._ref_head, np.pad(targets[start:stop], (0, pad)))
+      total += float(np.sum(np.asarray(nll, np.float64)[:stop - start]))
     return math.exp(total / len(targets))
 
   def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,8 +265,9 @@ def quality(reference, params: Mapping[str, Any], *, n_seq: int = DEFAULT_N_SEQ,
   Args:
     reference: the reference :class:`~macjax.load.layout.Model`.
     params: the candidate ``{HF name: array}`` (e.g. decompressed weights).
-    n_seq, seq_len: held-out windows for causal LMs (defaults 24 x 256: ~46 s per call for SmolLM2 on 2 CPU cores).
-    n_sentences: held-out passages for encoders (default 256: ~5 s per call for MiniLM).
+    n_seq, seq_len: held-out windows for causal LMs (defaults 24 x 256: 28 CPU-s per call for SmolLM2 on the
+      2-core CPU; see :class:`Evaluator`).
+    n_sentences: held-out passages for encoders (default 256: 3.5-6 CPU-s per call for MiniLM).
 
   Returns:
     See :meth:`Evaluator.__call__`.
