@@ -10,9 +10,11 @@ from macjax.quantize.base import Quantizer
 from macjax.quantize.dead_zone import DeadZoneMeta, dead_zone
 from macjax.quantize.gptq import gptq
 from macjax.quantize.rdoq import rdoq
+from macjax.quantize.trellis import trellis
 from macjax.quantize.uniform import UniformMeta, uniform
 
 # Factories by the name a config uses; gptq(base, ...) wraps any of them (its quantize also takes H = XᵀX).
-QUANTIZERS = {"uniform": uniform, "dead_zone": dead_zone, "rdoq": rdoq}
+QUANTIZERS = {"uniform": uniform, "dead_zone": dead_zone, "rdoq": rdoq, "trellis": trellis}
 
-__all__ = ["QUANTIZERS", "DeadZoneMeta", "Quantizer", "UniformMeta", "dead_zone", "gptq", "rdoq", "uniform"]
+__all__ = ["QUANTIZERS", "DeadZoneMeta", "Quantizer", "UniformMeta", "dead_zone", "gptq", "rdoq", "trellis",
+           "uniform"]

@@ -1,0 +1,148 @@
+"""Trellis-coded (dependent) quantization, as in VVC and NNCodec/DeepCABAC: two interleaved scalar quantizers
+switched by a 4-state machine driven by the parity of the previous codes, codes chosen by a Viterbi search.
+
+Per row (rows are independent and run in parallel), in units of the fine step ``Δ_g`` (``y = w / Δ_g``):
+
+    quantizer of state s:  Q0 (s ∈ {0, 1}): ŷ = 2k            Q1 (s ∈ {2, 3}): ŷ = 2k − sign(k)
+    next state:            s' = T[s][k mod 2],   T = [[0, 2], [2, 0], [1, 3], [3, 1]],   s = 0 at each row start
+    codes = argmin over paths  Σ_j (y_j − ŷ_j)² + λ · bits(k_j)
+
+Each quantizer alone has step ``2Δ``; their union is the ``Δ`` grid, and the trellis lets the encoder pick, per
+weight, whichever of the two grids the path allows — a granular (space-filling) gain that plain scalar rounding
+cannot have: ≈ 0.1–0.15 bit/weight at equal MSE on Laplacian and real weights. The decoder replays the state
+machine (:func:`trellis_values`); the codes are ordinary integers coded by :func:`macjax.coding.encode`, and
+``bits(k) = −log2 p̂(k)`` is the codes' own histogram, re-estimated ``iters`` times (the first pass is pure
+distortion, i.e. TCQ). Candidates per state: the two nearest levels of its quantizer, and 0.
+
+At equal distortion, the fine step ``Δ`` is ≈ 0.6 × the step plain rounding would use.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from macjax.errors import ConfigError
+from macjax.quantize.base import Quantizer
+from macjax.quantize.rdoq import histogram_bits
+from macjax.quantize.uniform import (UniformMeta, check_grid_knobs, check_matrix, check_meta_step, expand_steps,
+                                     group_rms_steps)
+
+# TRANSITIONS[state, parity] -> next state (VVC's dependent quantization).
+TRANSITIONS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int32)
+N_STATES = 4
+_BIG = 1e30
+
+
+def level(k: jax.Array, quantizer: jax.Array) -> jax.Array:
+  """Reconstruction level in units of Δ: ``2k`` for Q0, ``2k − sign(k)`` for Q1."""
+  k = k.astype(jnp.float32)
+  return jnp.where(quantizer == 0, 2.0 * k, 2.0 * k - jnp.sign(k))
+
+
+def _candidates(y: jax.Array) -> jax.Array:
+  """k candidates f32[rows, 4 states, 3]: the two nearest levels of the state's quantizer, and 0."""
+  k0 = jnp.floor(y / 2.0)
+  q0 = jnp.stack([k0, k0 + 1.0, jnp.zeros_like(y)], axis=-1)
+  kk = jnp.floor((jnp.abs(y) + 1.0) / 2.0)
+  sgn = jnp.where(y >= 0, 1.0, -1.0)
+  q1 = jnp.stack([sgn * kk, sgn * (kk + 1.0), jnp.zeros_like(y)], axis=-1)
+  return jnp.stack([q0, q0, q1, q1], axis=1)
+
+
+def viterbi(y: jax.Array, bit_table: jax.Array, lam: float, max_abs: int) -> jax.Array:
+  """Minimum-cost codes int32[rows, cols] for ``y`` (f32[rows, cols], in Δ units) through the 4-state trellis.
+
+  ``bit_table[k + max_abs]`` prices a code ``k`` (codes beyond ``±max_abs`` take the edge price).
+  """
+  rows, _ = y.shape
+  trans = jnp.asarray(TRANSITIONS)
+  quantizer_of_state = jnp.array([0, 0, 1, 1], jnp.int32)
+  start = jnp.full((rows, N_STATES), _BIG, jnp.float32).at[:, 0].set(0.0)
+
+  def forward(cost, y_col):
+    k = _candidates(y_col)  # [rows, 4, 3]
+    yhat = level(k, quantizer_of_state[None, :, None])
+    bits = bit_table[jnp.clip(k.astype(jnp.int32), -max_abs, max_abs) + max_abs]
+    total = (cost[:, :, None] + jnp.square(y_col[:, None, None] - yhat) + lam * bits).reshape(rows, -1)
+    nxt = trans[jnp.arange(N_STATES)[:, None], (k.astype(jnp.int32) & 1)].reshape(rows, -1)  # [rows, 12]
+    masked = jnp.where(nxt[:, None, :] == jnp.arange(N_STATES)[None, :, None], total[:, None, :], _BIG)
+    best = jnp.argmin(masked, axis=-1)  # [rows, 4]: index into the 12 (state, candidate) pairs
+    new_cost = jnp.take_along_axis(masked, best[..., None], axis=-1)[..., 0]
+    k_in = jnp.take_along_axis(k.reshape(rows, -1), best, axis=-1)
+    return new_cost, (k_in.astype(jnp.int32), (best // 3).astype(jnp.int32))
+
+  cost, (k_in, prev) = jax.lax.scan(forward, start, y.T)  # k_in, prev: [cols, rows, 4]
+  last = jnp.argmin(cost, axis=-1).astype(jnp.int32)
+
+  def backward(state, step):
+    k_col, prev_col = step
+    r = jnp.arange(rows)
+    return prev_col[r, state], k_col[r, state]
+
+  _, codes_t = jax.lax.scan(backward, last, (k_in, prev), reverse=True)
+  return codes_t.T
+
+
+def trellis_values(codes: jax.Array) -> jax.Array:
+  """Replays the state machine along each row: reconstruction levels f32[rows, cols] in units of Δ."""
+  trans = jnp.asarray(TRANSITIONS)
+
+  def step(state, k_col):
+    yhat = level(k_col, state >> 1)
+    return trans[state, k_col & 1], yhat
+
+  _, levels_t = jax.lax.scan(step, jnp.zeros(codes.shape[0], jnp.int32), codes.T)
+  return levels_t.T
+
+
+def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1, iters: int = 3,
+            max_abs: int = 4096, scope: str = "row") -> Quantizer:
+  """Dependent (trellis-coded) quantizer with rate–distortion Viterbi search; see the module docstring.
+
+  Args:
+    step: the fine step ``Δ`` (the union grid; each quantizer has ``2Δ``) as a fraction of the group RMS, or an
+      absolute step with ``scope="absolute"``.
+    group_size: ``None`` for one group per row, else columns per group (``scope="row"`` only).
+    lam: ``λ`` in squared fine steps per bit (≥ 0); 0 is pure trellis-coded quantization.
+    iters: Viterbi passes (≥ 1); pass 1 uses λ = 0, later ones price codes by the previous pass's histogram.
+    max_abs: static bound of the histogram used for pricing.
+    scope: ``row``, ``matrix`` or ``absolute``, as in :func:`macjax.quantize.uniform.uniform`.
+
+  Returns:
+    A :class:`Quantizer` with ``(int32 codes, UniformMeta)``; no ``quantize_column`` (a code's meaning depends on
+    the row's earlier codes).
+
+  Example:
+    >>> import jax
+    >>> W = jax.random.laplace(jax.random.key(0), (8, 64))
+    >>> q = trellis(step=1 / 4, lam=0.1)
+    >>> codes, meta = jax.jit(q.quantize)(W)
+    >>> q.dequantize(codes, meta).shape
+    (8, 64)
+  """
+  check_grid_knobs("trellis", step, group_size, scope)
+  if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
+    raise ConfigError(f"trellis: lam must be a finite number >= 0, got {lam!r}")
+  if not (isinstance(iters, int) and iters >= 1):
+    raise ConfigError(f"trellis: iters must be an int >= 1, got {iters!r}")
+  if not (isinstance(max_abs, int) and 1 <= max_abs <= 1 << 20):
+    raise ConfigError(f"trellis: max_abs must be an int in [1, 2**20], got {max_abs!r}")
+  step, lam = float(step), float(lam)
+
+  def quantize(W):
+    check_matrix(W)
+    W = W.astype(jnp.float32)
+    steps = group_rms_steps(W, step, group_size, scope)
+    y = W / expand_steps(steps, W.shape[1])
+    codes = viterbi(y, jnp.zeros(2 * max_abs + 1, jnp.float32), 0.0, max_abs)
+    for _ in range(iters - 1):
+      codes = viterbi(y, histogram_bits(codes, max_abs), lam, max_abs)
+    return codes, UniformMeta(step=steps)
+
+  def dequantize(codes, meta: UniformMeta):
+    check_meta_step("trellis", codes, meta.step)
+    return trellis_values(codes) * expand_steps(meta.step.astype(jnp.float32), codes.shape[1])
+
+  return Quantizer(quantize=quantize, dequantize=dequantize)

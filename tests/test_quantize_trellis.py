@@ -1,0 +1,108 @@
+"""Trellis-coded (dependent) quantization: the state machine, Viterbi optimality, and its rate gain."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from macjax.coding import encode
+from macjax.errors import ConfigError
+from macjax.quantize import QUANTIZERS, trellis, uniform
+from macjax.quantize.trellis import TRANSITIONS, trellis_values, viterbi
+
+
+def test_state_machine_replay_by_hand():
+  # s=0 (Q0): k=1 → 2, parity 1 → s=2 (Q1): k=1 → 1 → s=3 (Q1): k=0 → 0, parity 0 → s=3: k=−1 → −1.
+  codes = jnp.array([[1, 1, 0, -1], [0, 0, 0, 2]], jnp.int32)
+  np.testing.assert_array_equal(trellis_values(codes), [[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 4.0]])
+
+
+def _path_cost(y_row, ks, table, lam, max_abs):
+  s, cost = 0, 0.0
+  for y, k in zip(y_row, ks):
+    q = s >> 1
+    yhat = 2 * k if q == 0 else 2 * k - np.sign(k)
+    cost += (y - yhat) ** 2 + lam * table[int(np.clip(k, -max_abs, max_abs)) + max_abs]
+    s = TRANSITIONS[s][k & 1]
+  return cost
+
+
+def _candidates(y, s):
+  if s < 2:
+    k0 = int(np.floor(y / 2))
+    return {k0, k0 + 1, 0}
+  kk = int(np.floor((abs(y) + 1) / 2))
+  sgn = 1 if y >= 0 else -1
+  return {sgn * kk, sgn * (kk + 1), 0}
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 3.0], ids=["tcq", "rd", "heavy"])
+def test_viterbi_finds_the_cheapest_path(lam):
+  rng = np.random.default_rng(0)
+  max_abs = 8
+  y = (rng.laplace(size=(4, 6)) * 3).astype(np.float32)
+  table = rng.uniform(0.5, 6.0, size=2 * max_abs + 1).astype(np.float32)
+  codes = np.asarray(viterbi(jnp.asarray(y), jnp.asarray(table), lam, max_abs))
+  for r in range(y.shape[0]):
+    best = np.inf
+
+    def search(j, s, cost):
+      nonlocal best
+      if cost >= best:
+        return
+      if j == y.shape[1]:
+        best = cost
+        return
+      for k in _candidates(y[r, j], s):
+        q = s >> 1
+        yhat = 2 * k if q == 0 else 2 * k - np.sign(k)
+        c = (y[r, j] - yhat) ** 2 + lam * table[int(np.clip(k, -max_abs, max_abs)) + max_abs]
+        search(j + 1, TRANSITIONS[s][k & 1], cost + c)
+
+    search(0, 0, 0.0)
+    assert _path_cost(y[r], codes[r], table, lam, max_abs) == pytest.approx(best, rel=1e-5, abs=1e-5)
+
+
+def test_jit_eager_vmap():
+  q = trellis(1 / 4, lam=0.2)
+  stack = jnp.asarray(np.random.default_rng(1).laplace(size=(2, 16, 64)).astype(np.float32))
+  cv, mv = jax.vmap(q.quantize)(stack)
+  dv = jax.vmap(q.dequantize)(cv, mv)
+  for i in range(2):
+    c, m = jax.jit(q.quantize)(stack[i])
+    np.testing.assert_array_equal(cv[i], c)
+    np.testing.assert_array_equal(dv[i], jax.jit(q.dequantize)(c, m))
+
+
+def _rate_distortion(q, W, jit=False):
+  codes, meta = (jax.jit(q.quantize) if jit else q.quantize)(jnp.asarray(W))
+  coded = encode(np.asarray(codes))
+  bits = 32 * coded.words.size + 8 * coded.table.size
+  return bits / W.size, float(np.mean((W - np.asarray(q.dequantize(codes, meta))) ** 2))
+
+
+@pytest.mark.parametrize("step,lam,min_gain", [(0.1, 0.3, 0.1), (0.3, 0.3, 0.08)], ids=["4.3bit", "3bit"])
+def test_trellis_lowers_rate_at_equal_distortion_on_laplacian(step, lam, min_gain):
+  W = np.random.default_rng(1).laplace(size=(128, 1024)).astype(np.float32)
+  rate, mse = _rate_distortion(trellis(step, lam=lam), W, jit=True)
+  curve = [_rate_distortion(uniform(s), W) for s in np.geomspace(step, step * 3, 15)]
+  rates, mses = np.array(curve).T
+  order = np.argsort(mses)
+  assert mses.min() <= mse <= mses.max()
+  uniform_rate = float(np.interp(np.log(mse), np.log(mses[order]), rates[order]))
+  assert rate <= uniform_rate - min_gain
+
+
+@pytest.mark.parametrize("kw", [dict(lam=-1.0), dict(iters=0), dict(max_abs=0), dict(scope="x")],
+                         ids=["lam", "iters", "max_abs", "scope"])
+def test_bad_knobs_raise(kw):
+  with pytest.raises(ConfigError):
+    trellis(**kw)
+
+
+def test_registered_for_configs():
+  assert QUANTIZERS["trellis"] is trellis
