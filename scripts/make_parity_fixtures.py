@@ -55,7 +55,8 @@ def _banner(msg: str) -> None:
 def _tokenizer_samples() -> list[str]:
   from macjax.evaluate import text
   hamlet = text.read_work("hamlet")
-  return [hamlet[:1500], hamlet[20000:21500], "  Leading spaces,\ttabs\n\nand\r\nnewlines… «quotes» 日本語 ß 😀 0.5e-3"]
+  odd = "  Leading spaces,\ttabs\n\nand\r\nnewlines… «quotes» 日本語 ß 😀 0.5e-3"
+  return [hamlet[:1500], hamlet[20000:21500], odd]
 
 
 def _check_same_ids(what: str, ours: list[list[int]], theirs: list[list[int]]) -> None:
@@ -162,7 +163,8 @@ def make_bert(out_dir: pathlib.Path, work: pathlib.Path) -> dict[str, np.ndarray
   enc = exported_tok(list(BERT_INPUTS), padding=True, return_tensors="np")
   assert np.array_equal(enc["input_ids"], tokens) and np.array_equal(enc["attention_mask"], mask), "batch mismatch"
   with torch.no_grad():
-    out = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)), attention_mask=torch.from_numpy(mask.astype(np.int64)))
+    out = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
+             attention_mask=torch.from_numpy(mask.astype(np.int64)))
   h = out.last_hidden_state.float().numpy().astype(np.float64)
   m = mask[..., None].astype(np.float64)
   emb = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)

@@ -93,12 +93,12 @@ class Evaluator:
   process used; wall time is ~0.7x that when the machine is quiet, 2-3x under a load average of 7-9):
 
   * SmolLM2-135M, defaults ``n_seq=24, seq_len=256``: 6120 scored predictions drawn from 24 windows spread
-    over 6 held-out works. Build (reference pass) 10.5 CPU-s, each candidate 17 CPU-s; one :func:`quality` call
-    28 CPU-s (wall 20 s on a momentarily quiet machine, 59 s under load 7). Reference perplexity on this text: 48.3 (Shakespeare, sonnets included,
-    windows start mid-text without BOS). Statistical resolution: for a candidate at +2.6% perplexity the standard
-    error of ``perplexity_rel_change`` (over per-window means of the paired NLL difference) is 0.5 points and that
-    of ``kl`` 10% of its value: enough to rank methods a few percent apart; raise ``n_seq`` for finer claims
-    (error ~ 1/sqrt(n_seq), cost ~ n_seq).
+    over 6 held-out works. Build (reference pass) 10.5 CPU-s, each candidate 17 CPU-s; one :func:`quality`
+    call 28 CPU-s (wall 20 s on a momentarily quiet machine, 59 s under load 7). Reference perplexity on this
+    text: 48.3 (Shakespeare, sonnets included, windows start mid-text without BOS). Statistical resolution: for
+    a candidate at +2.6% perplexity the standard error of ``perplexity_rel_change`` (over per-window means of
+    the paired NLL difference) is 0.5 points and that of ``kl`` 10% of its value: enough to rank methods a few
+    percent apart; raise ``n_seq`` for finer claims (error ~ 1/sqrt(n_seq), cost ~ n_seq).
   * MiniLM-L6, default ``n_sentences=256`` held-out passages of 8-64 words: build 1.8 CPU-s, each candidate
     1.8 CPU-s; one :func:`quality` call 3.5 CPU-s warm, 6 CPU-s with the first compile (wall 8-14 s under load).
     Standard error of ``cosine_mean``: 2e-5 at cosine 0.998.

@@ -5,7 +5,8 @@ What it computes, for tokens ``t`` and attention mask ``m`` of shape ``[batch, s
 .. math::
 
   x_0 = \\mathrm{LN}(E_w[t] + E_p[0..s-1] + E_{tt}[\\mathrm{type}]) \\\\
-  x \\leftarrow \\mathrm{LN}\\big(x + W_{ao}\\,\\mathrm{Attn}(W_q x + b_q, W_k x + b_k, W_v x + b_v; m) + b_{ao}\\big) \\\\
+  x \\leftarrow \\mathrm{LN}\\big(x + W_{ao}\\,\\mathrm{Attn}(W_q x + b_q, W_k x + b_k, W_v x + b_v; m)
+    + b_{ao}\\big) \\\\
   x \\leftarrow \\mathrm{LN}\\big(x + W_{out}\\,\\mathrm{GELU}(W_{in} x + b_{in}) + b_{out}\\big)
 
 (post-LN blocks; :math:`\\mathrm{LN}(x) = \\gamma \\odot (x - \\mu)/\\sqrt{\\sigma^2 + \\epsilon} + \\beta`; exact

@@ -5,7 +5,8 @@ What it computes, for tokens ``t`` of shape ``[batch, seq]`` (HF ``LlamaForCausa
 .. math::
 
   x_0 = E[t], \\qquad
-  x \\leftarrow x + W_o\\,\\mathrm{Attn}(\\mathrm{RoPE}(W_q h), \\mathrm{RoPE}(W_k h), W_v h),\\ h = \\mathrm{RMS}(x)\\odot g_1 \\\\
+  x \\leftarrow x + W_o\\,\\mathrm{Attn}(\\mathrm{RoPE}(W_q h), \\mathrm{RoPE}(W_k h), W_v h),\\
+    h = \\mathrm{RMS}(x)\\odot g_1 \\\\
   x \\leftarrow x + W_{down}\\,(\\mathrm{SiLU}(W_{gate} h) \\odot W_{up} h),\\ h = \\mathrm{RMS}(x)\\odot g_2 \\\\
   \\mathrm{logits} = (\\mathrm{RMS}(x_L)\\odot g_f)\\, W_{lm}^\\top
 

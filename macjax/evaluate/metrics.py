@@ -146,7 +146,9 @@ def rel_weight_error(w: Any, w_hat: Any) -> float:
 
 def aggregate_rel_weight_error(reference: Mapping[str, Any], candidate: Mapping[str, Any],
                                names: Optional[Iterable[str]] = None) -> float:
-  """Energy-weighted relative error over many matrices: :math:`\\sqrt{\\sum_i \\|\\Delta W_i\\|_F^2} / \\sqrt{\\sum_i \\|W_i\\|_F^2}`.
+  """Energy-weighted relative error over many matrices.
+
+  .. math:: \\sqrt{\\textstyle\\sum_i \\|W_i - \\hat W_i\\|_F^2} \\Big/ \\sqrt{\\textstyle\\sum_i \\|W_i\\|_F^2}
 
   Large matrices weigh in proportion to their energy, as if all of them were one concatenated tensor.
 

@@ -59,7 +59,8 @@ def strip_gutenberg(text: str) -> str:
   present; converts CRLF to LF, drops trailing spaces, and collapses runs of blank lines to one.
 
   Example:
-    >>> strip_gutenberg("licence\\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\\nTo be.\\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\\nmore")
+    >>> strip_gutenberg("licence\\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\\nTo be.\\n"
+    ...                 "*** END OF THE PROJECT GUTENBERG EBOOK X ***\\nmore")
     'To be.'
   """
   text = text.replace("\r\n", "\n").replace("\r", "\n")
