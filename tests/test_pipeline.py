@@ -101,3 +101,48 @@ def test_minilm_end_to_end(tmp_path):
   original = load_model("minilm-l6")
   assert exported.layout == original.layout
   assert exported.tokenizer_files == original.tokenizer_files
+
+
+@pytest.mark.parametrize("chain", [
+    [{"name": "hadamard", "side": "input"}],
+    [{"name": "orthogonal", "side": "both"}],
+    [{"name": "pca", "side": "input", "scope": "matrix"}],
+    [{"name": "pca", "side": "input", "scope": "head", "block_size": 8}],
+    [{"name": "learned", "objective": "kurtosis", "steps": 5}],
+    [{"name": "hadamard", "side": "output"}, {"name": "pca", "side": "input"}],
+], ids=["hadamard", "orthogonal-both", "pca-matrix", "pca-head", "learned-kurtosis", "hadamard+pca"])
+def test_transform_chain_round_trip_and_accounting(tiny_llama_dir, tmp_path, chain):
+  cfg = config_lib.from_dict({"transform": chain, "evaluate": {"enabled": False}})
+  model = load_model(str(tiny_llama_dir))
+  compressed = codec.compress(model, cfg)
+  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest)
+  buckets, manifest = artifact.load(path)
+  _params_equal(codec.decompress(buckets, manifest), compressed.reconstruction)
+  for name, rec in manifest["tensors"].items():
+    if rec["group"] == "block":
+      stored = sum(a.nbytes for k, a in artifact.unpack(buckets, manifest["index"])[name].items()
+                   if k.startswith("transform."))
+      assert rec["bits"]["transform"] == 8 * stored > 0
+  # Orthogonal and PCA changes of coordinates keep the error at the quantizer's level.
+  err = job.weight_errors(compressed.reference, compressed.reconstruction, manifest)["block"]
+  assert err < 0.05
+
+
+def test_rewrite_preserves_function_and_round_trips(tiny_llama_dir, tmp_path):
+  from macjax.evaluate.llama import llama_logits
+  cfg = config_lib.from_dict({"rewrite": {"residual": "hadamard", "head_rotation": True, "untie": True},
+                              "evaluate": {"enabled": False}})
+  model = load_model(str(tiny_llama_dir))
+  compressed = codec.compress(model, cfg)
+  assert compressed.manifest["rewrite"]["untied"] and "lm_head.weight" in compressed.reconstruction
+  tokens = np.arange(12, dtype=np.int32)[None] % 64
+  rewritten_config = compressed.manifest["layout"]["config"]
+  np.testing.assert_allclose(llama_logits(compressed.reference, rewritten_config, tokens),
+                             llama_logits(model.params, model.layout.config, tokens), atol=2e-4)
+  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+
+
+def test_rewrite_of_a_tied_model_needs_untie(tiny_llama_dir):
+  cfg = config_lib.from_dict({"rewrite": {"residual": "hadamard"}, "evaluate": {"enabled": False}})
+  with pytest.raises(Exception, match="untie"):
+    codec.compress(load_model(str(tiny_llama_dir)), cfg)

@@ -30,14 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import macjax
-from macjax import artifact, coding
-from macjax.errors import ArtifactError, NonFiniteError
+from macjax import artifact, coding, transforms
+from macjax.errors import ArtifactError, ConfigError, NonFiniteError
 from macjax.load.layout import Model, ModelLayout
-from macjax.pipeline.config import PipelineConfig, to_dict
+from macjax.pipeline import components
+from macjax.pipeline.config import PipelineConfig, from_dict, to_dict
 from macjax.quantize.uniform import UniformMeta, uniform
-
-# Bits accounted per tensor, by kind of part.
-_PART_KINDS = ("codes", "tables", "scales", "raw")
 
 
 @dataclasses.dataclass
@@ -49,6 +47,8 @@ class Compressed:
     manifest: JSON-able description (config, layout, index, per-tensor headers and bit counts, hashes).
     assets: tokenizer files to store beside the buckets.
     reconstruction: the encoder's reconstruction of every tensor, HF names, float32.
+    reference: the tensors that were compressed: the model's own, or the rewritten model's when a
+      function-preserving rewrite ran first (weight errors are measured against these).
     timings: seconds spent per stage.
   """
 
@@ -56,6 +56,7 @@ class Compressed:
   manifest: dict
   assets: dict[str, bytes]
   reconstruction: dict[str, np.ndarray]
+  reference: dict[str, np.ndarray]
   timings: dict[str, float]
 
 
@@ -99,9 +100,55 @@ def _check_finite(name: str, a: np.ndarray) -> None:
     raise NonFiniteError(f"tensor {name} (shape {a.shape}) has {bad} NaN/inf values; expected finite weights")
 
 
-def _encode_quantized(name: str, W: np.ndarray, quantizer, coding_model: str, packer: artifact.Packer) -> tuple[np.ndarray, dict]:
-  codes, meta = quantizer.quantize(jnp.asarray(W, jnp.float32))
-  W_hat = np.asarray(quantizer.dequantize(codes, meta), dtype=np.float32)
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+  """The per-matrix transform chain, jitted once (one compile per matrix shape)."""
+
+  t: transforms.WeightTransform
+
+  @functools.cached_property
+  def init(self):
+    return jax.jit(lambda W, key: self.t.init(W, key=key))
+
+  @functools.cached_property
+  def apply(self):
+    return jax.jit(self.t.apply)
+
+  @functools.cached_property
+  def inverse(self):
+    return jax.jit(self.t.inverse)
+
+  def state_structure(self, shape: tuple[int, int]):
+    return jax.eval_shape(self.init, jax.ShapeDtypeStruct(shape, jnp.float32),
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+
+
+@functools.lru_cache(maxsize=8)
+def _chain(specs: tuple) -> _Chain | None:
+  t = components.build_chain([(s.name, s.kwargs) for s in specs])
+  return None if t is None else _Chain(t)
+
+
+def _matrix_key(seed: int, index: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
+def _encode_quantized(name: str, W: np.ndarray, quantizer, coding_model: str, packer: artifact.Packer, *,
+                      chain: _Chain | None = None, key: jax.Array | None = None) -> tuple[np.ndarray, dict]:
+  W = jnp.asarray(W, jnp.float32)
+  transform_bits = 0
+  if chain is not None:
+    state = chain.init(W, key)
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+    for i, leaf in enumerate(leaves):
+      packer.add(name, f"transform.{i}", "transform", leaf)
+    transform_bits = int(sum(leaf.nbytes for leaf in leaves) * 8)
+    W = chain.apply(W, state)
+  codes, meta = quantizer.quantize(W)
+  W_hat = quantizer.dequantize(codes, meta)
+  if chain is not None:
+    W_hat = chain.inverse(W_hat, state)
+  W_hat = np.asarray(W_hat, dtype=np.float32)
   codes = np.asarray(codes, dtype=np.int32)
   coded = coding.encode(codes, model=coding_model)
   packer.add(name, "words", "codes", coded.words)
@@ -116,6 +163,7 @@ def _encode_quantized(name: str, W: np.ndarray, quantizer, coding_model: str, pa
           "codes": int(coded.words.nbytes * 8),
           "tables": int(coded.table.nbytes * 8),
           "scales": int(sum(a.nbytes for a in meta_parts.values()) * 8),
+          "transform": transform_bits,
           "raw": 0,
       },
       "information_bits": float(coding.information_bits(codes, coded)),
@@ -126,7 +174,27 @@ def _encode_quantized(name: str, W: np.ndarray, quantizer, coding_model: str, pa
 def _encode_raw(name: str, a: np.ndarray, dtype: str, packer: artifact.Packer) -> tuple[np.ndarray, dict]:
   stored = a.astype(dtype)
   packer.add(name, "raw", "raw", stored)
-  return stored.astype(np.float32), {"bits": {"codes": 0, "tables": 0, "scales": 0, "raw": int(stored.nbytes * 8)}}
+  return stored.astype(np.float32), {"bits": {"raw": int(stored.nbytes * 8)}}
+
+
+def rewrite_model(model: Model, config: PipelineConfig) -> tuple[Model, dict]:
+  """Applies the config's function-preserving model rewrite (LLaMA: fold norms, rotate the residual stream and value
+  heads); returns the rewritten model and a record of what it cost (e.g. untied LM-head weights).
+
+  Raises:
+    ConfigError: the model's family has no such rewrite, or a tied model would need ``rewrite.untie``.
+  """
+  if model.layout.family != "llama":
+    raise ConfigError(f"rewrite: the computational-invariance rewrite is implemented for the LLaMA family; "
+                      f"{model.source} is {model.layout.family} (BERT's post-LayerNorm blocks re-normalize the "
+                      "residual stream after each sub-layer, so a residual rotation cannot be absorbed)")
+  rw = transforms.rotate_llama(model.params, model.layout.config, key=jax.random.PRNGKey(config.seed),
+                               residual=config.rewrite.residual, head_rotation=config.rewrite.head_rotation,
+                               untie=config.rewrite.untie)
+  layout = dataclasses.replace(model.layout, config=dict(rw.config))
+  rewritten = dataclasses.replace(model, params=dict(rw.params), layout=layout)
+  return rewritten, {"residual": rw.residual, "head_rotation": rw.head_rotation, "untied": rw.untied,
+                     "extra_params": int(rw.extra_params)}
 
 
 def layout_from_json(d: dict) -> ModelLayout:
@@ -159,6 +227,15 @@ def compress(model: Model, config: PipelineConfig, *,
     _check_finite(name, a)
   timings["validate"] = time.perf_counter() - t0
 
+  rewrite_record = None
+  if config.rewrite.active:
+    t0 = time.perf_counter()
+    say(f"rewrite: residual rotation {config.rewrite.residual}, head rotation {config.rewrite.head_rotation}")
+    model, rewrite_record = rewrite_model(model, config)
+    timings["rewrite"] = time.perf_counter() - t0
+
+  chain = _chain(config.transform)
+  block_index = {m.name: i for i, m in enumerate(model.layout.matrices)}
   block = {m.name: m for m in model.layout.matrices}
   q_block = _quantizer(config.quantize.method, config.quantize.step, config.quantize.group_size)
   q_embed = _quantizer(config.quantize.method, config.embeddings.step, config.embeddings.group_size)
@@ -171,7 +248,8 @@ def compress(model: Model, config: PipelineConfig, *,
   for name in sorted(model.params, key=lambda n: (n not in block, n)):
     a = model.params[name]
     if name in block:
-      W_hat, rec = _encode_quantized(name, a, q_block, config.coding.model, packer)
+      W_hat, rec = _encode_quantized(name, a, q_block, config.coding.model, packer, chain=chain,
+                                     key=_matrix_key(config.seed, block_index[name]))
       rec.update(group="block", role=block[name].role, layer=block[name].layer, treatment="quantize")
     elif a.ndim == 2 and config.embeddings.treatment == "quantize":
       W_hat, rec = _encode_quantized(name, a, q_embed, config.coding.model, packer)
@@ -196,9 +274,10 @@ def compress(model: Model, config: PipelineConfig, *,
       "layout": model.layout.to_json(),
       "tensors": records,
       "index": index,
+      "rewrite": rewrite_record,
   }
   return Compressed(buckets=buckets, manifest=manifest, assets=dict(model.tokenizer_files), reconstruction=recon,
-                    timings=timings)
+                    reference=model.params, timings=timings)
 
 
 def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool = True) -> dict[str, np.ndarray]:
@@ -216,6 +295,10 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
   """
   parts = artifact.unpack(buckets, manifest["index"])
   cfg = manifest["config"]
+  try:
+    chain = _chain(from_dict(cfg).transform)
+  except ConfigError as e:
+    raise ArtifactError(f"artifact manifest: its config is not valid for this macjax ({e})") from e
   out: dict[str, np.ndarray] = {}
   for name, rec in manifest["tensors"].items():
     p = parts.get(name)
@@ -230,7 +313,13 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
         codes = coding.decode(coding.CodedTensor(words=p["words"], table=p["table"], header=header))
         meta_parts = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("meta.")}
         meta = _meta_from_parts(UniformMeta, meta_parts, rec["meta_dtypes"])
-        W = np.asarray(q.dequantize(jnp.asarray(codes), meta), dtype=np.float32)
+        W = q.dequantize(jnp.asarray(codes), meta)
+        if rec["group"] == "block" and chain is not None:
+          structure = chain.state_structure(shape)
+          leaves = [p[f"transform.{i}"] for i in range(len(jax.tree_util.tree_leaves(structure)))]
+          state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(structure), leaves)
+          W = chain.inverse(W, state)
+        W = np.asarray(W, dtype=np.float32)
       else:
         W = p["raw"].astype(np.float32)
     except (KeyError, ValueError, TypeError) as e:

@@ -120,9 +120,53 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TransformSpec:
+  """One member of the per-matrix transform chain (``[[transform]]`` tables in TOML, applied in order).
+
+  Attributes:
+    name: a key of :data:`macjax.pipeline.components.TRANSFORMS` (``hadamard``, ``orthogonal``, ``pca``,
+      ``scaling``, ``learned``).
+    options: the factory's keyword options, as sorted ``(key, value)`` pairs (e.g. ``side = "input"``).
+  """
+
+  name: str
+  options: tuple[tuple[str, Any], ...] = ()
+
+  @property
+  def kwargs(self) -> dict[str, Any]:
+    return dict(self.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteConfig:
+  """Model-level computational-invariance rewrite before compression (LLaMA family).
+
+  Attributes:
+    residual: rotation of the residual stream: ``none``, ``hadamard`` (randomized, from the seed).
+    head_rotation: rotate each value head (and the matching ``o_proj`` columns) by a randomized Hadamard.
+    untie: allow untying tied embeddings, which a residual rotation requires (the LM head then costs its own
+      ``vocab × hidden`` weights, counted like every other tensor).
+  """
+
+  residual: str = "none"
+  head_rotation: bool = False
+  untie: bool = False
+
+  def __post_init__(self):
+    _check(self.residual in ("none", "hadamard"), f"rewrite.residual = {self.residual!r}; expected 'none' or "
+           "'hadamard'")
+
+  @property
+  def active(self) -> bool:
+    return self.residual != "none" or self.head_rotation
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """The whole pipeline. Each field is a section of the TOML file."""
 
+  rewrite: RewriteConfig = RewriteConfig()
+  transform: tuple[TransformSpec, ...] = ()
   quantize: QuantizeConfig = QuantizeConfig()
   embeddings: EmbeddingsConfig = EmbeddingsConfig()
   vectors: VectorsConfig = VectorsConfig()
@@ -143,7 +187,9 @@ def _build(cls: type, data: Any, where: str):
   if not isinstance(data, dict):
     raise ConfigError(f"config section {where or '(top level)'} must be a table, got {type(data).__name__}")
   hints = typing.get_type_hints(cls)
-  fields = {f.name: f for f in dataclasses.fields(cls)}
+  if cls is PipelineConfig:
+    hints = {k: v for k, v in hints.items() if k != "transform"}
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.name in hints}
   unknown = sorted(set(data) - set(fields))
   if unknown:
     prefix = f"{where}." if where else ""
@@ -162,14 +208,35 @@ def _build(cls: type, data: Any, where: str):
   return cls(**kwargs)
 
 
+def _transform_specs(items: Any) -> tuple[TransformSpec, ...]:
+  from macjax.pipeline import components  # pylint: disable=g-import-not-at-top
+  if not isinstance(items, (list, tuple)):
+    raise ConfigError(f"config key transform must be a list of tables ([[transform]] in TOML), got "
+                      f"{type(items).__name__}")
+  specs = []
+  for i, item in enumerate(items):
+    if not isinstance(item, dict) or "name" not in item:
+      raise ConfigError(f"transform[{i}] must be a table with a 'name' key, got {item!r:.80}")
+    options = {k: v for k, v in item.items() if k != "name"}
+    components.check_transform(i, item["name"], options)
+    specs.append(TransformSpec(name=item["name"], options=tuple(sorted(options.items()))))
+  return tuple(specs)
+
+
 def from_dict(data: dict) -> PipelineConfig:
   """Builds a validated :class:`PipelineConfig` from nested dicts (missing keys take defaults)."""
-  return _build(PipelineConfig, data, "")
+  if not isinstance(data, dict):
+    raise ConfigError(f"a config must be a table, got {type(data).__name__}")
+  data = dict(data)
+  specs = _transform_specs(data.pop("transform", []))
+  return dataclasses.replace(_build(PipelineConfig, data, ""), transform=specs)
 
 
 def to_dict(cfg: PipelineConfig) -> dict:
   """The config as nested dicts (JSON/TOML-ready); ``from_dict(to_dict(c)) == c``."""
-  return dataclasses.asdict(cfg)
+  d = dataclasses.asdict(cfg)
+  d["transform"] = [{"name": t.name, **t.kwargs} for t in cfg.transform]
+  return d
 
 
 def load(path: str | os.PathLike) -> PipelineConfig:

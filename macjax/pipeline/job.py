@@ -69,7 +69,9 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   timings["restore+decode"] = time.perf_counter() - t0
 
   report = {"path": str(out), "artifact": artifact_report(out, manifest)}
-  report["weight_error"] = weight_errors(model.params, decoded, manifest)
+  # Weight errors against what was compressed (the rewritten model, if a rewrite ran); quality against the original.
+  report["weight_error"] = weight_errors(compressed.reference, decoded, manifest)
+  report["rewrite"] = manifest.get("rewrite")
   do_eval = config.evaluate.enabled if evaluate is None else evaluate
   if do_eval:
     from macjax.evaluate import quality  # pylint: disable=g-import-not-at-top

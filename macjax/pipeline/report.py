@@ -8,7 +8,8 @@ Conventions (every number counts every byte needed to decode):
 * ``bits_per_param`` = 8 · (bytes of the artifact folder − tokenizer assets) / (all parameters of the model).
   Tokenizer files ride along so that an exported folder is usable; they are not weights, so they are reported
   separately (``bits_per_param_with_assets`` includes them).
-* ``block_bits_per_weight`` = (codes + tables + quantizer scales of the transformer-block matrices) / their weights —
+* ``block_bits_per_weight`` = (codes + tables + quantizer scales + stored transform state + θ of the
+  transformer-block matrices) / their weights —
   the figure comparable with per-matrix peers (GPTQ, HQQ, NNCodec …). The manifest and container bytes are shared by
   all tensors and are counted in ``bits_per_param`` only.
 * ``compression_ratio_vs_fp16`` = 16 · params / (8 · bytes without assets).
@@ -36,7 +37,8 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
   params = int(sum(int(np.prod(r["shape"])) for r in tensors.values()))
   block = {n: r for n, r in tensors.items() if r.get("group") == "block"}
   block_params = int(sum(int(np.prod(r["shape"])) for r in block.values()))
-  block_bits = {k: int(sum(r["bits"][k] for r in block.values())) for k in ("codes", "tables", "scales")}
+  block_bits = {k: int(sum(r["bits"].get(k, 0) for r in block.values()))
+                for k in ("codes", "tables", "scales", "transform", "theta")}
   coded = sum(r["bits"]["codes"] for r in tensors.values() if "information_bits" in r)
   info = sum(r["information_bits"] for r in tensors.values() if "information_bits" in r)
   weight_bytes = sizes["total"] - sizes["assets"]
@@ -88,14 +90,18 @@ def format_report(report: dict) -> str:
   lines.append(f"bits/param       {a['bits_per_param']:.3f} (whole model, all bytes but tokenizer assets); "
                f"{a['bits_per_param_with_assets']:.3f} with assets")
   parts = a["block_bits_per_weight_parts"]
-  lines.append(f"block matrices   {a['block_bits_per_weight']:.3f} bits/weight = codes {parts.get('codes', 0):.3f} "
-               f"+ tables {parts.get('tables', 0):.3f} + scales {parts.get('scales', 0):.3f}")
+  lines.append(f"block matrices   {a['block_bits_per_weight']:.3f} bits/weight = " + " + ".join(
+      f"{k} {v:.3f}" for k, v in parts.items() if v or k in ("codes", "tables", "scales")))
   for g, d in a["by_group"].items():
     if d["params"]:
       lines.append(f"  {g:<14} {d['params']:>12,} params  {d['bits_per_weight']:.3f} bits/weight")
   lines.append(f"entropy coder    {a['coded_bits']:,} bits coded vs {a['information_bits']:,.0f} bits of information "
                f"(+{100 * a['coding_overhead']:.3f}%)")
   lines.append(f"ratio vs fp16    {a['compression_ratio_vs_fp16']:.2f}x")
+  if report.get("rewrite"):
+    r = report["rewrite"]
+    lines.append(f"rewrite          residual {r['residual']}, value heads rotated: {r['head_rotation']}, untied: "
+                 f"{r['untied']} (+{r['extra_params']:,} weights, counted above)")
   if "weight_error" in report:
     w = report["weight_error"]
     lines.append(f"rel. weight err  block matrices {w['block']:.4f}" +
