@@ -109,9 +109,10 @@ def format_report(report: dict) -> str:
   if report.get("quality"):
     q = report["quality"]
     if "perplexity" in q:
+      se = q.get("perplexity_rel_change_stderr")
       lines.append(f"perplexity       {q['perplexity_reference']:.4f} → {q['perplexity']:.4f} "
-                   f"({100 * q['perplexity_rel_change']:+.2f}%), KL {q['kl']:.5f} nats/token "
-                   f"on {q.get('tokens', '?')} held-out tokens")
+                   f"({100 * q['perplexity_rel_change']:+.2f}%" + (f" ± {100 * se:.2f}%" if se is not None else "")
+                   + f"), KL {q['kl']:.5f} nats/token on {q.get('tokens', '?')} held-out tokens")
     if "cosine_mean" in q:
       lines.append(f"embedding cosine mean {q['cosine_mean']:.5f}, min {q['cosine_min']:.5f} "
                    f"on {q.get('sentences', '?')} held-out sentences")
