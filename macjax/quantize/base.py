@@ -15,7 +15,9 @@ class Quantizer(NamedTuple):
 
   Attributes:
     quantize: ``(W: f32[rows, cols]) -> (codes: int32[rows, cols], meta)``, where ``meta`` is a ``NamedTuple``
-      pytree of arrays (e.g. :class:`macjax.quantize.uniform.UniformMeta`).
+      pytree of arrays (e.g. :class:`macjax.quantize.uniform.UniformMeta`). The grid quantizers (uniform,
+      dead_zone, rdoq, trellis) also take ``step_scale`` (a float or traced scalar, default 1) multiplying their
+      step, so per-matrix bit allocation (:mod:`macjax.quantize.allocation`) needs no recompilation.
     dequantize: ``(codes, meta) -> f32[rows, cols]``; deterministic, so the decoder reconstructs exactly what
       the encoder reconstructed on the same backend.
     quantize_column: optional ``(w: f32[rows], meta, j: int32 scalar, cols: int) -> (codes: int32[rows],

@@ -81,10 +81,10 @@ def dead_zone(step: float = 1 / 8, group_size: int | None = None, width: float =
     raise ConfigError(f"dead_zone: recon (offset within a bin, in steps) must be in [0, 1], got {recon!r}")
   step, width, recon = float(step), float(width), float(recon)
 
-  def quantize(W):
+  def quantize(W, step_scale=1.0):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size, scope)
+    steps = group_rms_steps(W, step * step_scale, group_size, scope)
     return dead_zone_codes(W, expand_steps(steps, W.shape[1]), width), DeadZoneMeta(step=steps)
 
   def dequantize(codes, meta: DeadZoneMeta):

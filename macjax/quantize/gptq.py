@@ -57,8 +57,9 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
     damp: relative diagonal damping (> 0), in units of the mean diagonal of ``H``.
 
   Returns:
-    ``Quantizer(quantize=(W, H) -> (codes, meta), dequantize=base.dequantize, quantize_column=None)`` where
+    ``Quantizer(quantize=(W, H, step_scale=1) -> (codes, meta), dequantize=base.dequantize)`` where
     ``W: f32[out, in]`` and ``H: f32[in, in] = XᵀX`` from calibration inputs ``X: [n, in]``; jit- and vmap-able.
+    ``step_scale`` is passed to the base quantizer (``None`` for a base without it).
 
   Raises:
     ConfigError: ``base`` has no ``quantize_column``, or bad ``block_size``/``damp``.
@@ -83,14 +84,14 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
     raise ConfigError(f"gptq: damp must be a finite number > 0, got {damp!r}")
   damp = float(damp)
 
-  def quantize(W, H):
+  def quantize(W, H, step_scale=1.0):
     check_matrix(W)
     rows, cols = W.shape
     if H.shape != (cols, cols):
       raise ShapeError(f"gptq: H must be f32[{cols}, {cols}] (XᵀX over W's {cols} input columns), got shape "
                        f"{tuple(H.shape)} for W of shape {(rows, cols)}")
     W = W.astype(jnp.float32)
-    _, meta = base.quantize(W)
+    _, meta = base.quantize(W) if step_scale is None else base.quantize(W, step_scale=step_scale)
     H, dead = damped_hessian(H.astype(jnp.float32), damp)
     W = jnp.where(dead[None, :], 0.0, W)
     U = inverse_cholesky_upper(H)

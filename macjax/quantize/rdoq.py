@@ -79,10 +79,10 @@ def rdoq(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1, i
   base = uniform(step, group_size, scope)  # validates step, group_size and scope
   lam = float(lam)
 
-  def quantize(W):
+  def quantize(W, step_scale=1.0):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size, scope)
+    steps = group_rms_steps(W, step * step_scale, group_size, scope)
     y = W / expand_steps(steps, W.shape[1])
     c_round = jnp.round(y).astype(jnp.int32)
     far = jnp.abs(c_round) > max_abs

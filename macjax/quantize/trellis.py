@@ -131,10 +131,10 @@ def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1
     raise ConfigError(f"trellis: max_abs must be an int in [1, 2**20], got {max_abs!r}")
   step, lam = float(step), float(lam)
 
-  def quantize(W):
+  def quantize(W, step_scale=1.0):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size, scope)
+    steps = group_rms_steps(W, step * step_scale, group_size, scope)
     y = W / expand_steps(steps, W.shape[1])
     codes = viterbi(y, jnp.zeros(2 * max_abs + 1, jnp.float32), 0.0, max_abs)
     for _ in range(iters - 1):

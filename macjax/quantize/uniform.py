@@ -152,10 +152,10 @@ def uniform(step: float = 1 / 8, group_size: int | None = None, scope: str = "ro
   check_grid_knobs("uniform", step, group_size, scope)
   step = float(step)
 
-  def quantize(W):
+  def quantize(W, step_scale=1.0):
     check_matrix(W)
     W = W.astype(jnp.float32)
-    steps = group_rms_steps(W, step, group_size, scope)
+    steps = group_rms_steps(W, step * step_scale, group_size, scope)
     codes = jnp.round(W / expand_steps(steps, W.shape[1])).astype(jnp.int32)
     return codes, UniformMeta(step=steps)
 
