@@ -203,3 +203,12 @@ def test_bad_config_and_bad_restore_are_named():
     from_numpy({**arrays, "dense_0.w": arrays["dense_0.w"][:-1]}, ff.config, SHAPE)
   with pytest.raises(NonFiniteError, match="out_scale"):
     from_numpy({**arrays, "out_scale": np.float32(np.inf)}, ff.config, SHAPE)
+
+
+def test_max_seconds_stops_between_chunks():
+  seen: list[FitProgress] = []
+  ff, Ws, _, _ = fitted("float16")
+  ff.fit(Ws, key=jax.random.key(0), callback=seen.append, max_seconds=1e-9)
+  assert [p.step for p in seen] == [100]
+  with pytest.raises(ConfigError, match="max_seconds"):
+    ff.fit(Ws, key=jax.random.key(0), max_seconds=0)

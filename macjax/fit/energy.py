@@ -14,7 +14,8 @@ class ExplainedEnergy(NamedTuple):
 
   Attributes:
     per_layer: ``f64[..., L]``: ``1 − ‖W_l − P_l‖² / ‖W_l‖²`` for each matrix of the family.
-    total: ``f64[...]``: ``1 − ‖W − P‖² / ‖W‖²`` over the whole family (an energy-weighted mean of ``per_layer``).
+    total: ``f64[...]``: ``1 − ‖W − P‖² / ‖W‖²`` over the whole family (the energy-weighted mean of
+      ``per_layer``).
   """
 
   per_layer: np.ndarray

@@ -23,6 +23,7 @@ XLA fuses and implements ``sin``/``cos``/``gelu``/matmul differently per backend
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -57,8 +58,10 @@ class FunctionalFit(NamedTuple):
   """``f_θ`` for families of matrices, as pure functions (hyper-parameters in the closure, θ a flat dict).
 
   Attributes:
-    fit: ``fit(Ws: f32[L, rows, cols], *, key, callback=None) -> Theta`` — fits one family, returns stored θ.
-    fit_many: ``fit_many(Ws: f32[F, L, rows, cols], *, key, callback=None) -> Theta`` — ``vmap`` of ``fit``
+    fit: ``fit(Ws: f32[L, rows, cols], *, key, callback=None, max_seconds=None) -> Theta`` — fits one family,
+      returns stored θ; stops after ``steps``, or earlier at ``loss_target`` or ``max_seconds`` (between chunks).
+    fit_many: ``fit_many(Ws: f32[F, L, rows, cols], *, key, callback=None, max_seconds=None) -> Theta`` —
+      ``vmap`` of ``fit``
       over ``F`` families of equal shape; family ``f`` uses ``jax.random.split(key, F)[f]`` (so it equals
       ``fit(Ws[f], key=split(key, F)[f])`` up to float rounding); every array of θ gains a leading axis ``F``.
     predict: ``predict(theta, shape) -> f32[L, rows, cols]`` — ``f_θ`` on the grid, from stored θ (jitted).
@@ -171,7 +174,10 @@ def functional_fit(**hyper) -> FunctionalFit:
   finish_one, finish_many = jax.jit(finish), jax.jit(jax.vmap(finish))
   predict_one, predict_stack = jax.jit(predict_core, **static), jax.jit(predict_stack_fn, **static)
 
-  def run(Ws, keys, grid, batch, setup_fn, chunk_fn_jit, finish_fn, callback):
+  def run(Ws, keys, grid, batch, setup_fn, chunk_fn_jit, finish_fn, callback, max_seconds):
+    if max_seconds is not None and not max_seconds > 0:
+      raise ConfigError(f"fit: max_seconds={max_seconds!r}; expected None or a number > 0")
+    started = time.monotonic()
     targets, sigma, params, opt_state, key_data = setup_fn(Ws, keys, grid=grid)
     done = jnp.zeros(batch, bool)
     step = 0
@@ -182,6 +188,8 @@ def functional_fit(**hyper) -> FunctionalFit:
       if callback is not None:
         callback(FitProgress(step, cfg.steps, np.asarray(loss), np.asarray(done)))
       if cfg.loss_target is not None and bool(np.all(np.asarray(done))):
+        break
+      if max_seconds is not None and time.monotonic() - started > max_seconds:
         break
     return finish_fn(params, sigma)
 
@@ -194,18 +202,23 @@ def functional_fit(**hyper) -> FunctionalFit:
       raise NonFiniteError(f"{name}: shape {tuple(Ws.shape)} holds NaN or infinity; expected finite weights")
     return Ws
 
-  def fit(Ws, *, key, callback=None):
-    """Fits ``f_θ`` to one family ``f32[L, rows, cols]``; returns θ in stored form (see the module docstring)."""
+  def fit(Ws, *, key, callback=None, max_seconds=None):
+    """Fits ``f_θ`` to one family ``f32[L, rows, cols]``; returns θ in stored form (see the module docstring).
+
+    A host loop over jitted chunks of ``cfg.chunk`` scanned steps (not itself traceable). ``callback`` gets a
+    :class:`FitProgress` after each chunk. ``max_seconds`` (optional) also stops between chunks once that much
+    wall time has passed — the result then depends on the machine's speed, not only on the seed.
+    """
     Ws = check_weights(Ws, "Ws", 3)
     grid = cfg.grid(Ws.shape)
-    return run(Ws, key, grid, (), setup_one, chunk_one, finish_one, callback)
+    return run(Ws, key, grid, (), setup_one, chunk_one, finish_one, callback, max_seconds)
 
-  def fit_many(Ws, *, key, callback=None):
+  def fit_many(Ws, *, key, callback=None, max_seconds=None):
     """``vmap`` of :func:`fit` over ``F`` families ``f32[F, L, rows, cols]``, keys ``jax.random.split(key, F)``."""
     Ws = check_weights(Ws, "Ws", 4)
     grid = cfg.grid(Ws.shape[1:])
     keys = jax.random.split(key, Ws.shape[0])
-    return run(Ws, keys, grid, (Ws.shape[0],), setup_many, chunk_many, finish_many, callback)
+    return run(Ws, keys, grid, (Ws.shape[0],), setup_many, chunk_many, finish_many, callback, max_seconds)
 
   def predict(theta, shape):
     """``f_θ`` on the grid of ``shape = (L, rows, cols)`` from stored θ -> ``f32[L, rows, cols]``."""
