@@ -137,8 +137,8 @@ def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1
     steps = group_rms_steps(W, step * step_scale, group_size, scope)
     y = W / expand_steps(steps, W.shape[1])
     codes = viterbi(y, jnp.zeros(2 * max_abs + 1, jnp.float32), 0.0, max_abs)
-    for _ in range(iters - 1):
-      codes = viterbi(y, histogram_bits(codes, max_abs), lam, max_abs)
+    # One compiled pass, re-run: each prices codes by the previous pass's histogram.
+    codes = jax.lax.fori_loop(0, iters - 1, lambda _, c: viterbi(y, histogram_bits(c, max_abs), lam, max_abs), codes)
     return codes, UniformMeta(step=steps)
 
   def dequantize(codes, meta: UniformMeta):
