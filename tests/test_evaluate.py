@@ -325,6 +325,14 @@ def test_token_windows_deterministic_contiguous(smollm2):
     text.token_windows(tok, "heldout", n_seq=10**6, seq_len=64)
 
 
+def test_token_windows_ignore_saved_truncation(minilm):
+  tok = text.tokenizer_for(minilm)
+  assert tok.truncation is not None, "MiniLM's tokenizer.json truncates to 128: the case this test is about"
+  windows = text.token_windows(tok, "heldout", n_seq=40, seq_len=200)
+  assert windows.shape == (40, 200) and not np.any(windows == 0), "no padding ids inside windows"
+  assert tok.truncation is not None, "the caller's tokenizer is left as it was"
+
+
 def test_sentence_batch(minilm):
   tok = text.tokenizer_for(minilm)
   sents = text.sentences("heldout", 12)
@@ -428,3 +436,25 @@ def test_evaluator_rejects_unknown_family(minilm):
               tokenizer_files=minilm.tokenizer_files)
   with pytest.raises(ConfigError, match="gpt2"):
     Evaluator(odd)
+
+
+def test_evaluator_names_a_missing_candidate_tensor(minilm):
+  ev = Evaluator(minilm, n_sentences=8)
+  partial = {k: v for k, v in minilm.params.items() if k != "encoder.layer.3.output.dense.weight"}
+  with pytest.raises(ModelLoadError, match=r"encoder\.layer\.3\.output\.dense\.weight"):
+    ev(partial)
+
+
+@pytest.mark.slow
+def test_smollm2_quality_defaults(smollm2):
+  """The default-size evaluation on the real model: identities, the reference perplexity, a perturbation."""
+  ev = Evaluator(smollm2)
+  same = ev(smollm2.params)
+  assert same["tokens"] == 24 * 255 and same["kl"] == 0.0 and same["perplexity_rel_change"] == 0.0
+  assert 30 < same["perplexity_reference"] < 70  # 48.3 on the held-out Shakespeare windows
+  rng = np.random.default_rng(10)
+  noisy = {k: v + (rng.normal(size=v.shape) * 0.05 * v.std()).astype(np.float32) if ".layers." in k and v.ndim == 2
+           else v for k, v in smollm2.params.items()}
+  out = ev(noisy)
+  assert out["kl"] > 3 * out["kl_stderr"] > 0
+  assert out["perplexity_rel_change"] > 2 * out["perplexity_rel_change_stderr"] > 0

@@ -98,7 +98,10 @@ class Evaluator:
     text: 48.3 (Shakespeare, sonnets included, windows start mid-text without BOS). Statistical resolution: for
     a candidate at +2.6% perplexity the standard error of ``perplexity_rel_change`` (over per-window means of
     the paired NLL difference) is 0.5 points and that of ``kl`` 10% of its value: enough to rank methods a few
-    percent apart; raise ``n_seq`` for finer claims (error ~ 1/sqrt(n_seq), cost ~ n_seq).
+    percent apart; raise ``n_seq`` for finer claims (error ~ 1/sqrt(n_seq), cost ~ n_seq). These errors cover
+    the choice of text only. Near the reference, ``kl`` is the steadier signal: three draws of the same small
+    Gaussian weight noise (2% of each matrix's std) gave ``kl`` 0.018-0.021 but ``perplexity_rel_change``
+    +0.7% to +2.5% (on 8 windows), since noise can lower the loss on some text.
   * MiniLM-L6, default ``n_sentences=256`` held-out passages of 8-64 words: build 1.8 CPU-s, each candidate
     1.8 CPU-s; one :func:`quality` call 3.5 CPU-s warm, 6 CPU-s with the first compile (wall 8-14 s under load).
     Standard error of ``cosine_mean``: 2e-5 at cosine 0.998.

@@ -117,10 +117,21 @@ def tokenizer_for(model):
   return Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
 
 
+def _without_padding(tokenizer):
+  """A copy of ``tokenizer`` with any padding/truncation saved in its JSON turned off (the caller's is untouched)."""
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+  plain = Tokenizer.from_str(tokenizer.to_str())
+  plain.no_padding()
+  plain.no_truncation()
+  return plain
+
+
 def token_windows(tokenizer, split: str = "heldout", *, n_seq: int, seq_len: int) -> np.ndarray:
   """``n_seq`` windows of ``seq_len`` contiguous tokens, spread evenly over the works of ``split``.
 
-  Each work is tokenized on its own without special tokens and cut into non-overlapping windows (a window never
+  Each work is tokenized on its own without special tokens (and without any padding or truncation saved in the
+  tokenizer's JSON) and cut into non-overlapping windows (a window never
   straddles two works); ``n_seq`` of all those windows are taken at evenly spaced indices
   (``round(linspace(0, n_windows - 1, n_seq))``), so that the batch samples every work and every part of it.
 
@@ -142,6 +153,7 @@ def token_windows(tokenizer, split: str = "heldout", *, n_seq: int, seq_len: int
   """
   if n_seq < 1 or seq_len < 2:
     raise ConfigError(f"text: n_seq={n_seq}, seq_len={seq_len}; expected n_seq >= 1 and seq_len >= 2")
+  tokenizer = _without_padding(tokenizer)  # a saved truncation would silently keep only each work's start
   windows = []
   for text in split_texts(split):
     ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
@@ -199,13 +211,9 @@ def sentence_batch(tokenizer, texts: Sequence[str], *, max_len: int = 256) -> tu
   Example:
     >>> tokens, mask = sentence_batch(tok, ["To be, or not to be."])   # doctest: +SKIP
   """
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-
   if not texts:
     raise ShapeError("text: sentence_batch got no texts; expected at least one")
-  tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: padding/truncation saved in tokenizer.json are off
-  tokenizer.no_padding()
-  tokenizer.no_truncation()
+  tokenizer = _without_padding(tokenizer)
   encoded = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=True)]
   encoded = [ids if len(ids) <= max_len else ids[:max_len - 1] + ids[-1:] for ids in encoded]
   width = max(len(ids) for ids in encoded)
