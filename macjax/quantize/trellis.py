@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macjax.errors import ConfigError
+from macjax.coding import rate
+from macjax.errors import ConfigError, ShapeError
 from macjax.quantize.base import Quantizer
 from macjax.quantize.rdoq import histogram_bits
-from macjax.quantize.uniform import (UniformMeta, check_grid_knobs, check_matrix, check_meta_step, expand_steps,
-                                     group_rms_steps)
+from macjax.quantize.uniform import (UniformMeta, check_grid_knobs, check_matrix, check_meta_step, column_steps,
+                                     expand_steps, group_rms_steps)
 
 # TRANSITIONS[state, parity] -> next state (VVC's dependent quantization).
 TRANSITIONS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int32)
@@ -97,8 +98,11 @@ def trellis_values(codes: jax.Array) -> jax.Array:
   return levels_t.T
 
 
-def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1, iters: int = 3,
-            max_abs: int = 4096, scope: str = "row") -> Quantizer:
+AXES = ("row", "column")
+
+
+def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.3, iters: int = 3,
+            max_abs: int = 4096, scope: str = "row", axis: str = "row") -> Quantizer:
   """Dependent (trellis-coded) quantizer with rate–distortion Viterbi search; see the module docstring.
 
   Args:
@@ -109,10 +113,14 @@ def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1
     iters: Viterbi passes (≥ 1); pass 1 uses λ = 0, later ones price codes by the previous pass's histogram.
     max_abs: static bound of the histogram used for pricing.
     scope: ``row``, ``matrix`` or ``absolute``, as in :func:`macjax.quantize.uniform.uniform`.
+    axis: the direction the trellis runs: ``row`` (along each row, over its columns) or ``column`` (down each
+      column, over its rows; the state restarts at each column, so one column can be quantized on its own and
+      :func:`macjax.quantize.gptq.gptq` can feed errors forward across columns).
 
   Returns:
-    A :class:`Quantizer` with ``(int32 codes, UniformMeta)``; no ``quantize_column`` (a code's meaning depends on
-    the row's earlier codes).
+    A :class:`Quantizer` with ``(int32 codes, UniformMeta)``. With ``axis="column"`` it also has
+    ``quantize_column``, which prices codes with a Laplace model fitted to the column (one RD pass) since the
+    matrix histogram is not known column by column.
 
   Example:
     >>> import jax
@@ -129,20 +137,35 @@ def trellis(step: float = 1 / 8, group_size: int | None = None, lam: float = 0.1
     raise ConfigError(f"trellis: iters must be an int >= 1, got {iters!r}")
   if not (isinstance(max_abs, int) and 1 <= max_abs <= 1 << 20):
     raise ConfigError(f"trellis: max_abs must be an int in [1, 2**20], got {max_abs!r}")
+  if axis not in AXES:
+    raise ConfigError(f"trellis: axis must be one of {AXES}, got {axis!r}")
   step, lam = float(step), float(lam)
+  by_column = axis == "column"
 
   def quantize(W, step_scale=1.0):
     check_matrix(W)
     W = W.astype(jnp.float32)
     steps = group_rms_steps(W, step * step_scale, group_size, scope)
     y = W / expand_steps(steps, W.shape[1])
+    y = y.T if by_column else y  # the trellis runs along axis 1 of what it is given
     codes = viterbi(y, jnp.zeros(2 * max_abs + 1, jnp.float32), 0.0, max_abs)
     # One compiled pass, re-run: each prices codes by the previous pass's histogram.
     codes = jax.lax.fori_loop(0, iters - 1, lambda _, c: viterbi(y, histogram_bits(c, max_abs), lam, max_abs), codes)
-    return codes, UniformMeta(step=steps)
+    return (codes.T if by_column else codes), UniformMeta(step=steps)
 
   def dequantize(codes, meta: UniformMeta):
     check_meta_step("trellis", codes, meta.step)
-    return trellis_values(codes) * expand_steps(meta.step.astype(jnp.float32), codes.shape[1])
+    levels = trellis_values(codes.T).T if by_column else trellis_values(codes)
+    return levels * expand_steps(meta.step.astype(jnp.float32), codes.shape[1])
 
-  return Quantizer(quantize=quantize, dequantize=dequantize)
+  def quantize_column(w, meta: UniformMeta, j, cols: int):
+    if w.ndim != 1:
+      raise ShapeError(f"trellis.quantize_column: expected a column f32[rows], got shape {tuple(w.shape)}")
+    col_step = column_steps(meta.step.astype(jnp.float32), j, cols)
+    y = w.astype(jnp.float32) / col_step
+    scale = rate.fit_scale(jnp.round(y / 2.0), "laplace")
+    table = rate.family_bits(jnp.arange(-max_abs, max_abs + 1, dtype=jnp.float32), scale, "laplace")
+    codes = viterbi(y[None, :], table, lam, max_abs)[0]
+    return codes, trellis_values(codes[None, :])[0] * col_step
+
+  return Quantizer(quantize=quantize, dequantize=dequantize, quantize_column=quantize_column if by_column else None)
