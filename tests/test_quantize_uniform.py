@@ -166,3 +166,19 @@ def test_scope_knob_is_validated():
     uniform(scope="column")
   with pytest.raises(ConfigError, match="scope='row'"):
     uniform(group_size=64, scope="matrix")
+
+
+@pytest.mark.parametrize("method", ["uniform", "dead_zone", "rdoq", "trellis"])
+def test_make_builds_every_registered_quantizer(method):
+  from macjax.quantize import make
+  q = make(method, step=0.25, scope="matrix")
+  codes, meta = q.quantize(jnp.asarray(_matrix("gaussian", rows=4, cols=32)))
+  assert codes.shape == (4, 32) and meta.step.shape == (1, 1)
+
+
+def test_make_names_bad_methods_and_keys():
+  from macjax.quantize import make
+  with pytest.raises(ConfigError, match="unknown method 'nf4'"):
+    make("nf4")
+  with pytest.raises(ConfigError, match=r"takes no \['lam'\]"):
+    make("uniform", lam=0.1)
