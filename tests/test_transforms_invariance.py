@@ -89,3 +89,15 @@ def test_bad_residual_basis():
     rotate_llama(params, config, key=jax.random.key(0), residual="dct")
   with pytest.raises(ConfigError, match="key is None"):
     rotate_llama(params, config)
+
+
+@pytest.mark.slow
+def test_rewrite_of_smollm2_preserves_logits():
+  """The real SmolLM2-135M (tied embeddings, GQA 9/3, hidden 576 = 16·36): untied, rotated, same logits."""
+  from macjax.load import load_model
+  model = load_model("smollm2-135m")
+  config = dict(model.layout.config)
+  tokens = np.array([[1, 504, 3458, 314, 260, 1345, 30, 2]], np.int32)
+  rw = rotate_llama(model.params, config, key=jax.random.key(0), untie=True)
+  assert rw.untied and rw.extra_params == config["vocab_size"] * config["hidden_size"]
+  _assert_same_logits(llama_logits(rw.params, rw.config, tokens), llama_logits(model.params, config, tokens))

@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -303,6 +304,23 @@ def kron_matmul(X: jax.Array, factors: list[jax.Array]) -> jax.Array:
   return Y.reshape(X.shape)
 
 
+# Module-level and jitted on (shape, sides): every factory shares the compiled rotation of a shape.
+@functools.partial(jax.jit, static_argnames=("sides", "inverse"))
+def _rotated(W, key, *, sides, inverse):
+  """``W Q`` / ``Qᵀ W`` per side (``inverse``: the transposes, sides in reverse order)."""
+  for s in (tuple(reversed(sides)) if inverse else sides):
+    d = base.side_dim(W, s)
+    k_signs, k_ortho = jax.random.split(jax.random.fold_in(key, 0 if s == "input" else 1))
+    signs = jax.random.rademacher(k_signs, (d,), W.dtype)
+    mats = _factor_matrices(hadamard_plan(d), k_ortho, W.dtype)
+    if inverse:
+      mats_t = [F.T for F in mats]
+      W = base.apply_on_side(W, s, lambda X: kron_matmul(X, mats_t) * signs)
+    else:
+      W = base.apply_on_side(W, s, lambda X: kron_matmul(X * signs, mats))
+  return W
+
+
 def randomized_hadamard(*, side: str = "input") -> base.WeightTransform:
   """Randomized Hadamard rotation ``Q = diag(s) K / √d`` on one or both sides of ``W`` (QuaRot).
 
@@ -332,23 +350,10 @@ def randomized_hadamard(*, side: str = "input") -> base.WeightTransform:
     base.check_matrix(W, "randomized_hadamard.init")
     return base.SeedState(base.key_data(key, "randomized_hadamard.init"))
 
-  def _parts(W, state, s):
-    d = base.side_dim(W, s)
-    k_signs, k_ortho = jax.random.split(jax.random.fold_in(state.key, 0 if s == "input" else 1))
-    signs = jax.random.rademacher(k_signs, (d,), W.dtype)
-    return signs, _factor_matrices(hadamard_plan(d), k_ortho, W.dtype)
-
   def apply_fn(W, state):
-    for s in sides:
-      signs, mats = _parts(W, state, s)
-      W = base.apply_on_side(W, s, lambda X: kron_matmul(X * signs, mats))
-    return W
+    return _rotated(W, state.key, sides=sides, inverse=False)
 
   def inverse_fn(W2, state):
-    for s in reversed(sides):
-      signs, mats = _parts(W2, state, s)
-      mats_t = [F.T for F in mats]
-      W2 = base.apply_on_side(W2, s, lambda X: kron_matmul(X, mats_t) * signs)
-    return W2
+    return _rotated(W2, state.key, sides=sides, inverse=True)
 
   return base.WeightTransform(init_fn, apply_fn, inverse_fn, lambda state: 0)

@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -140,6 +141,55 @@ def rotation_objective(objective: str, *, side: str = "input", step_rel: float =
   return fn
 
 
+def _start(init: str, key: jax.Array, d: int, dtype) -> jax.Array:
+  """The starting rotation ``Q_0``."""
+  if init == "identity":
+    return jnp.eye(d, dtype=dtype)
+  if init == "orthogonal":
+    return random_orthogonal_matrix(jax.random.fold_in(key, 0), d, dtype)
+  eye = jnp.eye(d, dtype=dtype)
+  return randomized_hadamard(side="input").apply(eye, base.SeedState(key))
+
+
+def _skew_from(upper: jax.Array, d: int, dtype) -> jax.Array:
+  iu = jnp.triu_indices(d, 1)
+  A = jnp.zeros((d, d), dtype).at[iu].set(upper.astype(dtype))
+  return A - A.T
+
+
+@functools.partial(jax.jit, static_argnames=("side", "init", "transpose"))
+def _rotated(W, key, skew, *, side, init, transpose):
+  """``W Q`` / ``Qᵀ W`` with ``Q = Q_0 cay(A)`` rebuilt from the stored skew triangle; jitted per shape."""
+  d = base.side_dim(W, side)
+  Q = jnp.matmul(_start(init, key, d, W.dtype), cayley(_skew_from(skew, d, W.dtype)), precision=_HIGHEST)
+  Q = Q.T if transpose else Q
+  return base.apply_on_side(W, side, lambda X: jnp.matmul(X, Q, precision=_HIGHEST))
+
+
+# Module-level and keyed on the hyper-parameters, so factories with equal settings share one compiled fit.
+@functools.partial(jax.jit, static_argnames=("side", "objective", "steps", "learning_rate", "init", "step_rel",
+                                             "max_code", "lam"))
+def _fit(W, key, C, *, side, objective, steps, learning_rate, init, step_rel, max_code, lam):
+  """Adam on ``P`` (``Q = Q_0 cay(P − Pᵀ)``) for ``steps`` steps in a ``lax.scan``; returns ``triu(A, 1)``."""
+  loss_fn = rotation_objective(objective, side=side, step_rel=step_rel, max_code=max_code, lam=lam)
+  optimizer = optax.adam(learning_rate)
+  d = base.side_dim(W, side)
+  Q0 = _start(init, key, d, W.dtype)
+
+  def loss(P):
+    return loss_fn(W, jnp.matmul(Q0, cayley(P - P.T), precision=_HIGHEST), C)
+
+  def step(carry, _):
+    P, opt_state = carry
+    value, grad = jax.value_and_grad(loss)(P)
+    updates, opt_state = optimizer.update(grad, opt_state, P)
+    return (optax.apply_updates(P, updates), opt_state), value
+
+  P0 = jnp.zeros((d, d), W.dtype)
+  (P, _), _ = jax.lax.scan(step, (P0, optimizer.init(P0)), None, length=steps)
+  return (P - P.T)[jnp.triu_indices(d, 1)]
+
+
 def learned_rotation(*, side: str = "input", objective: str = "kurtosis", steps: int = 200,
                      learning_rate: float = 1e-2, init: str = "hadamard", step_rel: float = 0.25,
                      max_code: int = 64, lam: float = 1.0, storage_dtype=jnp.float16,
@@ -183,44 +233,8 @@ def learned_rotation(*, side: str = "input", objective: str = "kurtosis", steps:
     raise ConfigError(f"learned_rotation: learning_rate={learning_rate!r}; expected > 0")
   if not step_rel > 0:
     raise ConfigError(f"learned_rotation: step_rel={step_rel!r}; expected > 0")
-  loss_fn = rotation_objective(objective, side=side, step_rel=step_rel, max_code=max_code, lam=lam)
-  optimizer = optax.adam(learning_rate)
-
-  def start(key, d, dtype):
-    if init == "identity":
-      return jnp.eye(d, dtype=dtype)
-    if init == "orthogonal":
-      return random_orthogonal_matrix(jax.random.fold_in(key, 0), d, dtype)
-    h = randomized_hadamard(side="input")
-    eye = jnp.eye(d, dtype=dtype)
-    return h.apply(eye, base.SeedState(key))
-
-  def skew_from(upper, d, dtype):
-    iu = jnp.triu_indices(d, 1)
-    A = jnp.zeros((d, d), dtype).at[iu].set(upper.astype(dtype))
-    return A - A.T
-
-  def rotation(state, d, dtype):
-    return jnp.matmul(start(state.key, d, dtype), cayley(skew_from(state.skew, d, dtype)), precision=_HIGHEST)
-
-  @jax.jit
-  def fit(W, key, C):
-    d = base.side_dim(W, side)
-    Q0 = start(key, d, W.dtype)
-
-    def loss(P):
-      return loss_fn(W, jnp.matmul(Q0, cayley(P - P.T), precision=_HIGHEST), C)
-
-    def step(carry, _):
-      P, opt_state = carry
-      value, grad = jax.value_and_grad(loss)(P)
-      updates, opt_state = optimizer.update(grad, opt_state, P)
-      return (optax.apply_updates(P, updates), opt_state), value
-
-    P0 = jnp.zeros((d, d), W.dtype)
-    (P, _), _ = jax.lax.scan(step, (P0, optimizer.init(P0)), None, length=steps)
-    A = P - P.T
-    return A[jnp.triu_indices(d, 1)]
+  hyper = dict(side=side, objective=objective, steps=steps, learning_rate=float(learning_rate), init=init,
+               step_rel=float(step_rel), max_code=int(max_code), lam=float(lam))
 
   def init_fn(W, *, key=None, stats=None):
     base.check_matrix(W, "learned_rotation.init")
@@ -240,7 +254,7 @@ def learned_rotation(*, side: str = "input", objective: str = "kurtosis", steps:
         raise ShapeError(f"learned_rotation.init: stats has shape {getattr(stats, 'shape', None)}; expected "
                          f"({W.shape[-1]}, {W.shape[-1]}), the input covariance of W {W.shape}")
       C = jnp.asarray(stats, W.dtype)
-    upper = fit(W, kd, C)
+    upper = _fit(W, kd, C, **hyper)
     return LearnedRotationState(kd, upper.astype(storage_dtype))
 
   def _rotate(W, state, transpose):
@@ -248,10 +262,7 @@ def learned_rotation(*, side: str = "input", objective: str = "kurtosis", steps:
     if state.skew.shape[-1] != d * (d - 1) // 2:
       raise ShapeError(f"learned_rotation.apply: weight W of shape {W.shape}; the state's skew parameters "
                        f"({state.skew.shape[-1]}) are not those of a {d}×{d} rotation")
-    Q = rotation(state, d, W.dtype)
-    if transpose:
-      Q = Q.T
-    return base.apply_on_side(W, side, lambda X: jnp.matmul(X, Q, precision=_HIGHEST))
+    return _rotated(W, state.key, state.skew, side=side, init=init, transpose=transpose)
 
   def state_bits_fn(state):
     return 0 if absorbed else base.array_bits(state.skew)

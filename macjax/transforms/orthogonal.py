@@ -8,6 +8,8 @@ sign fix it is not. The state is the key; the decoder regenerates ``Q``. Applyin
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +40,16 @@ def random_orthogonal_matrix(key: jax.Array, n: int, dtype=jnp.float32) -> jax.A
   return Q * signs[None, :]
 
 
+@functools.partial(jax.jit, static_argnames=("sides", "inverse"))
+def _rotated(W, key, *, sides, inverse):
+  """``W Q`` / ``Qᵀ W`` per side (``inverse``: the transposes, sides in reverse order); jitted per shape."""
+  for s in (tuple(reversed(sides)) if inverse else sides):
+    Q = random_orthogonal_matrix(jax.random.fold_in(key, 0 if s == "input" else 1), base.side_dim(W, s), W.dtype)
+    Q = Q.T if inverse else Q
+    W = base.apply_on_side(W, s, lambda X: jnp.matmul(X, Q, precision=_HIGHEST))
+  return W
+
+
 def random_orthogonal(*, side: str = "input") -> base.WeightTransform:
   """A random orthogonal change of coordinates from a seed: ``W2 = W Q`` (input), ``Q^T W`` (output) or both.
 
@@ -66,20 +78,10 @@ def random_orthogonal(*, side: str = "input") -> base.WeightTransform:
     base.check_matrix(W, "random_orthogonal.init")
     return base.SeedState(base.key_data(key, "random_orthogonal.init"))
 
-  def _matrix(W, state, s):
-    k = jax.random.fold_in(state.key, 0 if s == "input" else 1)
-    return random_orthogonal_matrix(k, base.side_dim(W, s), W.dtype)
-
   def apply_fn(W, state):
-    for s in sides:
-      Q = _matrix(W, state, s)
-      W = base.apply_on_side(W, s, lambda X: jnp.matmul(X, Q, precision=_HIGHEST))
-    return W
+    return _rotated(W, state.key, sides=sides, inverse=False)
 
   def inverse_fn(W2, state):
-    for s in reversed(sides):
-      Q = _matrix(W2, state, s)
-      W2 = base.apply_on_side(W2, s, lambda X: jnp.matmul(X, Q.T, precision=_HIGHEST))
-    return W2
+    return _rotated(W2, state.key, sides=sides, inverse=True)
 
   return base.WeightTransform(init_fn, apply_fn, inverse_fn, lambda state: 0)

@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -100,6 +101,21 @@ def block_diagonal(C: jax.Array, b: int) -> jax.Array:
   blocks = C.reshape(n, b, n, b)
   k = jnp.arange(n)
   return blocks[k, :, k, :]  # advanced indices split by a slice: their axis comes first
+
+
+@functools.partial(jax.jit, static_argnames=("side", "transpose"))
+def _rotated(W, basis, *, side, transpose):
+  """``W V`` / ``Vᵀ W`` with ``V = orthonormalize(basis)`` block-diagonal (``transpose``: ``Vᵀ``); jitted per shape."""
+  n, b = basis.shape[-3], basis.shape[-1]
+  V = orthonormalize(basis.astype(W.dtype))
+  if transpose:
+    V = jnp.swapaxes(V, -1, -2)
+
+  def right(X):
+    Y = jnp.einsum("...nb,nbc->...nc", X.reshape(X.shape[:-1] + (n, b)), V, precision=_HIGHEST)
+    return Y.reshape(X.shape)
+
+  return base.apply_on_side(W, side, right)
 
 
 def pca(*, side: str = "input", scope: str = "matrix", block_size: int | None = None, source: str = "weight",
@@ -170,15 +186,7 @@ def pca(*, side: str = "input", scope: str = "matrix", block_size: int | None = 
     if n * b != d:
       raise ShapeError(f"pca.apply: weight W of shape {W.shape} has {side} dimension {d}; the state's basis "
                        f"{state.basis.shape} covers {n * b}")
-    V = orthonormalize(state.basis.astype(W.dtype))
-    if transpose:
-      V = jnp.swapaxes(V, -1, -2)
-
-    def right(X):
-      Y = jnp.einsum("...nb,nbc->...nc", X.reshape(X.shape[:-1] + (n, b)), V, precision=_HIGHEST)
-      return Y.reshape(X.shape)
-
-    return base.apply_on_side(W, side, right)
+    return _rotated(W, state.basis, side=side, transpose=transpose)
 
   def state_bits_fn(state):
     return 0 if absorbed else base.array_bits(state.basis)
