@@ -260,3 +260,31 @@ def test_chain_stats_must_be_per_member():
   tn = T.named_chain(("a", T.identity()))
   with pytest.raises(ConfigError, match=r"unknown members \['b'\]"):
     tn.init(jnp.ones((4, 4)), stats={"b": 1})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# specs (what a pipeline config names)
+
+
+def test_from_spec_builds_chains():
+  t = T.from_spec([{"kind": "hadamard", "side": "input", "name": "rot"},
+                   {"kind": "pca", "side": "output", "storage_dtype": "float32", "name": "align"}])
+  W = jax.random.normal(jax.random.key(0), (16, 12))
+  state = t.init(W, key=jax.random.key(1))
+  assert list(state) == ["rot", "align"] and state["align"].basis.dtype == jnp.float32
+  assert t.state_bits(state) == 16 * 16 * 32
+  assert _close(t.inverse(t.apply(W, state), state), W, INV_TOL)
+  assert isinstance(T.from_spec([{"kind": "identity"}, {"kind": "orthogonal"}]).init(W, key=jax.random.key(0)), tuple)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"kind": "dct"}, "kind='dct'"),
+    ([{"kind": "pca"}, {"kind": "pca", "blocksize": 4}], r"transform spec 1 \(pca\): unknown keys \['blocksize'\]"),
+    ([{"kind": "pca", "scope": "head"}], "transform spec 0: pca: scope='head' needs block_size"),
+    ([{"kind": "pca", "name": "a"}, {"kind": "identity"}], r"members \[1\] have no 'name'"),
+    ({"kind": "pca", "storage_dtype": "float8"}, "storage_dtype='float8'"),
+    ([], "non-empty list"),
+], ids=["unknown-kind", "unknown-key", "bad-value", "partly-named", "bad-dtype", "empty"])
+def test_from_spec_errors(spec, match):
+  with pytest.raises(ConfigError, match=match):
+    T.from_spec(spec)

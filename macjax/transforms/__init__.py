@@ -15,10 +15,13 @@ from macjax.transforms.learned import (LearnedRotationState, cayley, learned_rot
                                       soft_code_entropy)
 from macjax.transforms.orthogonal import random_orthogonal, random_orthogonal_matrix
 from macjax.transforms.pca import PCAState, orthonormalize, pca, principal_basis
+from macjax.transforms.registry import FACTORIES, from_spec
 from macjax.transforms.scaling import ScaleState, channel_scaling, smoothquant_scales
 
 __all__ = [
     "EmptyState",
+    "FACTORIES",
+    "from_spec",
     "InvariantRewrite",
     "residual_pca_basis",
     "rotate_llama",
