@@ -94,7 +94,8 @@ class Evaluator:
 
   * SmolLM2-135M, defaults ``n_seq=24, seq_len=256``: 6120 scored predictions drawn from 24 windows spread
     over 6 held-out works. Build (reference pass) 10.5 CPU-s, each candidate 17 CPU-s; one :func:`quality`
-    call 28 CPU-s (wall 20 s on a momentarily quiet machine, 59 s under load 7). Reference perplexity on this
+    call 28-30 CPU-s (wall 20 s on a momentarily quiet machine, 59 s at load 7, 93 s at load 12; pass
+    ``n_seq=16`` for two thirds of that). Reference perplexity on this
     text: 48.3 (Shakespeare, sonnets included, windows start mid-text without BOS). Statistical resolution: for
     a candidate at +2.6% perplexity the standard error of ``perplexity_rel_change`` (over per-window means of
     the paired NLL difference) is 0.5 points and that of ``kl`` 10% of its value: enough to rank methods a few
