@@ -33,7 +33,7 @@ import optax
 
 from macjax.errors import ConfigError, NonFiniteError, ShapeError
 from macjax.fit import model
-from macjax.fit.config import FitConfig, Grid
+from macjax.fit.config import FitConfig
 from macjax.fit.theta import (Theta, check_theta, dequantize, init_params, quantize, spec_bits, theta_spec)
 
 
