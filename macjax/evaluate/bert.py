@@ -210,7 +210,23 @@ def _dense(x, w, b):
   return jnp.einsum("bsi,oi->bso", x, w) + b
 
 
-def _layer(x, p, mask, dims: BertDims):
+class BlockInputs(NamedTuple):
+  """The inputs of a BERT layer's linear layers, each ``[batch, seq, features]`` (what multiplies ``Wᵀ``).
+
+  Attributes:
+    attn: the layer input ``x``, the input of ``query``, ``key`` and ``value`` (``hidden``).
+    context: the attention context, heads concatenated, the input of ``attention.output.dense`` (``hidden``).
+    mlp: the post-attention LayerNorm output, the input of ``intermediate.dense`` (``hidden``).
+    act: :math:`\\mathrm{GELU}(W_{in} x + b_{in})`, the input of ``output.dense`` (``intermediate``).
+  """
+
+  attn: jax.Array
+  context: jax.Array
+  mlp: jax.Array
+  act: jax.Array
+
+
+def _layer_and_inputs(x, p, mask, dims: BertDims):
   batch, seq, _ = x.shape
   hd = dims.hidden // dims.num_heads
   split = lambda t: t.reshape(batch, seq, dims.num_heads, hd)
@@ -218,17 +234,26 @@ def _layer(x, p, mask, dims: BertDims):
   scores = jnp.einsum("bqhd,bshd->bhqs", q, k) / np.sqrt(hd).astype(np.float32)
   scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
   context = jnp.einsum("bhqs,bshd->bqhd", jax.nn.softmax(scores, axis=-1), v).reshape(batch, seq, dims.hidden)
-  x = layer_norm(x + _dense(context, p["o"], p["o_bias"]), p["attn_ln"], p["attn_ln_bias"], dims.ln_eps)
-  inner = jax.nn.gelu(_dense(x, p["up"], p["up_bias"]), approximate=False)
-  return layer_norm(x + _dense(inner, p["down"], p["down_bias"]), p["out_ln"], p["out_ln_bias"], dims.ln_eps)
+  x1 = layer_norm(x + _dense(context, p["o"], p["o_bias"]), p["attn_ln"], p["attn_ln_bias"], dims.ln_eps)
+  inner = jax.nn.gelu(_dense(x1, p["up"], p["up_bias"]), approximate=False)
+  out = layer_norm(x1 + _dense(inner, p["down"], p["down_bias"]), p["out_ln"], p["out_ln_bias"], dims.ln_eps)
+  return out, BlockInputs(attn=x, context=context, mlp=x1, act=inner)
+
+
+def _layer(x, p, mask, dims: BertDims):
+  return _layer_and_inputs(x, p, mask, dims)[0]
+
+
+def _embed(weights: BertWeights, tokens, token_types, dims: BertDims):
+  seq = tokens.shape[1]
+  x = (jnp.take(weights.word, tokens, axis=0) + weights.position[:seq][None]
+       + jnp.take(weights.token_type, token_types, axis=0))
+  return layer_norm(x, weights.emb_ln, weights.emb_ln_bias, dims.ln_eps)
 
 
 @functools.partial(jax.jit, static_argnames=("dims",))
 def _hidden(weights: BertWeights, tokens, mask, token_types, dims: BertDims):
-  seq = tokens.shape[1]
-  x = (jnp.take(weights.word, tokens, axis=0) + weights.position[:seq][None]
-       + jnp.take(weights.token_type, token_types, axis=0))
-  x = layer_norm(x, weights.emb_ln, weights.emb_ln_bias, dims.ln_eps)
+  x = _embed(weights, tokens, token_types, dims)
   x, _ = jax.lax.scan(lambda x, p: (_layer(x, p, mask, dims), None), x, weights.layers)
   return x
 
@@ -306,3 +331,46 @@ def bert_embeddings(params: ParamsLike, config: Mapping[str, Any], tokens: Any, 
   tokens, mask, token_types = _inputs(tokens, mask, token_types, dims)
   weights = params if isinstance(params, BertWeights) else prepare_bert(params, config)
   return mean_pool(_hidden(weights, tokens, mask, token_types, dims), mask)
+
+
+@functools.partial(jax.jit, static_argnames=("dims", "reduce"))
+def _reduce_inputs(weights: BertWeights, tokens, mask, token_types, dims: BertDims, reduce):
+  x = _embed(weights, tokens, token_types, dims)
+
+  def step(x, p):
+    x, inputs = _layer_and_inputs(x, p, mask, dims)
+    return x, reduce(inputs, mask)
+
+  _, per_layer = jax.lax.scan(step, x, weights.layers)
+  return per_layer
+
+
+def reduce_block_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any, reduce, mask: Any = None,
+                        token_types: Optional[Any] = None) -> Any:
+  """Runs the layers and reduces each layer's linear-layer inputs inside the layer scan, never keeping them.
+
+  For each layer ``l`` the layer's :class:`BlockInputs` ``I_l`` (each ``[batch, seq, features]``, padded positions
+  included) are passed to ``reduce(I_l, mask)`` (``mask``: ``bool[batch, seq]``, true on real tokens: a reduction
+  over tokens should weight by it), and the results are stacked along a leading layer axis; only ``reduce``'s
+  outputs outlive the layer.
+
+  Args:
+    params: flat HF params or :class:`BertWeights`.
+    config: the HF ``config.json`` dict.
+    tokens: ``int32[batch, seq]``.
+    reduce: ``(BlockInputs, mask) -> pytree of arrays``, traced under ``jit``; a module-level function (it is a
+      static argument, so one compiled program per function and token shape).
+    mask: ``[batch, seq]`` attention mask (1 = token, 0 = padding); all ones if omitted.
+    token_types: ``int32[batch, seq]`` segment ids; zeros if omitted.
+
+  Returns:
+    ``reduce``'s pytree with each leaf stacked to ``[num_layers, ...]``.
+
+  Example:
+    >>> count = lambda inputs, mask: jnp.sum(mask)                                        # doctest: +SKIP
+    >>> reduce_block_inputs(model.params, model.layout.config, tokens, count, mask).shape  # doctest: +SKIP
+    (6,)
+  """
+  dims = BertDims.from_config(config)
+  weights = params if isinstance(params, BertWeights) else prepare_bert(params, config)
+  return _reduce_inputs(weights, *_inputs(tokens, mask, token_types, dims), dims, reduce)

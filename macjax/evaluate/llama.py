@@ -250,7 +250,24 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-def _block(x: jax.Array, p: dict[str, jax.Array], cos, sin, dims: LlamaDims) -> jax.Array:
+class BlockInputs(NamedTuple):
+  """The inputs of a block's linear layers, each ``[batch, seq, features]`` (what multiplies ``Wᵀ``).
+
+  Attributes:
+    attn: :math:`\\mathrm{RMS}(x)\\odot g_1`, the input of ``q_proj``, ``k_proj`` and ``v_proj`` (``hidden``).
+    context: the attention context, heads concatenated, the input of ``o_proj`` (``num_heads * head_dim``).
+    mlp: :math:`\\mathrm{RMS}(x)\\odot g_2`, the input of ``gate_proj`` and ``up_proj`` (``hidden``).
+    act: :math:`\\mathrm{SiLU}(W_{gate} h)\\odot W_{up} h`, the input of ``down_proj`` (``intermediate``).
+  """
+
+  attn: jax.Array
+  context: jax.Array
+  mlp: jax.Array
+  act: jax.Array
+
+
+def _block_and_inputs(x: jax.Array, p: dict[str, jax.Array], cos, sin,
+                      dims: LlamaDims) -> tuple[jax.Array, BlockInputs]:
   batch, seq, _ = x.shape
   groups = dims.num_heads // dims.num_kv_heads
   h = rms_norm(x, p["input_norm"], dims.rms_eps)
@@ -266,10 +283,15 @@ def _block(x: jax.Array, p: dict[str, jax.Array], cos, sin, dims: LlamaDims) -> 
   weights = jax.nn.softmax(scores, axis=-1)
   context = jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, seq, dims.num_heads * dims.head_dim)
   x = x + jnp.einsum("bsi,oi->bso", context, p["o"])
-  h = rms_norm(x, p["post_norm"], dims.rms_eps)
-  gate = jnp.einsum("bsi,oi->bso", h, p["gate"])
-  up = jnp.einsum("bsi,oi->bso", h, p["up"])
-  return x + jnp.einsum("bsi,oi->bso", jax.nn.silu(gate) * up, p["down"])
+  h2 = rms_norm(x, p["post_norm"], dims.rms_eps)
+  gate = jnp.einsum("bsi,oi->bso", h2, p["gate"])
+  up = jnp.einsum("bsi,oi->bso", h2, p["up"])
+  act = jax.nn.silu(gate) * up
+  return x + jnp.einsum("bsi,oi->bso", act, p["down"]), BlockInputs(attn=h, context=context, mlp=h2, act=act)
+
+
+def _block(x: jax.Array, p: dict[str, jax.Array], cos, sin, dims: LlamaDims) -> jax.Array:
+  return _block_and_inputs(x, p, cos, sin, dims)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("dims",))
@@ -347,3 +369,44 @@ def llama_logits(params: ParamsLike, config: Mapping[str, Any], tokens: Any) -> 
   """
   weights = _weights(params, config)
   return _project(llama_hidden(weights, config, tokens), weights.lm_head)
+
+
+@functools.partial(jax.jit, static_argnames=("dims", "reduce"))
+def _reduce_inputs(weights: LlamaWeights, tokens: jax.Array, dims: LlamaDims, reduce):
+  cos, sin = rope_angles(tokens.shape[1], dims.head_dim, dims.rope_theta)
+  x = jnp.take(weights.embed, tokens, axis=0)
+  mask = jnp.ones(tokens.shape, dtype=bool)
+
+  def step(x, p):
+    x, inputs = _block_and_inputs(x, p, cos, sin, dims)
+    return x, reduce(inputs, mask)
+
+  _, per_layer = jax.lax.scan(step, x, weights.blocks)
+  return per_layer
+
+
+def reduce_block_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any, reduce) -> Any:
+  """Runs the blocks and reduces each block's linear-layer inputs inside the layer scan, never keeping them.
+
+  For each layer ``l`` the block's :class:`BlockInputs` ``I_l`` (each ``[batch, seq, features]``) are passed to
+  ``reduce(I_l, mask)`` (``mask``: ``bool[batch, seq]``, all true here: every token counts), and the results are
+  stacked along a leading layer axis: only ``reduce``'s outputs outlive the layer, so memory is that of the forward
+  plus ``num_layers`` reductions (e.g. ``XᵀX`` sums, what :mod:`macjax.calibrate` does).
+
+  Args:
+    params: flat HF params or :class:`LlamaWeights`.
+    config: the HF ``config.json`` dict.
+    tokens: ``int32[batch, seq]``.
+    reduce: ``(BlockInputs, mask) -> pytree of arrays``, traced under ``jit``; a module-level function (it is a
+      static argument, so one compiled program per function and token shape).
+
+  Returns:
+    ``reduce``'s pytree with each leaf stacked to ``[num_layers, ...]``.
+
+  Example:
+    >>> sq = lambda inputs, mask: jnp.sum(jnp.square(inputs.act))                         # doctest: +SKIP
+    >>> reduce_block_inputs(model.params, model.layout.config, tokens, sq).shape          # doctest: +SKIP
+    (30,)
+  """
+  dims = LlamaDims.from_config(config)
+  return _reduce_inputs(_weights(params, config), _check_tokens(tokens, dims.vocab), dims, reduce)
