@@ -23,6 +23,7 @@ def _parts(seed=0):
       ("a", "table", "tables"): rng.integers(0, 256, size=77, dtype=np.uint8),
       ("a", "meta.step", "scales"): rng.standard_normal((12, 3)).astype(np.float16),
       ("b", "raw", "raw"): rng.standard_normal(31).astype(np.float32),
+      ("b", "scalar", "raw"): np.float32(2.5) * np.ones((), np.float32),
       ("b", "words", "codes"): rng.integers(0, 2**32, size=7, dtype=np.uint32),
   }
 

@@ -58,7 +58,7 @@ class Packer:
       raise ValueError(f"unknown part kind {kind!r} for {tensor}/{part}; expected one of {KINDS}")
     if part in self._index[tensor]:
       raise ValueError(f"part {part!r} of tensor {tensor!r} added twice")
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)  # (not ascontiguousarray: it turns 0-d arrays into shape (1,))
     name = bucket_name(kind, array.dtype)
     self._index[tensor][part] = {
         "bucket": name,
@@ -66,7 +66,7 @@ class Packer:
         "size": int(array.size),
         "shape": list(array.shape),
     }
-    self._chunks[name].append(array.reshape(-1))
+    self._chunks[name].append(np.ascontiguousarray(array).reshape(-1))
     self._sizes[name] += int(array.size)
 
   def finish(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, dict]]]:

@@ -1,16 +1,24 @@
 """Compress and decompress: the only module that knows the order of the stages.
 
-Encoder, for every tensor of a :class:`~macjax.load.layout.Model`:
+Encoder, in this order:
 
-* transformer-block matrices: ``quantize`` (config ``[quantize]``) → ``coding.encode`` of the integer codes;
-* other 2-D tensors (embeddings, LM head): the same, with ``[embeddings]``'s step, or kept as float16/float32;
-* 1-D tensors (norms, biases): kept in ``[vectors]``'s dtype.
+1. **rewrite** (optional, ``[rewrite]``): a function-preserving model rewrite (LLaMA residual/value rotations).
+2. **calibrate** (when a stage needs it): statistics of every block matrix's inputs on calibration text.
+3. **transform** (``[[transform]]``): each block matrix ``W`` goes to ``W' = T(W)`` with a fitted state.
+4. **fit** (``[fit]``): per family (role) of block matrices across layers, ``W' = f_θ(α) + r``; θ is stored.
+5. **quantize** (``[quantize]``, optionally GPTQ with the calibration Hessian): the residual ``r`` (or ``W'``) to
+   integer codes + side information, with the steps ``W'`` itself would get.
+6. **code** (``[coding]``): the codes, entropy coded with a stored probability model.
 
-Every part needed to decode (coded words, probability tables, quantizer side information, kept tensors, tokenizer
-files) goes into the artifact: tensors' parts through :class:`~macjax.artifact.Packer` into the artifact; the manifest records per tensor its shape,
-treatment, coder header, the bits of each part, and the SHA-256 of the encoder's reconstruction. The decoder
-rebuilds each tensor from the parts alone and checks it against that hash, so "decode is bit-identical to what the
-encoder reconstructed" is verified on every decode, not assumed.
+Other 2-D tensors (embeddings, LM head) are quantized and coded with ``[embeddings]``'s step, or kept as
+float16/float32; 1-D tensors (norms, biases) are kept in ``[vectors]``'s dtype.
+
+Every part needed to decode (coded words, probability tables, quantizer side information, transform states, θ,
+kept tensors) goes through :class:`~macjax.artifact.Packer` into the artifact, and the tokenizer files beside it.
+The manifest records per tensor its shape, treatment, coder header, the bits of each part, and the SHA-256 of the
+encoder's reconstruction. The decoder runs the stages backwards from the parts alone (``Ŵ = T⁻¹(f_θ(α) + r̂)``)
+and checks each tensor against that hash, so "decode is bit-identical to what the encoder reconstructed" is
+verified on every decode, not assumed (on the encoder's backend; see the README for other backends).
 
 Example:
   >>> compressed = compress(load_model("minilm-l6"), PipelineConfig())  # doctest: +SKIP
@@ -23,19 +31,19 @@ import dataclasses
 import functools
 import hashlib
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import macjax
-from macjax import artifact, coding, transforms
-from macjax.errors import ArtifactError, ConfigError, NonFiniteError
-from macjax.load.layout import Model, ModelLayout
+from macjax import artifact, coding, fit, transforms
+from macjax.errors import ArtifactError, ConfigError, MacjaxError, NonFiniteError
+from macjax.load.layout import MATRIX_ROLES, MatrixInfo, Model, ModelLayout
 from macjax.pipeline import components
 from macjax.pipeline.config import PipelineConfig, from_dict, to_dict
-from macjax.quantize.uniform import UniformMeta, uniform
+from macjax.quantize.uniform import group_view
 
 
 @dataclasses.dataclass
@@ -65,28 +73,103 @@ def tensor_digest(array: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Components built once per config (and cached, so decoding many tensors compiles once per shape).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+  """The per-matrix transform chain, jitted (one compile per matrix shape)."""
+
+  t: transforms.WeightTransform
+  specs: tuple
+
+  @functools.cached_property
+  def init(self):
+    return jax.jit(lambda W, key, stats: self.t.init(W, key=key, stats=stats))
+
+  @functools.cached_property
+  def apply(self):
+    return jax.jit(self.t.apply)
+
+  @functools.cached_property
+  def inverse(self):
+    return jax.jit(self.t.inverse)
+
+  def stats_for(self, input_stats) -> dict[str, Any] | None:
+    """The ``stats`` mapping of the named chain for one matrix, from its :class:`InputStats` (or None)."""
+    out = {}
+    for i, spec in enumerate(self.specs):
+      kind = components.stats_kind(spec.name, spec.kwargs)
+      if kind is not None:
+        out[f"{i}:{spec.name}"] = jnp.asarray(getattr(input_stats, kind), jnp.float32)
+    return out or None
+
+  def state_structure(self, shape: tuple[int, int]):
+    d = shape[1]
+    stats = {}
+    for i, spec in enumerate(self.specs):
+      kind = components.stats_kind(spec.name, spec.kwargs)
+      if kind is not None:
+        stats[f"{i}:{spec.name}"] = jax.ShapeDtypeStruct((d, d) if kind == "second_moment" else (d,), jnp.float32)
+    return jax.eval_shape(self.init, jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((2,), jnp.uint32),
+                          stats or None)
+
+  def input_side_only(self) -> bool:
+    return all(s.kwargs.get("side", "input") == "input" for s in self.specs)
+
+
+@functools.lru_cache(maxsize=8)
+def _chain(specs: tuple) -> _Chain | None:
+  t = components.build_chain([(s.name, s.kwargs) for s in specs])
+  return None if t is None else _Chain(t, specs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Q:
+  """A jitted quantizer and how to rebuild its meta's structure for a matrix shape."""
+
+  quantize: Callable
+  dequantize: Callable
+  gptq: bool
+
+  def meta_structure(self, shape: tuple[int, int]):
+    W = jax.ShapeDtypeStruct(shape, jnp.float32)
+    args = (W, jax.ShapeDtypeStruct((shape[1], shape[1]), jnp.float32)) if self.gptq else (W,)
+    return jax.eval_shape(self.quantize, *args, 1.0)[1]
+
+
 @functools.lru_cache(maxsize=32)
-def _quantizer(method: str, step: float, group_size: int):
-  if method != "uniform":  # config validation already restricts this; guard against future drift
-    raise ValueError(f"unknown quantizer {method!r}")
-  q = uniform(step=step, group_size=group_size or None)
-  # One compiled program per matrix shape, instead of op-by-op dispatch.
-  return q._replace(quantize=jax.jit(q.quantize), dequantize=jax.jit(q.dequantize))
+def _quantizer(method: str, step: float, group_size: int, options: tuple, gptq: tuple | None) -> _Q:
+  q = components.build_quantizer(method, step, group_size, dict(options), gptq=dict(gptq) if gptq else None)
+  return _Q(jax.jit(q.quantize), jax.jit(q.dequantize), gptq is not None)
 
 
-def _meta_to_parts(meta) -> dict[str, np.ndarray]:
-  """Stores each field of a quantizer meta NamedTuple, as float16 where that is exact, else in its own dtype."""
-  parts = {}
-  for field in meta._fields:
-    a = np.asarray(getattr(meta, field))
-    if a.dtype == np.float32 and np.array_equal(a.astype(np.float16).astype(np.float32), a):
-      a = a.astype(np.float16)
-    parts[field] = a
-  return parts
+def _block_quantizer(cfg: dict) -> _Q:
+  q = cfg["quantize"]
+  gptq = (("block_size", q["gptq_block_size"]), ("damp", q["gptq_damp"])) if q["gptq"] else None
+  return _quantizer(q["method"], q["step"], q["group_size"], tuple(sorted(q["options"].items())), gptq)
 
 
-def _meta_from_parts(meta_cls, parts: dict[str, np.ndarray], dtypes: dict[str, str]):
-  return meta_cls(**{f: jnp.asarray(parts[f].astype(dtypes[f])) for f in meta_cls._fields})
+def _embedding_quantizer(cfg: dict) -> _Q:
+  q, e = cfg["quantize"], cfg["embeddings"]
+  return _quantizer(q["method"], e["step"], e["group_size"], tuple(sorted(q["options"].items())), None)
+
+
+@functools.lru_cache(maxsize=8)
+def _fitter(options: tuple) -> fit.FunctionalFit:
+  return fit.functional_fit(**dict(options))
+
+
+def _fit_roles(cfg: dict, layout: ModelLayout) -> list[str]:
+  if not cfg["fit"]["enabled"]:
+    return []
+  wanted = cfg["fit"]["roles"] or list(MATRIX_ROLES)
+  return [r for r in MATRIX_ROLES if r in wanted and layout.by_role(r)]
+
+
+def _matrix_key(seed: int, index: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
 
 
 @jax.jit
@@ -100,75 +183,56 @@ def _check_finite(name: str, a: np.ndarray) -> None:
     raise NonFiniteError(f"tensor {name} (shape {a.shape}) has {bad} NaN/inf values; expected finite weights")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Chain:
-  """The per-matrix transform chain, jitted once (one compile per matrix shape)."""
-
-  t: transforms.WeightTransform
-
-  @functools.cached_property
-  def init(self):
-    return jax.jit(lambda W, key: self.t.init(W, key=key))
-
-  @functools.cached_property
-  def apply(self):
-    return jax.jit(self.t.apply)
-
-  @functools.cached_property
-  def inverse(self):
-    return jax.jit(self.t.inverse)
-
-  def state_structure(self, shape: tuple[int, int]):
-    return jax.eval_shape(self.init, jax.ShapeDtypeStruct(shape, jnp.float32),
-                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+@functools.partial(jax.jit, static_argnames=("group_size",))
+def _residual_step_scale(W: jax.Array, R: jax.Array, group_size: int | None) -> jax.Array:
+  """Per-group ``RMS(W) / RMS(R)``: multiplies a quantizer's steps on the residual ``R`` so that they are the steps
+  ``W`` itself would get (equal distortion; the fit's gain shows up as rate)."""
+  rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(group_view(x, group_size)), axis=-1))
+  return rms(W) / jnp.maximum(rms(R), 1e-30)
 
 
-@functools.lru_cache(maxsize=8)
-def _chain(specs: tuple) -> _Chain | None:
-  t = components.build_chain([(s.name, s.kwargs) for s in specs])
-  return None if t is None else _Chain(t)
+def _step_scale_for(cfg: dict, W: jax.Array, R: jax.Array):
+  q = cfg["quantize"]
+  scope = q["options"].get("scope", "row")
+  if scope == "row":
+    return _residual_step_scale(W, R, q["group_size"] or None)
+  if scope == "matrix":
+    return jnp.sqrt(jnp.mean(W**2)) / jnp.maximum(jnp.sqrt(jnp.mean(R**2)), 1e-30)
+  return 1.0  # absolute steps do not depend on the input
 
 
-def _matrix_key(seed: int, index: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding pieces.
 
 
-def _encode_quantized(name: str, W: np.ndarray, quantizer, coding_model: str, packer: artifact.Packer, *,
-                      chain: _Chain | None = None, key: jax.Array | None = None) -> tuple[np.ndarray, dict]:
-  W = jnp.asarray(W, jnp.float32)
-  transform_bits = 0
-  if chain is not None:
-    state = chain.init(W, key)
-    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
-    for i, leaf in enumerate(leaves):
-      packer.add(name, f"transform.{i}", "transform", leaf)
-    transform_bits = int(sum(leaf.nbytes for leaf in leaves) * 8)
-    W = chain.apply(W, state)
-  codes, meta = quantizer.quantize(W)
-  W_hat = quantizer.dequantize(codes, meta)
-  if chain is not None:
-    W_hat = chain.inverse(W_hat, state)
-  W_hat = np.asarray(W_hat, dtype=np.float32)
-  codes = np.asarray(codes, dtype=np.int32)
+def _pack_leaves(packer: artifact.Packer, tensor: str, prefix: str, kind: str, tree) -> int:
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+  for i, leaf in enumerate(leaves):
+    packer.add(tensor, f"{prefix}.{i}", kind, leaf)
+  return int(sum(leaf.nbytes for leaf in leaves) * 8)
+
+
+def _unpack_leaves(parts: dict[str, np.ndarray], prefix: str, structure):
+  n = len(jax.tree_util.tree_leaves(structure))
+  leaves = []
+  for i, s in enumerate(jax.tree_util.tree_leaves(structure)):
+    a = parts.get(f"{prefix}.{i}")
+    if a is None or a.shape != s.shape or a.dtype != s.dtype:
+      raise ArtifactError(f"artifact: {prefix} leaf {i} of {n} is missing or is not {s.shape} {s.dtype}")
+    leaves.append(jnp.asarray(a))
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(structure), leaves)
+
+
+def _code(name: str, codes: np.ndarray, meta, coding_model: str, packer: artifact.Packer) -> dict:
   coded = coding.encode(codes, model=coding_model)
   packer.add(name, "words", "codes", coded.words)
   packer.add(name, "table", "tables", coded.table)
-  meta_parts = _meta_to_parts(meta)
-  for field, a in meta_parts.items():
-    packer.add(name, f"meta.{field}", "scales", a)
-  record = {
+  return {
       "coder": coded.header,
-      "meta_dtypes": {f: np.asarray(getattr(meta, f)).dtype.name for f in meta._fields},
-      "bits": {
-          "codes": int(coded.words.nbytes * 8),
-          "tables": int(coded.table.nbytes * 8),
-          "scales": int(sum(a.nbytes for a in meta_parts.values()) * 8),
-          "transform": transform_bits,
-          "raw": 0,
-      },
+      "bits": {"codes": int(coded.words.nbytes * 8), "tables": int(coded.table.nbytes * 8),
+               "scales": _pack_leaves(packer, name, "meta", "scales", meta)},
       "information_bits": float(coding.information_bits(codes, coded)),
   }
-  return W_hat, record
 
 
 def _encode_raw(name: str, a: np.ndarray, dtype: str, packer: artifact.Packer) -> tuple[np.ndarray, dict]:
@@ -205,9 +269,18 @@ def layout_from_json(d: dict) -> ModelLayout:
     raise ArtifactError(f"artifact manifest: {e}") from e
 
 
+def _needs_calibration(config: PipelineConfig) -> bool:
+  return config.quantize.gptq or any(components.needs_stats(t.name, t.kwargs) for t in config.transform)
+
+
+def _calibrate(model: Model, config: PipelineConfig) -> dict:
+  from macjax import calibrate  # pylint: disable=g-import-not-at-top
+  return calibrate.input_statistics(model, **config.calibration.sizes())
+
+
 def compress(model: Model, config: PipelineConfig, *,
              progress: Callable[[str], None] | None = None) -> Compressed:
-  """Encodes every tensor of ``model`` under ``config``.
+  """Encodes every tensor of ``model`` under ``config`` (stages in the module docstring's order).
 
   Args:
     model: the loaded model.
@@ -219,9 +292,11 @@ def compress(model: Model, config: PipelineConfig, *,
 
   Raises:
     NonFiniteError: a tensor holds NaN or inf.
+    ConfigError: a stage cannot run on this model with this config (named in the message).
   """
   say = progress or (lambda _: None)
   timings: dict[str, float] = {}
+  cfg = to_dict(config)
   t0 = time.perf_counter()
   for name, a in model.params.items():
     _check_finite(name, a)
@@ -235,42 +310,123 @@ def compress(model: Model, config: PipelineConfig, *,
     timings["rewrite"] = time.perf_counter() - t0
 
   chain = _chain(config.transform)
-  block_index = {m.name: i for i, m in enumerate(model.layout.matrices)}
-  block = {m.name: m for m in model.layout.matrices}
-  q_block = _quantizer(config.quantize.method, config.quantize.step, config.quantize.group_size)
-  q_embed = _quantizer(config.quantize.method, config.embeddings.step, config.embeddings.group_size)
+  if config.quantize.gptq and chain is not None and not chain.input_side_only():
+    raise ConfigError("quantize.gptq with a transform acting on the output side: GPTQ's Hessian lives in the input "
+                      "coordinates; use input-side transforms (side = \"input\") with GPTQ")
+  stats = None
+  if _needs_calibration(config):
+    t0 = time.perf_counter()
+    say("calibrate: input statistics of every block matrix on calibration text")
+    stats = _calibrate(model, config)
+    timings["calibrate"] = time.perf_counter() - t0
+
+  mats = list(model.layout.matrices)
   packer = artifact.Packer()
   records: dict[str, dict] = {}
   recon: dict[str, np.ndarray] = {}
 
+  # 3. transform each block matrix.
   t0 = time.perf_counter()
-  say(f"quantize + entropy-code {len(block)} block matrices")
-  for name in sorted(model.params, key=lambda n: (n not in block, n)):
+  coords: dict[str, jax.Array] = {}
+  states: dict[str, Any] = {}
+  for i, m in enumerate(mats):
+    W = jnp.asarray(model.params[m.name], jnp.float32)
+    rec = {"group": "block", "role": m.role, "layer": m.layer, "treatment": "quantize", "bits": {}}
+    if chain is not None:
+      s = chain.stats_for(stats[m.name]) if stats is not None else None
+      try:
+        states[m.name] = chain.init(W, _matrix_key(config.seed, i), s)
+      except MacjaxError as e:
+        raise type(e)(f"transform of {m.name}: {e}") from e
+      rec["bits"]["transform"] = _pack_leaves(packer, m.name, "transform", "transform", states[m.name])
+      W = chain.apply(W, states[m.name])
+    coords[m.name] = W
+    records[m.name] = rec
+  if chain is not None:
+    timings["transform"] = time.perf_counter() - t0
+
+  # 4. fit f_θ per family, in the transformed coordinates.
+  predictions: dict[str, jax.Array] = {}
+  fit_roles = _fit_roles(cfg, model.layout)
+  if fit_roles:
+    t0 = time.perf_counter()
+    ff = _fitter(tuple(sorted(cfg["fit"]["options"].items())))
+    for r_idx, role in enumerate(fit_roles):
+      fam = model.layout.by_role(role)
+      stack = jnp.stack([coords[m.name] for m in fam])
+      say(f"fit f_θ for {len(fam)} '{role}' matrices {tuple(stack.shape)}")
+      theta = ff.fit(stack, key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 10_000 + r_idx))
+      pred = ff.predict(theta, tuple(stack.shape))
+      energy = fit.explained_energy(stack, pred)
+      arrays = fit.to_numpy(theta)
+      for k, a in sorted(arrays.items()):
+        packer.add(f"fit:{role}", f"theta.{k}", "theta", a)
+      records[f"fit:{role}"] = {
+          "group": "fit", "role": role, "shape": list(stack.shape), "theta_keys": sorted(arrays),
+          "bits": {"theta": int(sum(a.nbytes for a in arrays.values()) * 8)},
+          "explained_energy": float(energy.total),
+          "explained_energy_per_layer": [float(x) for x in np.asarray(energy.per_layer)],
+      }
+      for li, m in enumerate(fam):
+        predictions[m.name] = pred[li]
+        records[m.name]["fit"] = role
+    timings["fit"] = time.perf_counter() - t0
+
+  # 5–6. quantize (the residual) and entropy code.
+  t0 = time.perf_counter()
+  say(f"quantize + entropy-code {len(mats)} block matrices")
+  qb = _block_quantizer(cfg)
+  for m in mats:
+    W2 = coords[m.name]
+    target = W2 - predictions[m.name] if m.name in predictions else W2
+    scale = _step_scale_for(cfg, W2, target) if m.name in predictions else 1.0
+    if qb.gptq:
+      H = jnp.asarray(stats[m.name].second_moment, jnp.float32)
+      if chain is not None:  # the Hessian in the transformed input coordinates: A⁻¹ H A⁻ᵀ
+        A_inv = chain.inverse(jnp.eye(W2.shape[1], dtype=jnp.float32), states[m.name])
+        H = A_inv @ H @ A_inv.T
+      codes, meta = qb.quantize(target, H, scale)
+    else:
+      codes, meta = qb.quantize(target, scale)
+    W_hat = qb.dequantize(codes, meta)
+    if m.name in predictions:
+      W_hat = predictions[m.name] + W_hat
+    if chain is not None:
+      W_hat = chain.inverse(W_hat, states[m.name])
+    rec = records[m.name]
+    coded = _code(m.name, np.asarray(codes, np.int32), meta, config.coding.model, packer)
+    rec["bits"].update(coded.pop("bits"))
+    rec.update(coded)
+    recon[m.name] = np.asarray(W_hat, np.float32)
+
+  # Everything else: embeddings / LM head, norms, biases.
+  qe = _embedding_quantizer(cfg)
+  for name in sorted(set(model.params) - {m.name for m in mats}):
     a = model.params[name]
-    if name in block:
-      W_hat, rec = _encode_quantized(name, a, q_block, config.coding.model, packer, chain=chain,
-                                     key=_matrix_key(config.seed, block_index[name]))
-      rec.update(group="block", role=block[name].role, layer=block[name].layer, treatment="quantize")
-    elif a.ndim == 2 and config.embeddings.treatment == "quantize":
-      W_hat, rec = _encode_quantized(name, a, q_embed, config.coding.model, packer)
-      rec.update(group="other", treatment="quantize")
+    if a.ndim == 2 and config.embeddings.treatment == "quantize":
+      codes, meta = qe.quantize(jnp.asarray(a, jnp.float32), 1.0)
+      W_hat = np.asarray(qe.dequantize(codes, meta), np.float32)
+      rec = {"group": "other", "treatment": "quantize"}
+      rec.update(_code(name, np.asarray(codes, np.int32), meta, config.coding.model, packer))
     elif a.ndim == 2:
       W_hat, rec = _encode_raw(name, a, config.embeddings.treatment, packer)
       rec.update(group="other", treatment=config.embeddings.treatment)
     else:
       W_hat, rec = _encode_raw(name, a, config.vectors.dtype, packer)
       rec.update(group="vector", treatment=config.vectors.dtype)
-    rec["shape"] = list(a.shape)
-    rec["sha256"] = tensor_digest(W_hat)
     records[name] = rec
     recon[name] = W_hat.reshape(a.shape)
   timings["quantize+code"] = time.perf_counter() - t0
 
+  for name, rec in records.items():
+    if rec["group"] != "fit":
+      rec["shape"] = list(model.params[name].shape)
+      rec["sha256"] = tensor_digest(recon[name])
   buckets, index = packer.finish()
   manifest = {
       "macjax_version": macjax.__version__,
       "source": model.source,
-      "config": to_dict(config),
+      "config": cfg,
       "layout": model.layout.to_json(),
       "tensors": records,
       "index": index,
@@ -281,7 +437,7 @@ def compress(model: Model, config: PipelineConfig, *,
 
 
 def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool = True) -> dict[str, np.ndarray]:
-  """Decodes every tensor from an artifact's buckets and manifest.
+  """Decodes every tensor from an artifact's buckets and manifest: ``Ŵ = T⁻¹(f_θ(α) + r̂)`` for block matrices.
 
   Args:
     buckets, manifest: as returned by :func:`macjax.artifact.load` (or held in a :class:`Compressed`).
@@ -294,31 +450,49 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
     ArtifactError: a part is missing or malformed, or a decoded tensor differs from the encoder's reconstruction.
   """
   parts = artifact.unpack(buckets, manifest["index"])
-  cfg = manifest["config"]
   try:
-    chain = _chain(from_dict(cfg).transform)
-  except ConfigError as e:
+    config = from_dict(manifest["config"])
+  except (ConfigError, KeyError, TypeError) as e:
     raise ArtifactError(f"artifact manifest: its config is not valid for this macjax ({e})") from e
+  cfg = to_dict(config)
+  chain = _chain(config.transform)
+  qb, qe = _block_quantizer(cfg), _embedding_quantizer(cfg)
+  tensors = manifest["tensors"]
+
+  predictions: dict[str, jax.Array] = {}
+  for fname, rec in tensors.items():
+    if rec.get("group") != "fit":
+      continue
+    try:
+      ff = _fitter(tuple(sorted(cfg["fit"]["options"].items())))
+      arrays = {k: parts[fname][f"theta.{k}"] for k in rec["theta_keys"]}
+      shape = tuple(int(s) for s in rec["shape"])
+      theta = fit.from_numpy(arrays, ff.config, shape)
+    except (KeyError, ValueError, TypeError, MacjaxError) as e:
+      raise ArtifactError(f"artifact: θ of {fname} cannot be restored ({type(e).__name__}: {e})") from e
+    pred = ff.predict(theta, shape)
+    members = sorted((r["layer"], n) for n, r in tensors.items() if r.get("fit") == rec["role"])
+    for li, (_, n) in enumerate(members):
+      predictions[n] = pred[li]
+
   out: dict[str, np.ndarray] = {}
-  for name, rec in manifest["tensors"].items():
+  for name, rec in tensors.items():
+    if rec.get("group") == "fit":
+      continue
     p = parts.get(name)
     if p is None:
       raise ArtifactError(f"artifact: tensor {name} has no stored parts")
     shape = tuple(rec["shape"])
     try:
       if rec["treatment"] == "quantize":
-        section = cfg["quantize"] if rec["group"] == "block" else cfg["embeddings"]
-        q = _quantizer(cfg["quantize"]["method"], section["step"], section["group_size"])
-        header = rec["coder"]
-        codes = coding.decode(coding.CodedTensor(words=p["words"], table=p["table"], header=header))
-        meta_parts = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("meta.")}
-        meta = _meta_from_parts(UniformMeta, meta_parts, rec["meta_dtypes"])
+        q = qb if rec["group"] == "block" else qe
+        codes = coding.decode(coding.CodedTensor(words=p["words"], table=p["table"], header=rec["coder"]))
+        meta = _unpack_leaves(p, "meta", q.meta_structure(shape))
         W = q.dequantize(jnp.asarray(codes), meta)
+        if name in predictions:
+          W = predictions[name] + W
         if rec["group"] == "block" and chain is not None:
-          structure = chain.state_structure(shape)
-          leaves = [p[f"transform.{i}"] for i in range(len(jax.tree_util.tree_leaves(structure)))]
-          state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(structure), leaves)
-          W = chain.inverse(W, state)
+          W = chain.inverse(W, _unpack_leaves(p, "transform", chain.state_structure(shape)))
         W = np.asarray(W, dtype=np.float32)
       else:
         W = p["raw"].astype(np.float32)

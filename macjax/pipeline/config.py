@@ -22,8 +22,6 @@ from typing import Any
 
 from macjax.errors import ConfigError
 
-QUANTIZERS = ("uniform",)
-CODING_MODELS = ("histogram",)
 TREATMENTS = ("quantize", "float16", "float32")
 VECTOR_DTYPES = ("float16", "float32")
 
@@ -33,24 +31,42 @@ def _check(cond: bool, msg: str) -> None:
     raise ConfigError(msg)
 
 
+Options = tuple[tuple[str, Any], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-  """Quantizer of the transformer-block matrices.
+  """Quantizer of the transformer-block matrices (the embeddings use the same method and options).
 
   Attributes:
-    method: quantizer name (``uniform``: per-group uniform scalar quantization).
+    method: quantizer name, a key of :data:`macjax.quantize.QUANTIZERS`: ``uniform`` (per-group uniform scalar),
+      ``dead_zone`` (wider zero bin), ``rdoq`` (rate–distortion-optimized rounding), ``trellis`` (dependent
+      quantization).
     step: step size relative to the RMS of each group (smaller: more bits, less error).
     group_size: columns per group within a row; 0 means one group per row.
+    options: the method's other keyword options (``[quantize.options]`` in TOML, e.g. ``width = 1.4`` for
+      ``dead_zone``, ``lam = 0.1`` for ``rdoq``), validated against the factory's signature.
+    gptq: wrap the quantizer in GPTQ error feedback with the Hessian ``XᵀX`` of each matrix's inputs on calibration
+      text (see ``[calibration]``), so the error is minimized on the layer's output, not on the weights.
+    gptq_block_size: columns per lazy-update block of GPTQ.
+    gptq_damp: GPTQ's diagonal damping, relative to the mean diagonal of the Hessian.
   """
 
   method: str = "uniform"
   step: float = 1 / 16
   group_size: int = 0
+  options: Options = ()
+  gptq: bool = False
+  gptq_block_size: int = 128
+  gptq_damp: float = 0.01
 
   def __post_init__(self):
-    _check(self.method in QUANTIZERS, f"quantize.method = {self.method!r}; expected one of {QUANTIZERS}")
+    from macjax.pipeline import components  # pylint: disable=g-import-not-at-top
+    components.check_quantizer(self.method, dict(self.options))
     _check(0 < self.step <= 4, f"quantize.step = {self.step}; expected 0 < step <= 4 (relative to group RMS)")
     _check(self.group_size >= 0, f"quantize.group_size = {self.group_size}; expected >= 0 (0: whole row)")
+    _check(self.gptq_block_size >= 1, f"quantize.gptq_block_size = {self.gptq_block_size}; expected >= 1")
+    _check(self.gptq_damp > 0, f"quantize.gptq_damp = {self.gptq_damp}; expected > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +105,69 @@ class CodingConfig:
   """Entropy coder of the quantized codes.
 
   Attributes:
-    model: probability model (``histogram``: a per-tensor table stored in the artifact).
+    model: probability model, a key of :data:`macjax.coding.ENCODE_MODELS` (``histogram``: a per-tensor table stored
+      in the artifact; parametric and context models; ``auto`` picks the fewest measured bits per tensor).
   """
 
   model: str = "histogram"
 
   def __post_init__(self):
-    _check(self.model in CODING_MODELS, f"coding.model = {self.model!r}; expected one of {CODING_MODELS}")
+    from macjax import coding  # pylint: disable=g-import-not-at-top
+    _check(self.model in coding.ENCODE_MODELS, f"coding.model = {self.model!r}; expected one of "
+           f"{tuple(coding.ENCODE_MODELS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSection:
+  """The functional fit ``W = f_θ(α) + r`` across layers (``[fit]``; options in ``[fit.options]``).
+
+  One ``f_θ`` per family (role) of block matrices, in the coordinates the transform chain produced; the residual
+  ``r`` goes to the quantizer with the steps the weights themselves would get (so ``f_θ`` buys rate at equal
+  distortion, or nothing), and θ is stored and counted.
+
+  Attributes:
+    enabled: run the fit.
+    roles: families to fit (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``); empty means all.
+    options: :class:`macjax.fit.FitConfig` fields (``width``, ``depth``, ``n_fourier``, ``tile``, ``steps``,
+      ``theta_dtype`` …).
+  """
+
+  enabled: bool = False
+  roles: tuple[str, ...] = ()
+  options: Options = ()
+
+  def __post_init__(self):
+    from macjax import fit  # pylint: disable=g-import-not-at-top
+    from macjax.load.layout import MATRIX_ROLES  # pylint: disable=g-import-not-at-top
+    for r in self.roles:
+      _check(r in MATRIX_ROLES, f"fit.roles has {r!r}; expected roles from {MATRIX_ROLES}")
+    fields = {f.name for f in dataclasses.fields(fit.FitConfig)}
+    for k, _ in self.options:
+      _check(k in fields, f"unknown config key fit.options.{k}; allowed: {sorted(fields)}")
+    fit.FitConfig(**dict(self.options))  # validates values, raising ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+  """Statistics of each layer's inputs on the calibration text (disjoint from the held-out text), computed when a
+  stage needs them (GPTQ, activation PCA, channel scaling, rate–distortion rotations). 0 means the default size.
+
+  Attributes:
+    n_seq: calibration sequences (causal LMs).
+    seq_len: tokens per sequence (causal LMs).
+    n_sentences: calibration sentences (encoders).
+  """
+
+  n_seq: int = 0
+  seq_len: int = 0
+  n_sentences: int = 0
+
+  def __post_init__(self):
+    for k in ("n_seq", "seq_len", "n_sentences"):
+      _check(getattr(self, k) >= 0, f"calibration.{k} = {getattr(self, k)}; expected >= 0 (0: default)")
+
+  def sizes(self) -> dict[str, int]:
+    return {k: getattr(self, k) for k in ("n_seq", "seq_len", "n_sentences") if getattr(self, k)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,10 +239,12 @@ class PipelineConfig:
 
   rewrite: RewriteConfig = RewriteConfig()
   transform: tuple[TransformSpec, ...] = ()
+  fit: FitSection = FitSection()
   quantize: QuantizeConfig = QuantizeConfig()
   embeddings: EmbeddingsConfig = EmbeddingsConfig()
   vectors: VectorsConfig = VectorsConfig()
   coding: CodingConfig = CodingConfig()
+  calibration: CalibrationConfig = CalibrationConfig()
   evaluate: EvaluateConfig = EvaluateConfig()
   seed: int = 0
 
@@ -201,6 +275,14 @@ def _build(cls: type, data: Any, where: str):
     hint = hints[name]
     if dataclasses.is_dataclass(hint):
       kwargs[name] = _build(hint, value, key)
+    elif hint == tuple[str, ...]:
+      if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key {key} = {value!r}; expected a list of strings")
+      kwargs[name] = tuple(value)
+    elif hint == Options:
+      if not isinstance(value, dict):
+        raise ConfigError(f"config key {key} must be a table of options, got {type(value).__name__}")
+      kwargs[name] = tuple(sorted(value.items()))
     else:
       if not _type_ok(value, hint):
         raise ConfigError(f"config key {key} = {value!r} has type {type(value).__name__}; expected {hint.__name__}")
@@ -220,6 +302,7 @@ def _transform_specs(items: Any) -> tuple[TransformSpec, ...]:
     options = {k: v for k, v in item.items() if k != "name"}
     components.check_transform(i, item["name"], options)
     specs.append(TransformSpec(name=item["name"], options=tuple(sorted(options.items()))))
+  components.check_chain_stats([(t.name, t.kwargs) for t in specs])
   return tuple(specs)
 
 
@@ -236,6 +319,9 @@ def to_dict(cfg: PipelineConfig) -> dict:
   """The config as nested dicts (JSON/TOML-ready); ``from_dict(to_dict(c)) == c``."""
   d = dataclasses.asdict(cfg)
   d["transform"] = [{"name": t.name, **t.kwargs} for t in cfg.transform]
+  d["quantize"]["options"] = dict(cfg.quantize.options)
+  d["fit"]["options"] = dict(cfg.fit.options)
+  d["fit"]["roles"] = list(cfg.fit.roles)
   return d
 
 

@@ -28,7 +28,7 @@ def weight_errors(reference: dict[str, np.ndarray], decoded: dict[str, np.ndarra
   from macjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
   out = {"per_tensor": {}}
   for group in ("block", "other"):
-    names = [n for n, r in manifest["tensors"].items() if r.get("group") == group]
+    names = [n for n, r in manifest["tensors"].items() if r.get("group") == group]  # ("fit" records hold θ only)
     if not names:
       out[group] = None
       continue

@@ -33,11 +33,14 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
     Shannon-information bits, and ``compression_ratio_vs_fp16``.
   """
   sizes = artifact.size_breakdown(path, manifest)
-  tensors = manifest["tensors"]
+  everything = manifest["tensors"]
+  # θ of f_θ is stored once per family ("fit" records); it is counted with the block matrices' bits.
+  tensors = {n: r for n, r in everything.items() if r.get("group") != "fit"}
+  fits = {n: r for n, r in everything.items() if r.get("group") == "fit"}
   params = int(sum(int(np.prod(r["shape"])) for r in tensors.values()))
   block = {n: r for n, r in tensors.items() if r.get("group") == "block"}
   block_params = int(sum(int(np.prod(r["shape"])) for r in block.values()))
-  block_bits = {k: int(sum(r["bits"].get(k, 0) for r in block.values()))
+  block_bits = {k: int(sum(r["bits"].get(k, 0) for r in list(block.values()) + list(fits.values())))
                 for k in ("codes", "tables", "scales", "transform", "theta")}
   coded = sum(r["bits"]["codes"] for r in tensors.values() if "information_bits" in r)
   info = sum(r["information_bits"] for r in tensors.values() if "information_bits" in r)
@@ -47,7 +50,18 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
     rs = [r for r in tensors.values() if r.get("group") == group]
     n = int(sum(int(np.prod(r["shape"])) for r in rs))
     bits = int(sum(sum(r["bits"].values()) for r in rs))
+    if group == "block":
+      bits += int(sum(sum(r["bits"].values()) for r in fits.values()))
     by_group[group] = {"params": n, "bits": bits, "bits_per_weight": bits / n if n else 0.0}
+  fit_report = {
+      r["role"]: {"theta_bits": r["bits"]["theta"],
+                  "theta_bits_per_weight": r["bits"]["theta"] / int(np.prod(r["shape"])),
+                  "residual_bits_per_weight": sum(sum(b["bits"].get(k, 0) for k in ("codes", "tables", "scales"))
+                                                  for b in block.values() if b.get("fit") == r["role"])
+                                              / int(np.prod(r["shape"])),
+                  "explained_energy": r["explained_energy"],
+                  "explained_energy_per_layer": r["explained_energy_per_layer"]}
+      for r in fits.values()}
   return {
       "source": manifest.get("source"),
       "family": manifest["layout"]["family"],
@@ -63,6 +77,7 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
       "information_bits": float(info),
       "coding_overhead": (coded / info - 1.0) if info else 0.0,
       "compression_ratio_vs_fp16": 16 * params / (8 * weight_bytes),
+      "fit": fit_report,
   }
 
 
@@ -95,6 +110,11 @@ def format_report(report: dict) -> str:
   for g, d in a["by_group"].items():
     if d["params"]:
       lines.append(f"  {g:<14} {d['params']:>12,} params  {d['bits_per_weight']:.3f} bits/weight")
+  for role, f in a.get("fit", {}).items():
+    per_layer = " ".join(f"{x:.3f}" for x in f["explained_energy_per_layer"])
+    lines.append(f"  f_θ '{role}'{' ' * max(1, 8 - len(role))}explains {f['explained_energy']:.4f} of the energy "
+                 f"(per layer: {per_layer}); θ {f['theta_bits_per_weight']:.4f} + residual "
+                 f"{f['residual_bits_per_weight']:.3f} bits/weight")
   lines.append(f"entropy coder    {a['coded_bits']:,} bits coded vs {a['information_bits']:,.0f} bits of information "
                f"(+{100 * a['coding_overhead']:.3f}%)")
   lines.append(f"ratio vs fp16    {a['compression_ratio_vs_fp16']:.2f}x")
