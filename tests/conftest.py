@@ -41,10 +41,25 @@ def tiny_llama_params(seed: int = 0, config: dict = TINY_LLAMA_CONFIG) -> dict[s
   return p
 
 
+def tiny_tokenizer_json(vocab_size: int) -> str:
+  """A word-level tokenizer over the commonest Shakespeare words (ids < vocab_size), so calibration text runs."""
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  words = ["[UNK]", "the", "and", "to", "of", "I", "you", "a", "my", "in", "that", "is", "not", "with", "me", "it",
+           "be", "his", "your", "this", "for", "he", "but", "have", "as", "thou", "so", "him", "will", "what", "her",
+           "thy", "all", "no", "by", "do", "shall", "if", "are", "we", "thee", "our", "on", "lord", "now", "good",
+           "from", "sir", "at", "they", "O", "or", "come", "more", "here", "would", "was", "well", "then", "let",
+           "there", "how", "love", "which"]
+  vocab = {w: i for i, w in enumerate(words[:vocab_size])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  return tok.to_str()
+
+
 def write_hf_folder(folder: pathlib.Path, params: dict[str, np.ndarray], config: dict) -> pathlib.Path:
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "config.json").write_text(json.dumps(config))
   save_file(params, str(folder / "model.safetensors"))
+  (folder / "tokenizer.json").write_text(tiny_tokenizer_json(int(config["vocab_size"])))
   return folder
 
 

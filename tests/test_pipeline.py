@@ -171,3 +171,43 @@ def test_functional_fit_round_trip_and_accounting(tiny_llama_dir, tmp_path, fit_
   # Decode from disk is bit-exact (checked by hash inside) and the error stays at the quantizer's level.
   decoded = codec.decompress(*artifact.load(tmp_path / "art"))
   assert job.weight_errors(model.params, decoded, manifest)["block"] < 0.05
+
+
+def test_quantizer_steps_are_stored_as_float16(tiny_llama_dir):
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), NO_EVAL)
+  rec = compressed.manifest["tensors"]["model.layers.0.mlp.down_proj.weight"]
+  assert rec["bits"]["scales"] == 16 * rec["shape"][0]  # one float16 step per row
+
+
+CALIBRATION = {"n_seq": 4, "seq_len": 32}
+
+
+@pytest.mark.parametrize("overrides", [
+    {"quantize": {"gptq": True, "gptq_block_size": 8}},
+    {"quantize": {"gptq": True, "method": "dead_zone", "options": {"width": 1.4}},
+     "transform": [{"name": "hadamard", "side": "input"}]},
+    {"transform": [{"name": "scaling", "alpha": 0.5}, {"name": "pca", "side": "output"}]},
+    {"transform": [{"name": "pca", "source": "activations"}]},
+], ids=["gptq", "gptq-deadzone-after-hadamard", "smoothquant+output-pca", "activation-pca"])
+def test_calibrated_stages_round_trip(tiny_llama_dir, tmp_path, overrides):
+  cfg = config_lib.from_dict({**overrides, "calibration": CALIBRATION, "evaluate": {"enabled": False}})
+  model = load_model(str(tiny_llama_dir))
+  compressed = codec.compress(model, cfg)
+  assert "calibrate" in compressed.timings
+  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest)
+  _params_equal(codec.decompress(*artifact.load(path)), compressed.reconstruction)
+
+
+def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
+  from macjax import calibrate
+  model = load_model(str(tiny_llama_dir))
+  stats = calibrate.input_statistics(model, **CALIBRATION)
+  base = {"calibration": CALIBRATION, "evaluate": {"enabled": False}, "quantize": {"step": 0.5}}
+  plain = codec.compress(model, config_lib.from_dict(base)).reconstruction
+  gptq = codec.compress(model, config_lib.from_dict({**base, "quantize": {"step": 0.5, "gptq": True}})).reconstruction
+
+  def output_error(rec):  # Σ_matrices tr(ΔW H ΔWᵀ): the squared output error on calibration inputs
+    return sum(float(np.trace((model.params[m.name] - rec[m.name]) @ stats[m.name].second_moment
+                              @ (model.params[m.name] - rec[m.name]).T)) for m in model.layout.matrices)
+
+  assert output_error(gptq) < 0.9 * output_error(plain)

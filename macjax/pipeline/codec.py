@@ -205,8 +205,15 @@ def _step_scale_for(cfg: dict, W: jax.Array, R: jax.Array):
 # Encoding pieces.
 
 
+def _compact(a: np.ndarray) -> np.ndarray:
+  """float32 → float16 when that is lossless (quantizer steps are float16-representable by construction)."""
+  if a.dtype == np.float32 and np.array_equal(a.astype(np.float16).astype(np.float32), a):
+    return a.astype(np.float16)
+  return a
+
+
 def _pack_leaves(packer: artifact.Packer, tensor: str, prefix: str, kind: str, tree) -> int:
-  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+  leaves = [_compact(np.asarray(x)) for x in jax.tree_util.tree_leaves(tree)]
   for i, leaf in enumerate(leaves):
     packer.add(tensor, f"{prefix}.{i}", kind, leaf)
   return int(sum(leaf.nbytes for leaf in leaves) * 8)
@@ -217,6 +224,8 @@ def _unpack_leaves(parts: dict[str, np.ndarray], prefix: str, structure):
   leaves = []
   for i, s in enumerate(jax.tree_util.tree_leaves(structure)):
     a = parts.get(f"{prefix}.{i}")
+    if a is not None and a.dtype == np.float16 and s.dtype == np.float32:
+      a = a.astype(np.float32)  # stored compactly by _compact, exactly
     if a is None or a.shape != s.shape or a.dtype != s.dtype:
       raise ArtifactError(f"artifact: {prefix} leaf {i} of {n} is missing or is not {s.shape} {s.dtype}")
     leaves.append(jnp.asarray(a))
