@@ -381,7 +381,12 @@ def information_bits(codes, coded: CodedTensor) -> float:
   segment_of = np.repeat(np.arange(segments.size), segments)
   # Exact integer counts per (segment, symbol) on the host; the information itself in JAX.
   counts = np.bincount(segment_of * weights.shape[1] + symbols, minlength=weights.size)
-  return float(_information(jnp.asarray(counts, jnp.float32), jnp.asarray(weights.ravel(), jnp.float32)))
+  # Pad to a power of two so the jitted sum compiles for a handful of lengths, not once per alphabet size; padded
+  # entries have count 0 and weight 2**24 (log2 = PRECISION), so they add exactly 0.
+  n = 1 << max(int(counts.size - 1).bit_length(), 4)
+  counts = np.pad(counts.astype(np.float32), (0, n - counts.size))
+  w = np.pad(weights.ravel().astype(np.float32), (0, n - weights.size), constant_values=float(1 << tables.PRECISION))
+  return float(_information(jnp.asarray(counts), jnp.asarray(w)))
 
 
 @jax.jit
