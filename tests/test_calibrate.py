@@ -339,3 +339,18 @@ def test_errors_name_what_was_expected():
   per_site["act"] = per_site["mlp"]  # down_proj takes intermediate (64) inputs, not hidden (32)
   with pytest.raises(ShapeError, match=r"down_proj.*64 inputs.*\(32, 32\)"):
     by_matrix(layout, per_site)
+
+
+@pytest.mark.slow
+def test_smollm2_every_matrix_has_finite_statistics():
+  pytest.importorskip("gguf")
+  from macjax.load import load_model
+  model = load_model("smollm2-135m")
+  stats = input_statistics(model, n_seq=8, seq_len=128)
+  assert set(stats) == model.layout.matrix_names and len(stats) == 210
+  assert len({id(s) for s in stats.values()}) == 4 * model.layout.num_layers
+  for m in model.layout.matrices:
+    s = stats[m.name]
+    assert s.count == 8 * 128 and s.second_moment.shape == (m.shape[1], m.shape[1])
+    assert np.all(np.isfinite(s.second_moment)) and np.all(np.isfinite(s.absmax)) and np.trace(s.second_moment) > 0
+    assert np.all(s.absmax.astype(np.float64) ** 2 >= np.diag(s.second_moment) * (1 - 1e-6)), m.name

@@ -180,15 +180,15 @@ def input_statistics(model, *, n_seq: int = DEFAULT_N_SEQ, seq_len: int = DEFAUL
   Costs, measured on the 2-core development CPU shared with other jobs (CPU-seconds of this process, first call
   with compilation included; the model load is not counted):
 
-  * SmolLM2-135M, defaults ``n_seq=48, seq_len=256`` (12288 tokens from 8 calibration works): about 40 CPU-s
-    (27 CPU-s measured at ``n_seq=32``; cost ~ n_seq, compilation ~1 s), wall 2-3x that under a load average
-    of 8-10. About half is the forward, half the ``XᵀX`` products (``L · Σ_sites in² = 100 M`` multiply-adds per
-    token).
-  * MiniLM-L6, default ``n_sentences=256`` (~8400 tokens): 6.6 CPU-s warm, 10.7 CPU-s on the first call (a few
-    padded widths compile once each); 512 passages take 10.5 / 13.8.
+  * SmolLM2-135M, defaults ``n_seq=48, seq_len=256`` (12288 tokens spread over the 8 calibration works, 6 forward
+    calls of 8 windows): 42.5 CPU-s, first call and warm alike (compilation ~1 s); wall 95-105 s at a load average
+    of 13 (2-3x less on a quiet machine). Cost ~ n_seq: about half is the forward, half the ``XᵀX`` products
+    (``L · Σ_sites in² = 100 M`` multiply-adds per token). Peak resident memory 2.8 GB, model included.
+  * MiniLM-L6, default ``n_sentences=256`` (8439 tokens; 4 chunks padded to widths 32/32/64/96): 7.6 CPU-s warm,
+    11 CPU-s on the first call (three compiled widths); wall 9-17 s under load. 512 passages: 10.5 / 13.8 CPU-s.
 
   Memory: one batch's per-layer sums in float32 plus their float64 accumulators, ``12 · L · Σ_sites in²`` bytes
-  (1.2 GB for SmolLM2, 60 MB for MiniLM), then the float32 results (``4 · L · Σ_sites in²``).
+  (1.2 GB for SmolLM2, 200 MB for MiniLM), then the float32 results (``4 · L · Σ_sites in²``).
 
   Args:
     model: a :class:`~macjax.load.layout.Model` (its layout, config and tokenizer files are used).
