@@ -211,3 +211,22 @@ def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
                               @ (model.params[m.name] - rec[m.name]).T)) for m in model.layout.matrices)
 
   assert output_error(gptq) < 0.9 * output_error(plain)
+
+
+def test_target_bits_hits_the_rate(tiny_llama_dir):
+  cfg = config_lib.from_dict({"allocation": {"target_bits": 3.0}, "evaluate": {"enabled": False}})
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
+  block = [r for r in compressed.manifest["tensors"].values() if r["group"] == "block"]
+  info = sum(r["information_bits"] for r in block) / sum(int(np.prod(r["shape"])) for r in block)
+  assert abs(info - 3.0) < 0.1  # the entropy of the codes under their stored tables
+
+
+def test_sensitivity_allocation_spreads_steps(tiny_llama_dir):
+  cfg = config_lib.from_dict({"allocation": {"sensitivity": "input_energy"}, "calibration": CALIBRATION,
+                              "evaluate": {"enabled": False}})
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
+  scales = compressed.manifest["allocation"]["step_scales"]
+  sens = compressed.manifest["allocation"]["sensitivity"]
+  hi, lo = max(sens, key=sens.get), min(sens, key=sens.get)
+  assert scales[hi] < scales[lo]  # more sensitive inputs get finer steps
+  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)

@@ -279,7 +279,28 @@ def layout_from_json(d: dict) -> ModelLayout:
 
 
 def _needs_calibration(config: PipelineConfig) -> bool:
-  return config.quantize.gptq or any(components.needs_stats(t.name, t.kwargs) for t in config.transform)
+  return (config.quantize.gptq or config.allocation.sensitivity != "none"
+          or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
+
+
+def _allocate(config: PipelineConfig, cfg: dict, targets: dict[str, jax.Array], stats) -> tuple[dict[str, float], dict]:
+  """Per-matrix step multipliers from ``[allocation]`` (1 for every matrix when it is off)."""
+  from macjax.quantize import allocation  # pylint: disable=g-import-not-at-top
+  scales = {n: 1.0 for n in targets}
+  record: dict[str, Any] = {}
+  if config.allocation.sensitivity == "input_energy":
+    sens = {n: allocation.input_sensitivity(stats[n].second_moment) for n in targets}
+    scales = allocation.equal_slope_scales(sens, {n: int(t.size) for n, t in targets.items()})
+    record["sensitivity"] = sens
+  if config.allocation.target_bits:
+    q = cfg["quantize"]
+    plain = components.build_quantizer(q["method"], q["step"], q["group_size"], dict(q["options"]))
+    base = allocation.base_step_for_rate(plain, {n: np.asarray(t) for n, t in targets.items()},
+                                         config.allocation.target_bits, scales)
+    scales = {n: base * c for n, c in scales.items()}
+    record["base_step_scale"] = base
+  record["step_scales"] = scales
+  return scales, record
 
 
 def _calibrate(model: Model, config: PipelineConfig) -> dict:
@@ -383,12 +404,22 @@ def compress(model: Model, config: PipelineConfig, *,
 
   # 5–6. quantize (the residual) and entropy code.
   t0 = time.perf_counter()
+  targets = {m.name: coords[m.name] - predictions[m.name] if m.name in predictions else coords[m.name] for m in mats}
+  allocation_record = None
+  if config.allocation.sensitivity != "none" or config.allocation.target_bits:
+    say("allocate: per-matrix step multipliers" + (f" for {config.allocation.target_bits} bits/weight"
+                                                   if config.allocation.target_bits else ""))
+    alloc, allocation_record = _allocate(config, cfg, targets, stats)
+  else:
+    alloc = {m.name: 1.0 for m in mats}
   say(f"quantize + entropy-code {len(mats)} block matrices")
   qb = _block_quantizer(cfg)
   for m in mats:
     W2 = coords[m.name]
-    target = W2 - predictions[m.name] if m.name in predictions else W2
+    target = targets[m.name]
     scale = _step_scale_for(cfg, W2, target) if m.name in predictions else 1.0
+    scale = scale * jnp.float32(alloc[m.name])
+    records[m.name]["step_scale"] = float(alloc[m.name])
     if qb.gptq:
       H = jnp.asarray(stats[m.name].second_moment, jnp.float32)
       if chain is not None:  # the Hessian in the transformed input coordinates: A⁻¹ H A⁻ᵀ
@@ -440,6 +471,7 @@ def compress(model: Model, config: PipelineConfig, *,
       "tensors": records,
       "index": index,
       "rewrite": rewrite_record,
+      "allocation": allocation_record,
   }
   return Compressed(buckets=buckets, manifest=manifest, assets=dict(model.tokenizer_files), reconstruction=recon,
                     reference=model.params, timings=timings)

@@ -148,6 +148,28 @@ class FitSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class AllocationConfig:
+  """Bit allocation across block matrices by one global knob (see :mod:`macjax.quantize.allocation`).
+
+  Attributes:
+    sensitivity: ``none`` (every matrix gets ``quantize.step``), or ``input_energy``: step multipliers
+      ``c_i ∝ s_i^(−1/2)`` with ``s_i = trace(XᵀX)/cols`` of the matrix's calibration inputs (equal slopes of
+      output-error vs rate; normalized so the total rate stays near where ``quantize.step`` puts it).
+    target_bits: if > 0, the base step is chosen (bisection on the codes' entropy) so that the block matrices' codes
+      take this many bits/weight; ``quantize.step`` is then only the starting unit. Not combined with ``[fit]``.
+  """
+
+  sensitivity: str = "none"
+  target_bits: float = 0.0
+
+  def __post_init__(self):
+    _check(self.sensitivity in ("none", "input_energy"), f"allocation.sensitivity = {self.sensitivity!r}; "
+           "expected 'none' or 'input_energy'")
+    _check(self.target_bits == 0 or 0.05 <= self.target_bits <= 16,
+           f"allocation.target_bits = {self.target_bits}; expected 0 (off) or a rate in [0.05, 16] bits/weight")
+
+
+@dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
   """Statistics of each layer's inputs on the calibration text (disjoint from the held-out text), computed when a
   stage needs them (GPTQ, activation PCA, channel scaling, rate–distortion rotations). 0 means the default size.
@@ -241,6 +263,7 @@ class PipelineConfig:
   transform: tuple[TransformSpec, ...] = ()
   fit: FitSection = FitSection()
   quantize: QuantizeConfig = QuantizeConfig()
+  allocation: AllocationConfig = AllocationConfig()
   embeddings: EmbeddingsConfig = EmbeddingsConfig()
   vectors: VectorsConfig = VectorsConfig()
   coding: CodingConfig = CodingConfig()
@@ -312,7 +335,10 @@ def from_dict(data: dict) -> PipelineConfig:
     raise ConfigError(f"a config must be a table, got {type(data).__name__}")
   data = dict(data)
   specs = _transform_specs(data.pop("transform", []))
-  return dataclasses.replace(_build(PipelineConfig, data, ""), transform=specs)
+  cfg = dataclasses.replace(_build(PipelineConfig, data, ""), transform=specs)
+  _check(not (cfg.allocation.target_bits and cfg.fit.enabled),
+         "allocation.target_bits with fit.enabled: the rate search does not model f_θ's residual steps; set one")
+  return cfg
 
 
 def to_dict(cfg: PipelineConfig) -> dict:
