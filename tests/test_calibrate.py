@@ -26,30 +26,9 @@ RTOL = 1e-4  # of the largest |entry| of each statistic (measured ~1e-6)
 # Which witness rows feed each role, written here from the architectures (not imported from the code under test).
 WITNESS_SITE = {"q": "attn", "k": "attn", "v": "attn", "o": "context", "gate": "mlp", "up": "mlp", "down": "act"}
 
-TINY_BERT_CONFIG = {"model_type": "bert", "hidden_size": 24, "intermediate_size": 40, "num_attention_heads": 3,
-                    "num_hidden_layers": 2, "vocab_size": 40, "max_position_embeddings": 32, "type_vocab_size": 2,
-                    "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+from conftest import TINY_BERT as TINY_BERT_CONFIG, tiny_bert_params  # pylint: disable=g-import-not-at-top
 
 
-def tiny_bert_params(config=TINY_BERT_CONFIG, seed=0, prefix=""):
-  rng = np.random.default_rng(seed)
-  h, f = config["hidden_size"], config["intermediate_size"]
-  w = lambda *s: (rng.normal(size=s) * 0.3).astype(np.float32)
-  p = {"embeddings.word_embeddings.weight": w(config["vocab_size"], h),
-       "embeddings.position_embeddings.weight": w(config["max_position_embeddings"], h),
-       "embeddings.token_type_embeddings.weight": w(config["type_vocab_size"], h),
-       "embeddings.LayerNorm.weight": 1 + w(h), "embeddings.LayerNorm.bias": w(h)}
-  for i in range(config["num_hidden_layers"]):
-    pre = f"encoder.layer.{i}."
-    for name, shape in (("attention.self.query", (h, h)), ("attention.self.key", (h, h)),
-                        ("attention.self.value", (h, h)), ("attention.output.dense", (h, h)),
-                        ("intermediate.dense", (f, h)), ("output.dense", (h, f))):
-      p[pre + name + ".weight"] = w(*shape)
-      p[pre + name + ".bias"] = w(shape[0])
-    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-      p[pre + name + ".weight"] = 1 + w(h)
-      p[pre + name + ".bias"] = w(h)
-  return {prefix + k: v for k, v in p.items()}
 
 
 def _layout(params, config):

@@ -30,9 +30,7 @@ EMBED_ATOL = 1e-5      # MiniLM pooled embeddings, values up to ~1 (measured 9e-
 TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2,
               "num_hidden_layers": 3, "head_dim": 8, "vocab_size": 50, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
               "tie_word_embeddings": True, "hidden_act": "silu", "model_type": "llama"}
-TINY_BERT = {"hidden_size": 24, "intermediate_size": 40, "num_attention_heads": 3, "num_hidden_layers": 2,
-             "vocab_size": 40, "max_position_embeddings": 32, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
-             "hidden_act": "gelu", "model_type": "bert"}
+from conftest import TINY_BERT, tiny_bert_params  # pylint: disable=g-import-not-at-top
 
 
 def tiny_llama_params(config=TINY_LLAMA, seed=0, lm_head=False):
@@ -53,25 +51,6 @@ def tiny_llama_params(config=TINY_LLAMA, seed=0, lm_head=False):
   return p
 
 
-def tiny_bert_params(config=TINY_BERT, seed=0, prefix=""):
-  rng = np.random.default_rng(seed)
-  h, f = config["hidden_size"], config["intermediate_size"]
-  w = lambda *s: (rng.normal(size=s) * 0.3).astype(np.float32)
-  p = {"embeddings.word_embeddings.weight": w(config["vocab_size"], h),
-       "embeddings.position_embeddings.weight": w(config["max_position_embeddings"], h),
-       "embeddings.token_type_embeddings.weight": w(config["type_vocab_size"], h),
-       "embeddings.LayerNorm.weight": 1 + w(h), "embeddings.LayerNorm.bias": w(h)}
-  for i in range(config["num_hidden_layers"]):
-    pre = f"encoder.layer.{i}."
-    for name, shape in (("attention.self.query", (h, h)), ("attention.self.key", (h, h)),
-                        ("attention.self.value", (h, h)), ("attention.output.dense", (h, h)),
-                        ("intermediate.dense", (f, h)), ("output.dense", (h, f))):
-      p[pre + name + ".weight"] = w(*shape)
-      p[pre + name + ".bias"] = w(shape[0])
-    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-      p[pre + name + ".weight"] = 1 + w(h)
-      p[pre + name + ".bias"] = w(h)
-  return {prefix + k: v for k, v in p.items()}
 
 
 @pytest.fixture(scope="module")
