@@ -13,21 +13,13 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable
 
-import jax.numpy as jnp
-
 from macjax import quantize, transforms
 from macjax.errors import ConfigError
+from macjax.transforms import registry
 
-#: Per-matrix transforms a config can name, and the factory each name builds.
-TRANSFORMS: dict[str, Callable[..., transforms.WeightTransform]] = {
-    "hadamard": transforms.randomized_hadamard,
-    "orthogonal": transforms.random_orthogonal,
-    "pca": transforms.pca,
-    "scaling": transforms.channel_scaling,
-    "learned": transforms.learned_rotation,
-}
-
-_DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
+#: Per-matrix transforms a config can name, and the factory each name builds (the transforms package's table).
+TRANSFORMS = registry.FACTORIES
+_DTYPES = registry.DTYPES
 
 
 def _options_of(factory: Callable) -> dict[str, inspect.Parameter]:

@@ -37,7 +37,8 @@ FACTORIES: Mapping[str, Callable[..., WeightTransform]] = {
     "learned": learned_rotation,
 }
 
-_DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
+#: Storage dtypes a config may name as strings.
+DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 def _one(spec: Any, where: str) -> WeightTransform:
@@ -53,10 +54,10 @@ def _one(spec: Any, where: str) -> WeightTransform:
   if unknown:
     raise ConfigError(f"{where} ({kind}): unknown keys {unknown}; expected some of {sorted(allowed)}")
   if isinstance(kwargs.get("storage_dtype"), str):
-    if kwargs["storage_dtype"] not in _DTYPES:
+    if kwargs["storage_dtype"] not in DTYPES:
       raise ConfigError(f"{where} ({kind}): storage_dtype={kwargs['storage_dtype']!r}; expected one of "
-                        f"{sorted(_DTYPES)}")
-    kwargs["storage_dtype"] = _DTYPES[kwargs["storage_dtype"]]
+                        f"{sorted(DTYPES)}")
+    kwargs["storage_dtype"] = DTYPES[kwargs["storage_dtype"]]
   try:
     return factory(**kwargs)
   except ConfigError as e:
