@@ -1,6 +1,6 @@
 """GPTQ in front of the quantizers on MiniLM: sentence-embedding cosine vs bits/weight, with vs without feedback.
 
-Run: ``.venv/bin/python benchmarks/coding_gptq.py [--out benchmarks/coding_gptq.json]``
+Run: ``.venv/bin/python benchmarks/coding_gptq.py [--out benchmarks/results/coding_gptq.json]``
 
 Calibration: ``--n-calib`` passages of the *calibration* split (disjoint from the held-out text the cosine is
 measured on); each block matrix's Hessian ``H = XᵀX`` sums its input rows over the real (unpadded) tokens, with
@@ -80,7 +80,7 @@ def compress(matrices, hessians, q, use_gptq: bool):
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "coding_gptq.json"))
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding_gptq.json"))
   parser.add_argument("--n-calib", type=int, default=128)
   parser.add_argument("--n-sentences", type=int, default=128)
   parser.add_argument("--steps", default="0.6,0.45,0.3,0.2")

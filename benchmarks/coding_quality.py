@@ -1,6 +1,6 @@
 """Model quality of the quantizers + coders at equal bits/weight: MiniLM sentence-embedding cosine vs fp32.
 
-Run: ``.venv/bin/python benchmarks/coding_quality.py [--out benchmarks/coding_quality.json]``
+Run: ``.venv/bin/python benchmarks/coding_quality.py [--out benchmarks/results/coding_quality.json]``
 
 Every transformer-block matrix of MiniLM is quantized, entropy coded for real (bits/weight count coded words,
 tables, coder headers and float16 steps of those matrices; everything else stays fp32 and is not counted), decoded
@@ -44,7 +44,7 @@ def compress(matrices, q):
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "coding_quality.json"))
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding_quality.json"))
   parser.add_argument("--n-sentences", type=int, default=128)
   args = parser.parse_args(argv)
   model = load_model("minilm-l6")

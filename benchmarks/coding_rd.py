@@ -1,6 +1,6 @@
 """Rate–distortion of the quantizers + coders on real weights: MiniLM's 36 transformer-block matrices.
 
-Run: ``.venv/bin/python benchmarks/coding_rd.py [--model minilm-l6] [--out benchmarks/coding_rd.json]``
+Run: ``.venv/bin/python benchmarks/coding_rd.py [--model minilm-l6] [--out benchmarks/results/coding_rd.json]``
 (writes the tables as markdown next to the JSON, ``coding_rd.md``).
 
 For each quantizer and step: every block matrix is quantized, its codes entropy coded for real
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", default="0.6,0.45,0.33,0.25,0.18,0.13",
                       help="steps as fractions of the RMS (of each row, or of all the matrices for absolute steps)")
   parser.add_argument("--only", default="", help="comma-separated method names to run (default: all)")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "coding_rd.json"))
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding_rd.json"))
   args = parser.parse_args(argv)
   model = load_model(args.model)
   matrices = {m.name: np.asarray(model.params[m.name], np.float32) for m in model.layout.matrices}

@@ -1,6 +1,6 @@
 """Entropy-coding speed: symbols/s of macjax.coding.encode and decode (constriction ANS), per model and source.
 
-Run: ``.venv/bin/python benchmarks/coding_speed.py [--symbols 4000000] [--repeats 3] [--out benchmarks/coding_speed.json]``
+Run: ``.venv/bin/python benchmarks/coding_speed.py [--symbols 4000000] [--repeats 3] [--out benchmarks/results/coding_speed.json]``
 
 Prints a markdown table and writes JSON. Times are wall-clock, best of ``--repeats``, and include everything the
 library call does (histogram, model fit/choice, table serialization, model construction, coding, checks).
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--symbols", type=int, default=4_000_000)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "coding_speed.json"))
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding_speed.json"))
   args = parser.parse_args(argv)
 
   configs = [("histogram", None), ("laplace", None), ("auto", None), ("auto", 64)]

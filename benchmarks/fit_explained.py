@@ -20,7 +20,7 @@ energy that sits in per-row and per-column means (what the simplest mean structu
 
 Run (2 shared cores: the default takes ~15 minutes niced; ``--quick`` a few):
 
-    .venv/bin/python benchmarks/fit_explained.py [--quick] [--out benchmarks/fit_explained.json]
+    .venv/bin/python benchmarks/fit_explained.py [--quick] [--out benchmarks/results/fit_explained.json]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main():
   parser.add_argument("--lr", type=float, default=1e-2)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--theta-dtype", default="float16")
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).with_suffix(".json")),
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / (pathlib.Path(__file__).stem + ".json")),
                       help="JSON result; the markdown tables go next to it (.md)")
   parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from an existing --out JSON")
   args = parser.parse_args()
