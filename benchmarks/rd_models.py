@@ -368,7 +368,8 @@ def save(path: str, model_key: str, data: dict) -> None:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="minilm-l6", choices=("minilm-l6", "smollm2-135m"))
-  parser.add_argument("--methods", default=",".join(list(METHODS) + list(PEERS)))
+  parser.add_argument("--methods", default=",".join(list(METHODS) + list(PEERS)),
+                      help="comma-separated; 'method@0.5/0.25' gives that entry its own steps")
   parser.add_argument("--steps", default="1.0,0.5,0.25,0.12,0.06",
                       help="relative steps for the pipeline methods (peers have fixed rates)")
   parser.add_argument("--quick", action="store_true", help="smoke run: small evaluator / calibration, separate file")
@@ -400,15 +401,19 @@ def main(argv=None) -> None:
   data.update(n_block=len(block_names), block_params=int(sum(model.params[n].size for n in block_names)),
               evaluator=ev_sizes or "defaults", calibration=calib, quoted=QUOTED[args.model])
   steps = [float(s) for s in args.steps.split(",") if s]
-  for method in args.methods.split(","):
-    for step in (steps if method in METHODS else [0.0]):
-      row = run_point(model, evaluator, block_names, method, step, calib)
-      q = (f"cos {row['cosine_mean']:.4f}" if "cosine_mean" in row else
-           f"ppl {100 * row['perplexity_rel_change']:+.2f}% kl {row['kl']:.4f}")
-      print(f"{time.strftime('%H:%M:%S')} {method:20s} step {step:<6} {row['block_bits_per_weight']:6.3f} b/w  "
-            f"err {row['rel_weight_error']:.4f}  {q}  ({row['seconds']:.0f} s)", flush=True)
-      data["rows"] = [r for r in data["rows"] if (r["method"], r["step"]) != (method, step)] + [row]
-      save(out, args.model, data)
+  plan = []
+  for item in args.methods.split(","):  # "method" or "method@s1/s2" (steps for this entry only)
+    method, _, own = item.partition("@")
+    own_steps = [float(v) for v in own.split("/")] if own else steps
+    plan += [(method, s) for s in (own_steps if method in METHODS else [0.0])]
+  for method, step in plan:
+    row = run_point(model, evaluator, block_names, method, step, calib)
+    q = (f"cos {row['cosine_mean']:.4f}" if "cosine_mean" in row else
+         f"ppl {100 * row['perplexity_rel_change']:+.2f}% kl {row['kl']:.4f}")
+    print(f"{time.strftime('%H:%M:%S')} {method:20s} step {step:<6} {row['block_bits_per_weight']:6.3f} b/w  "
+          f"err {row['rel_weight_error']:.4f}  {q}  ({row['seconds']:.0f} s)", flush=True)
+    data["rows"] = [r for r in data["rows"] if (r["method"], r["step"]) != (method, step)] + [row]
+    save(out, args.model, data)
 
 
 if __name__ == "__main__":
