@@ -103,3 +103,14 @@ def test_damaged_artifact(capsys, tiny_llama_dir, tmp_path, damage):
 def test_info_on_a_non_artifact(capsys, tmp_path):
   code, _, err = _run(capsys, "info", tmp_path)
   _assert_user_error(code, err, "not a macjax artifact")
+
+
+def test_relative_paths(capsys, tiny_llama_dir, tmp_path, monkeypatch):
+  """The default --out is relative (artifacts/<name>); every command must work with relative paths."""
+  monkeypatch.chdir(tmp_path)
+  model = tiny_llama_dir.relative_to(tmp_path)
+  assert _run(capsys, "compress", model, "--no-eval")[0] == 0
+  assert (tmp_path / "artifacts" / model.name / "_CHECKPOINT_METADATA").is_file()
+  assert _run(capsys, "info", pathlib.Path("artifacts") / model.name)[0] == 0
+  assert _run(capsys, "decompress", pathlib.Path("artifacts") / model.name, "--out", "hf")[0] == 0
+  assert (tmp_path / "hf" / "config.json").is_file()

@@ -121,7 +121,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
   Raises:
     ArtifactError: missing folder, not an Orbax checkpoint, not a macjax artifact, or an unsupported version.
   """
-  path = pathlib.Path(path)
+  path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
   if not path.exists():
     raise ArtifactError(f"artifact {path} does not exist")
   if not path.is_dir():
@@ -152,7 +152,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
   Raises:
     ArtifactError: for any missing, truncated or altered part of the artifact.
   """
-  path = pathlib.Path(path)
+  path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
   manifest = read_manifest(path)
   try:
     abstract = {
