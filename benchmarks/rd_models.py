@@ -89,6 +89,9 @@ NOTES = {
         "IQ4_XS sits above Q4_K, so interpolated bits between them are approximate.",
         "GPTQ in the pipeline is non-sequential (fp32-model inputs for every layer), calibration on passages "
         "disjoint from the held-out passages scored.",
+        "Allocation (sensitivity = input_energy, no target rate) is compared with GPTQ+trellis at the same base "
+        "step; see the rows above for whether it pays.",
+        "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated).",
     ],
     "smollm2-135m": [
         "The reference is the dequantized Q4_1 GGUF (blocks of 32, `w = d*q + m`): GGUF Q4_1 / Q5_1 / Q8_0 (and to a "
@@ -98,6 +101,12 @@ NOTES = {
         "64 still partially benefits.",
         "Pipeline rows also quantize the tied embedding / LM head (step 0.0625·RMS(row)); peers leave it in float32.",
         "Perplexity Δ ± one standard error over per-window means (text choice only).",
+        "GPTQ+trellis was not run on SmolLM2 in this session: on MiniLM (10.6M block weights) one point took "
+        "160-230 s on this shared 2-core CPU, and SmolLM2 has 10x the block weights; it did not fit the time box.",
+        "Q5_1 (gguf-py's reference quantizer) shows a larger perplexity change than Q5_0 at a similar weight "
+        "error; not investigated here.",
+        "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated), so "
+        "single-point peers that miss a target (Q4_0 +23 % @ 4.5) or only bound it do not set the reference.",
     ],
 }
 
