@@ -148,9 +148,9 @@ def test_rewrite_of_a_tied_model_needs_untie(tiny_llama_dir):
 
 
 @pytest.mark.parametrize("fit_cfg, chain", [
-    ({"enabled": True, "roles": ["q", "down"],
+    ({"enabled": True, "roles": ["q", "down"], "keep": "always",
       "options": {"width": 8, "depth": 1, "n_fourier": 2, "steps": 30, "batch": 256, "chunk": 10}}, []),
-    ({"enabled": True, "roles": ["gate", "up"],
+    ({"enabled": True, "roles": ["gate", "up"], "keep": "always",
       "options": {"width": 8, "tile": 8, "row_embed": 2, "steps": 30, "batch": 64, "chunk": 10, "theta_dtype": "int8"}},
      [{"name": "hadamard", "side": "input"}]),
 ], ids=["q-down-elementwise", "gate-up-rowwise-after-hadamard"])
@@ -230,3 +230,14 @@ def test_sensitivity_allocation_spreads_steps(tiny_llama_dir):
   hi, lo = max(sens, key=sens.get), min(sens, key=sens.get)
   assert scales[hi] < scales[lo]  # more sensitive inputs get finer steps
   _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+
+
+def test_fit_that_does_not_pay_is_dropped(tiny_llama_dir, tmp_path):
+  """Random weights have no structure over (layer, row, column): θ would cost more than it saves, so it is not kept."""
+  cfg = config_lib.from_dict({"fit": {"enabled": True, "roles": ["q"], "options": {
+      "width": 8, "depth": 1, "n_fourier": 2, "steps": 20, "batch": 256, "chunk": 10}}, "evaluate": {"enabled": False}})
+  rep = job.run_compress(str(tiny_llama_dir), cfg, tmp_path / "art")
+  decision = rep["artifact"]["fit_decisions"]["q"]
+  assert not decision["kept"] and decision["code_bits_saved"] < decision["theta_bits"]
+  assert not rep["artifact"]["fit"]  # nothing stored
+  assert not [k for k in artifact.load(tmp_path / "art")[0] if k.startswith("theta__")]

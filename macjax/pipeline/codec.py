@@ -191,6 +191,18 @@ def _residual_step_scale(W: jax.Array, R: jax.Array, group_size: int | None) -> 
   return rms(W) / jnp.maximum(rms(R), 1e-30)
 
 
+def _fit_code_bits_saved(cfg: dict, stack: jax.Array, pred: jax.Array) -> float:
+  """Entropy of a family's codes without f_θ minus with it, at the same steps (what the fit buys in code bits)."""
+  from macjax.quantize.allocation import empirical_bits  # pylint: disable=g-import-not-at-top
+  q = cfg["quantize"]
+  plain = _quantizer(q["method"], q["step"], q["group_size"], tuple(sorted(q["options"].items())), None)
+  saved = 0.0
+  for W, P in zip(stack, pred):
+    saved += empirical_bits(plain.quantize(W, 1.0)[0])
+    saved -= empirical_bits(plain.quantize(W - P, _step_scale_for(cfg, W, W - P))[0])
+  return float(saved)
+
+
 def _step_scale_for(cfg: dict, W: jax.Array, R: jax.Array):
   q = cfg["quantize"]
   scope = q["options"].get("scope", "row")
@@ -377,6 +389,7 @@ def compress(model: Model, config: PipelineConfig, *,
 
   # 4. fit f_θ per family, in the transformed coordinates.
   predictions: dict[str, jax.Array] = {}
+  fit_decisions: dict[str, dict] = {}
   fit_roles = _fit_roles(cfg, model.layout)
   if fit_roles:
     t0 = time.perf_counter()
@@ -389,6 +402,13 @@ def compress(model: Model, config: PipelineConfig, *,
       pred = ff.predict(theta, tuple(stack.shape))
       energy = fit.explained_energy(stack, pred)
       arrays = fit.to_numpy(theta)
+      theta_bits = int(sum(a.nbytes for a in arrays.values()) * 8)
+      saved = _fit_code_bits_saved(cfg, stack, pred)
+      fit_decisions[role] = {"explained_energy": float(energy.total), "theta_bits": theta_bits,
+                             "code_bits_saved": saved, "kept": saved > theta_bits or cfg["fit"]["keep"] == "always"}
+      if not fit_decisions[role]["kept"]:
+        say(f"  f_θ '{role}' dropped: saves {saved:,.0f} code bits, costs {theta_bits:,} θ bits")
+        continue
       for k, a in sorted(arrays.items()):
         packer.add(f"fit:{role}", f"theta.{k}", "theta", a)
       records[f"fit:{role}"] = {
@@ -472,6 +492,7 @@ def compress(model: Model, config: PipelineConfig, *,
       "index": index,
       "rewrite": rewrite_record,
       "allocation": allocation_record,
+      "fit_decisions": fit_decisions or None,
   }
   return Compressed(buckets=buckets, manifest=manifest, assets=dict(model.tokenizer_files), reconstruction=recon,
                     reference=model.params, timings=timings)

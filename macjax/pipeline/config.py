@@ -128,16 +128,20 @@ class FitSection:
   Attributes:
     enabled: run the fit.
     roles: families to fit (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``); empty means all.
+    keep: ``if_pays`` keeps a family's f_θ only when the codes' entropy it saves (measured at the same steps) exceeds
+      θ's stored bits, else θ is dropped and the decision recorded; ``always`` keeps every fit.
     options: :class:`macjax.fit.FitConfig` fields (``width``, ``depth``, ``n_fourier``, ``tile``, ``steps``,
       ``theta_dtype`` …).
   """
 
   enabled: bool = False
   roles: tuple[str, ...] = ()
+  keep: str = "if_pays"
   options: Options = ()
 
   def __post_init__(self):
     from macjax import fit  # pylint: disable=g-import-not-at-top
+    _check(self.keep in ("if_pays", "always"), f"fit.keep = {self.keep!r}; expected 'if_pays' or 'always'")
     from macjax.load.layout import MATRIX_ROLES  # pylint: disable=g-import-not-at-top
     for r in self.roles:
       _check(r in MATRIX_ROLES, f"fit.roles has {r!r}; expected roles from {MATRIX_ROLES}")

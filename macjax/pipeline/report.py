@@ -78,6 +78,7 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
       "coding_overhead": (coded / info - 1.0) if info else 0.0,
       "compression_ratio_vs_fp16": 16 * params / (8 * weight_bytes),
       "fit": fit_report,
+      "fit_decisions": manifest.get("fit_decisions"),
   }
 
 
@@ -115,6 +116,10 @@ def format_report(report: dict) -> str:
     lines.append(f"  f_θ '{role}'{' ' * max(1, 8 - len(role))}explains {f['explained_energy']:.4f} of the energy "
                  f"(per layer: {per_layer}); θ {f['theta_bits_per_weight']:.4f} + residual "
                  f"{f['residual_bits_per_weight']:.3f} bits/weight")
+  for role, d in (a.get("fit_decisions") or {}).items():
+    if not d["kept"]:
+      lines.append(f"  f_θ '{role}' not kept: it explained {d['explained_energy']:.4f} of the energy and saved "
+                   f"{d['code_bits_saved']:,.0f} code bits, less than its θ ({d['theta_bits']:,} bits)")
   lines.append(f"entropy coder    {a['coded_bits']:,} bits coded vs {a['information_bits']:,.0f} bits of information "
                f"(+{100 * a['coding_overhead']:.3f}%)")
   lines.append(f"ratio vs fp16    {a['compression_ratio_vs_fp16']:.2f}x")
