@@ -204,7 +204,10 @@ def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
   stats = calibrate.input_statistics(model, **CALIBRATION)
   base = {"calibration": CALIBRATION, "evaluate": {"enabled": False}, "quantize": {"step": 0.5}}
   plain = codec.compress(model, config_lib.from_dict(base)).reconstruction
-  gptq = codec.compress(model, config_lib.from_dict({**base, "quantize": {"step": 0.5, "gptq": True}})).reconstruction
+  gptq_cfg = config_lib.from_dict({**base, "quantize": {"step": 0.5, "gptq": True}})
+  gptq = codec.compress(model, gptq_cfg, stats=stats).reconstruction  # precomputed statistics are reused
+  # ... and give the same result as statistics computed inside compress.
+  _params_equal(gptq, codec.compress(model, gptq_cfg).reconstruction)
 
   def output_error(rec):  # Σ_matrices tr(ΔW H ΔWᵀ): the squared output error on calibration inputs
     return sum(float(np.trace((model.params[m.name] - rec[m.name]) @ stats[m.name].second_moment

@@ -320,13 +320,16 @@ def _calibrate(model: Model, config: PipelineConfig) -> dict:
   return calibrate.input_statistics(model, **config.calibration.sizes())
 
 
-def compress(model: Model, config: PipelineConfig, *,
+def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
              progress: Callable[[str], None] | None = None) -> Compressed:
   """Encodes every tensor of ``model`` under ``config`` (stages in the module docstring's order).
 
   Args:
     model: the loaded model.
     config: the pipeline config.
+    stats: precomputed calibration statistics (:func:`macjax.calibrate.input_statistics` of ``model``, or of the
+      rewritten model when ``[rewrite]`` is on), to reuse one calibration pass across many configs; computed here
+      when a stage needs them and this is None.
     progress: called with a short line per stage (for the CLI).
 
   Returns:
@@ -355,8 +358,11 @@ def compress(model: Model, config: PipelineConfig, *,
   if config.quantize.gptq and chain is not None and not chain.input_side_only():
     raise ConfigError("quantize.gptq with a transform acting on the output side: GPTQ's Hessian lives in the input "
                       "coordinates; use input-side transforms (side = \"input\") with GPTQ")
-  stats = None
-  if _needs_calibration(config):
+  if stats is not None:
+    missing = sorted({m.name for m in model.layout.matrices} - set(stats))
+    if missing:
+      raise ConfigError(f"compress: stats has no entry for {len(missing)} block matrices, e.g. {missing[0]}")
+  elif _needs_calibration(config):
     t0 = time.perf_counter()
     say("calibrate: input statistics of every block matrix on calibration text")
     stats = _calibrate(model, config)
