@@ -179,6 +179,35 @@ def apply_on_side(W: jax.Array, side: str, right_fn: Callable[[jax.Array], jax.A
 # compositions
 
 
+def seeded_rotation(name: str, side: str, rotated: Callable[..., jax.Array]) -> WeightTransform:
+  """A rotation drawn from a seed: the state is the key (:class:`SeedState`, 0 bits to store).
+
+  Args:
+    name: the factory's name, for error messages.
+    side: ``"input"``, ``"output"`` or ``"both"``.
+    rotated: ``rotated(W, key, *, sides, inverse) -> W2`` applying the rotation(s) drawn from ``key`` on ``sides``
+      (its inverse when ``inverse``).
+
+  Returns:
+    A :class:`WeightTransform`.
+  """
+  check_side(side, name, ("input", "output", "both"))
+  sides = ("input", "output") if side == "both" else (side,)
+
+  def init_fn(W, *, key=None, stats=None):
+    del stats
+    check_matrix(W, f"{name}.init")
+    return SeedState(key_data(key, f"{name}.init"))
+
+  def apply_fn(W, state):
+    return rotated(W, state.key, sides=sides, inverse=False)
+
+  def inverse_fn(W2, state):
+    return rotated(W2, state.key, sides=sides, inverse=True)
+
+  return WeightTransform(init_fn, apply_fn, inverse_fn, lambda state: 0)
+
+
 def _is_transform(t: Any) -> bool:
   return isinstance(t, WeightTransform) and all(callable(f) for f in t)
 

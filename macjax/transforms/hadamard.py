@@ -342,18 +342,4 @@ def randomized_hadamard(*, side: str = "input") -> base.WeightTransform:
     >>> bool(jnp.allclose(jnp.abs(Q), 1 / jnp.sqrt(12.), atol=1e-6))
     True
   """
-  base.check_side(side, "randomized_hadamard", ("input", "output", "both"))
-  sides = ("input", "output") if side == "both" else (side,)
-
-  def init_fn(W, *, key=None, stats=None):
-    del stats
-    base.check_matrix(W, "randomized_hadamard.init")
-    return base.SeedState(base.key_data(key, "randomized_hadamard.init"))
-
-  def apply_fn(W, state):
-    return _rotated(W, state.key, sides=sides, inverse=False)
-
-  def inverse_fn(W2, state):
-    return _rotated(W2, state.key, sides=sides, inverse=True)
-
-  return base.WeightTransform(init_fn, apply_fn, inverse_fn, lambda state: 0)
+  return base.seeded_rotation("randomized_hadamard", side, _rotated)

@@ -70,18 +70,4 @@ def random_orthogonal(*, side: str = "input") -> base.WeightTransform:
     >>> bool(jnp.allclose(t.inverse(t.apply(W, s), s), W, atol=1e-5)), t.state_bits(s)
     (True, 0)
   """
-  base.check_side(side, "random_orthogonal", ("input", "output", "both"))
-  sides = ("input", "output") if side == "both" else (side,)
-
-  def init_fn(W, *, key=None, stats=None):
-    del stats
-    base.check_matrix(W, "random_orthogonal.init")
-    return base.SeedState(base.key_data(key, "random_orthogonal.init"))
-
-  def apply_fn(W, state):
-    return _rotated(W, state.key, sides=sides, inverse=False)
-
-  def inverse_fn(W2, state):
-    return _rotated(W2, state.key, sides=sides, inverse=True)
-
-  return base.WeightTransform(init_fn, apply_fn, inverse_fn, lambda state: 0)
+  return base.seeded_rotation("random_orthogonal", side, _rotated)
