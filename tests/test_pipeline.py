@@ -244,3 +244,22 @@ def test_fit_that_does_not_pay_is_dropped(tiny_llama_dir, tmp_path):
   assert not decision["kept"] and decision["code_bits_saved"] < decision["theta_bits"]
   assert not rep["artifact"]["fit"]  # nothing stored
   assert not [k for k in artifact.load(tmp_path / "art")[0] if k.startswith("theta__")]
+
+
+def test_theta_size_is_chosen_by_the_rate_budget(tiny_llama_dir, tmp_path):
+  budget = 0.5  # bits per weight of each family
+  cfg = config_lib.from_dict({"fit": {"enabled": True, "roles": ["gate", "down"], "keep": "always",
+                                      "theta_bits_per_weight": budget,
+                                      "options": {"depth": 1, "n_fourier": 2, "steps": 20, "batch": 256, "chunk": 10}},
+                              "evaluate": {"enabled": False}})
+  lines = []
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg, progress=lines.append)
+  assert any("step 20/20" in l for l in lines)  # progress of the fit is shown
+  for role in ("gate", "down"):
+    rec = compressed.manifest["tensors"][f"fit:{role}"]
+    n = int(np.prod(rec["shape"]))
+    assert rec["bits"]["theta"] <= budget * n
+    wider = dict(rec["options"], width=rec["options"]["width"] + 1)
+    from macjax import fit
+    assert fit.functional_fit(**wider).bits(tuple(rec["shape"])) > budget * n  # the largest width that fits
+  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)

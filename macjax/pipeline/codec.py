@@ -161,6 +161,15 @@ def _fitter(options: tuple) -> fit.FunctionalFit:
   return fit.functional_fit(**dict(options))
 
 
+def _family_fit_options(cfg: dict, shape: tuple[int, int, int]) -> dict[str, Any]:
+  """A family's f_θ options: ``[fit.options]``, with the width chosen by ``fit.theta_bits_per_weight`` if set."""
+  options = dict(cfg["fit"]["options"])
+  budget = cfg["fit"]["theta_bits_per_weight"]
+  if budget:
+    options["width"] = fit.width_for_budget(int(budget * np.prod(shape)), shape, **options)
+  return options
+
+
 def _fit_roles(cfg: dict, layout: ModelLayout) -> list[str]:
   if not cfg["fit"]["enabled"]:
     return []
@@ -399,12 +408,16 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
   fit_roles = _fit_roles(cfg, model.layout)
   if fit_roles:
     t0 = time.perf_counter()
-    ff = _fitter(tuple(sorted(cfg["fit"]["options"].items())))
     for r_idx, role in enumerate(fit_roles):
       fam = model.layout.by_role(role)
       stack = jnp.stack([coords[m.name] for m in fam])
-      say(f"fit f_θ for {len(fam)} '{role}' matrices {tuple(stack.shape)}")
-      theta = ff.fit(stack, key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 10_000 + r_idx))
+      options = _family_fit_options(cfg, tuple(stack.shape))
+      ff = _fitter(tuple(sorted(options.items())))
+      say(f"fit f_θ (width {ff.config.width}) for {len(fam)} '{role}' matrices {tuple(stack.shape)}")
+      progress_cb = lambda p, role=role: say(f"  f_θ '{role}' step {p.step}/{p.steps}: unexplained energy "
+                                            f"{float(np.mean(p.loss)):.4f}")
+      theta = ff.fit(stack, key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 10_000 + r_idx),
+                     callback=progress_cb)
       pred = ff.predict(theta, tuple(stack.shape))
       energy = fit.explained_energy(stack, pred)
       arrays = fit.to_numpy(theta)
@@ -419,6 +432,7 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
         packer.add(f"fit:{role}", f"theta.{k}", "theta", a)
       records[f"fit:{role}"] = {
           "group": "fit", "role": role, "shape": list(stack.shape), "theta_keys": sorted(arrays),
+          "options": options,
           "bits": {"theta": int(sum(a.nbytes for a in arrays.values()) * 8)},
           "explained_energy": float(energy.total),
           "explained_energy_per_layer": [float(x) for x in np.asarray(energy.per_layer)],
@@ -532,7 +546,7 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
     if rec.get("group") != "fit":
       continue
     try:
-      ff = _fitter(tuple(sorted(cfg["fit"]["options"].items())))
+      ff = _fitter(tuple(sorted(rec["options"].items())))
       arrays = {k: parts[fname][f"theta.{k}"] for k in rec["theta_keys"]}
       shape = tuple(int(s) for s in rec["shape"])
       theta = fit.from_numpy(arrays, ff.config, shape)

@@ -130,6 +130,8 @@ class FitSection:
     roles: families to fit (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``); empty means all.
     keep: ``if_pays`` keeps a family's f_θ only when the codes' entropy it saves (measured at the same steps) exceeds
       θ's stored bits, else θ is dropped and the decision recorded; ``always`` keeps every fit.
+    theta_bits_per_weight: if > 0, θ's size is chosen by this rate budget: each family gets the largest MLP width
+      whose stored θ fits in ``budget × (weights of the family)`` bits (recorded per family for the decoder).
     options: :class:`macjax.fit.FitConfig` fields (``width``, ``depth``, ``n_fourier``, ``tile``, ``steps``,
       ``theta_dtype`` …).
   """
@@ -137,11 +139,16 @@ class FitSection:
   enabled: bool = False
   roles: tuple[str, ...] = ()
   keep: str = "if_pays"
+  theta_bits_per_weight: float = 0.0
   options: Options = ()
 
   def __post_init__(self):
     from macjax import fit  # pylint: disable=g-import-not-at-top
     _check(self.keep in ("if_pays", "always"), f"fit.keep = {self.keep!r}; expected 'if_pays' or 'always'")
+    _check(0 <= self.theta_bits_per_weight <= 8, f"fit.theta_bits_per_weight = {self.theta_bits_per_weight}; "
+           "expected 0 (off: width from fit.options) or a budget in (0, 8] bits per weight of the family")
+    _check(not (self.theta_bits_per_weight and "width" in dict(self.options)),
+           "fit.theta_bits_per_weight chooses the width: do not also set fit.options.width")
     from macjax.load.layout import MATRIX_ROLES  # pylint: disable=g-import-not-at-top
     for r in self.roles:
       _check(r in MATRIX_ROLES, f"fit.roles has {r!r}; expected roles from {MATRIX_ROLES}")
