@@ -49,15 +49,31 @@ def test_gptq_lowers_output_error_on_correlated_inputs(name):
   assert gptq_err < 0.7 * plain_err
 
 
-@pytest.mark.parametrize("name", ["uniform", "dead_zone"])
-def test_diagonal_hessian_is_plain_quantization(name):
+@pytest.mark.parametrize("order", ["natural", "descending"])
+@pytest.mark.parametrize("name", ["uniform", "uniform_g32", "dead_zone"])
+def test_diagonal_hessian_is_plain_quantization(name, order):
+  # Also: act-order hands the codes back in the original column order, each on its own column's grid.
   base = BASES[name]()
   W = jnp.asarray(_weights())
   H = jnp.diag(jnp.asarray(np.random.default_rng(2).uniform(0.5, 2.0, 128), jnp.float32))
-  codes, meta = gptq(base, block_size=16).quantize(W, H)
+  codes, meta = gptq(base, block_size=16, order=order).quantize(W, H)
   plain_codes, plain_meta = base.quantize(W)
   np.testing.assert_array_equal(meta.step, plain_meta.step)
   assert np.mean(np.asarray(codes) == np.asarray(plain_codes)) > 0.999  # float ties aside
+
+
+@pytest.mark.parametrize("name", ["uniform", "uniform_g32"])
+def test_descending_order_is_no_worse_with_outlier_inputs(name):
+  # The calibration has three loud inputs (x8) at the START; put them at the end so the natural order quantizes
+  # them last, when no column is left to absorb their error; act-order visits them first.
+  X, W = _calibration()[:, ::-1].copy(), _weights()
+  H = jnp.asarray(X.T @ X)
+  base = BASES[name]()
+  err = {}
+  for order in ("natural", "descending"):
+    codes, meta = jax.jit(gptq(base, block_size=32, order=order).quantize)(jnp.asarray(W), H)
+    err[order] = _output_error(X, W, base.dequantize(codes, meta))
+  assert err["descending"] < err["natural"]
 
 
 def test_block_size_does_not_change_the_result():
@@ -102,5 +118,7 @@ def test_bad_arguments_raise():
     gptq(uniform(), block_size=0)
   with pytest.raises(ConfigError, match="damp"):
     gptq(uniform(), damp=0.0)
+  with pytest.raises(ConfigError, match="order"):
+    gptq(uniform(), order="act")
   with pytest.raises(ShapeError, match="H must be"):
     gptq(uniform()).quantize(jnp.zeros((4, 8)), jnp.eye(4))

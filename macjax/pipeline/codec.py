@@ -147,7 +147,8 @@ def _quantizer(method: str, step: float, group_size: int, options: tuple, gptq: 
 
 def _block_quantizer(cfg: dict) -> _Q:
   q = cfg["quantize"]
-  gptq = (("block_size", q["gptq_block_size"]), ("damp", q["gptq_damp"])) if q["gptq"] else None
+  gptq = ((("block_size", q["gptq_block_size"]), ("damp", q["gptq_damp"]), ("order", q["gptq_order"]))
+          if q["gptq"] else None)
   return _quantizer(q["method"], q["step"], q["group_size"], tuple(sorted(q["options"].items())), gptq)
 
 

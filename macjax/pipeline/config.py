@@ -50,6 +50,8 @@ class QuantizeConfig:
       text (see ``[calibration]``), so the error is minimized on the layer's output, not on the weights.
     gptq_block_size: columns per lazy-update block of GPTQ.
     gptq_damp: GPTQ's diagonal damping, relative to the mean diagonal of the Hessian.
+    gptq_order: the order GPTQ visits columns in: ``natural`` or ``descending`` (by decreasing input energy
+      ``H_jj``, "act-order"); decoding does not depend on it and nothing is stored for it.
   """
 
   method: str = "uniform"
@@ -59,6 +61,7 @@ class QuantizeConfig:
   gptq: bool = False
   gptq_block_size: int = 128
   gptq_damp: float = 0.01
+  gptq_order: str = "natural"
 
   def __post_init__(self):
     from macjax.pipeline import components  # pylint: disable=g-import-not-at-top
@@ -67,6 +70,8 @@ class QuantizeConfig:
     _check(self.group_size >= 0, f"quantize.group_size = {self.group_size}; expected >= 0 (0: whole row)")
     _check(self.gptq_block_size >= 1, f"quantize.gptq_block_size = {self.gptq_block_size}; expected >= 1")
     _check(self.gptq_damp > 0, f"quantize.gptq_damp = {self.gptq_damp}; expected > 0")
+    from macjax.quantize.gptq import ORDERS  # pylint: disable=g-import-not-at-top
+    _check(self.gptq_order in ORDERS, f"quantize.gptq_order = {self.gptq_order!r}; expected one of {ORDERS}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,12 @@ optimal (OBS) update for that quadratic. With the upper Cholesky factor ``U`` of
 ``H`` is damped, ``H + damp · mean(diag H) · I``, and dead inputs (``H_jj = 0``) get ``H_jj = 1`` and zero weights.
 The base quantizer's metadata (its grid) is computed once from the original ``W``; the codes and the decoder are
 the base quantizer's, so nothing changes downstream.
+
+With ``order="descending"`` ("act-order" in the GPTQ reference code) the columns are visited by decreasing
+``H_jj``: the inputs with the most energy are quantized first, while the most unquantized columns remain to absorb
+their error. The permutation is internal: each column is still quantized on its own grid (its original index is
+passed to ``quantize_column``, so group steps stay those of the original column), and the codes come back in the
+original order, so the decoder neither knows nor stores the order.
 """
 
 from __future__ import annotations
@@ -48,13 +54,18 @@ def _block_divisor(cols: int, block_size: int) -> int:
   return max(d for d in range(1, min(block_size, cols) + 1) if cols % d == 0)
 
 
-def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quantizer:
+ORDERS = ("natural", "descending")
+
+
+def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01, order: str = "natural") -> Quantizer:
   """Wraps ``base`` with GPTQ error feedback; the wrapped ``quantize`` takes the Hessian as a second argument.
 
   Args:
     base: a quantizer with ``quantize_column`` (uniform, dead_zone, rdoq).
     block_size: columns per lazy-update block (≥ 1); the largest divisor of the column count not above it is used.
     damp: relative diagonal damping (> 0), in units of the mean diagonal of ``H``.
+    order: ``natural`` (columns left to right) or ``descending`` (by decreasing ``H_jj``, "act-order"); the
+      codes and their decoder are the same either way.
 
   Returns:
     ``Quantizer(quantize=(W, H, step_scale=1) -> (codes, meta), dequantize=base.dequantize)`` where
@@ -62,7 +73,7 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
     ``step_scale`` is passed to the base quantizer (``None`` for a base without it).
 
   Raises:
-    ConfigError: ``base`` has no ``quantize_column``, or bad ``block_size``/``damp``.
+    ConfigError: ``base`` has no ``quantize_column``, or bad ``block_size``/``damp``/``order``.
     ShapeError: ``H`` is not ``[in, in]`` for ``W: [out, in]``.
 
   Example:
@@ -82,7 +93,10 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
     raise ConfigError(f"gptq: block_size must be an int >= 1, got {block_size!r}")
   if not (isinstance(damp, (int, float)) and np.isfinite(damp) and damp > 0):
     raise ConfigError(f"gptq: damp must be a finite number > 0, got {damp!r}")
+  if order not in ORDERS:
+    raise ConfigError(f"gptq: order must be one of {ORDERS}, got {order!r}")
   damp = float(damp)
+  descending = order == "descending"
 
   def quantize(W, H, step_scale=1.0):
     check_matrix(W)
@@ -94,6 +108,11 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
     _, meta = base.quantize(W) if step_scale is None else base.quantize(W, step_scale=step_scale)
     H, dead = damped_hessian(H.astype(jnp.float32), damp)
     W = jnp.where(dead[None, :], 0.0, W)
+    if descending:  # visit columns by decreasing H_jj (stable: ties keep their order)
+      perm = jnp.argsort(-jnp.diag(H), stable=True)
+      W, H = W[:, perm], H[perm][:, perm]
+    else:
+      perm = jnp.arange(cols)
     U = inverse_cholesky_upper(H)
     block = _block_divisor(cols, block_size)
 
@@ -106,7 +125,7 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
       def one_column(i, inner):
         W1, C1, E1 = inner
         w = jax.lax.dynamic_index_in_dim(W1, i, axis=1, keepdims=False)
-        c, q = base.quantize_column(w, meta, i1 + i, cols)
+        c, q = base.quantize_column(w, meta, perm[i1 + i], cols)
         err = (w - q) / U1[i, i]
         W1 = W1 - err[:, None] * U1[i][None, :]  # U1 is upper triangular: only columns ≥ i move
         return W1, C1.at[:, i].set(c), E1.at[:, i].set(err)
@@ -119,6 +138,8 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01) -> Quant
       return W, jax.lax.dynamic_update_slice(codes, C1, (0, i1))
 
     _, codes = jax.lax.fori_loop(0, cols // block, one_block, (W, jnp.zeros((rows, cols), jnp.int32)))
+    if descending:
+      codes = jnp.zeros_like(codes).at[:, perm].set(codes)
     return codes, meta
 
   return Quantizer(quantize=quantize, dequantize=base.dequantize)
