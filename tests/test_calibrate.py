@@ -333,3 +333,47 @@ def test_smollm2_every_matrix_has_finite_statistics():
     assert s.count == 8 * 128 and s.second_moment.shape == (m.shape[1], m.shape[1])
     assert np.all(np.isfinite(s.second_moment)) and np.all(np.isfinite(s.absmax)) and np.trace(s.second_moment) > 0
     assert np.all(s.absmax.astype(np.float64) ** 2 >= np.diag(s.second_moment) * (1 - 1e-6)), m.name
+
+
+# --- probes: sensitivity at the model output ----------------------------------------------------------------
+
+def test_probe_distortion_is_zero_for_exact_and_grows_with_the_perturbation(tiny_llama_dir):
+  from macjax.calibrate import probe  # pylint: disable=g-import-not-at-top
+  from macjax.evaluate import Evaluator  # pylint: disable=g-import-not-at-top
+  from macjax.load import load_model  # pylint: disable=g-import-not-at-top
+  model = load_model(str(tiny_llama_dir))
+  ev = Evaluator(model, n_seq=2, seq_len=32, split="calibration")
+  rng = np.random.default_rng(0)
+  names = [m.name for m in model.layout.by_role("v")]
+  noise = {n: rng.normal(size=model.params[n].shape).astype(np.float32) for n in names}
+  reps = {f"x{a}": {n: model.params[n] + a * 0.05 * noise[n] for n in names} for a in (0, 1, 2)}
+  d = {k: probe.output_distortion(ev, model.params, r, {"v": names})["v"] for k, r in reps.items()}
+  assert abs(d["x0"]) < 1e-6 < d["x1"] < d["x2"]
+  with pytest.raises(ConfigError, match="no replacement"):
+    probe.output_distortion(ev, model.params, {}, {"v": names})
+  with pytest.raises(ShapeError, match="shape"):
+    probe.output_distortion(ev, model.params, {names[0]: np.zeros((2, 2))}, {"v": names[:1]})
+
+
+def test_evaluator_split_selects_the_text():
+  from macjax.evaluate import Evaluator  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="split"):
+    Evaluator(None, split="test")
+
+
+@pytest.mark.parametrize("floor", [1e-3, 0.5])
+def test_separable_estimates_sum_to_the_role_probes(floor):
+  from macjax.calibrate import probe  # pylint: disable=g-import-not-at-top
+  by_role = {"q": 1.0, "v": 3.0, "o": 0.0}
+  by_layer = {0: 1.0, 1: 3.0}
+  members = {f"{r}{l}": (r, l) for r in by_role for l in by_layer}
+  d = probe.separable(by_role, by_layer, members, floor=floor)
+  assert all(v > 0 for v in d.values())  # the zero probe is floored, not free
+  clipped = {r: max(v, floor * 3.0) for r, v in by_role.items()}
+  for r in by_role:  # each role's estimates sum to its (clipped) probe
+    assert math.isclose(d[f"{r}0"] + d[f"{r}1"], clipped[r], rel_tol=1e-9)
+  assert math.isclose(d["v1"] / d["v0"], 3.0 / max(1.0, floor * 3.0), rel_tol=1e-9)
+  with pytest.raises(ConfigError, match="no probe"):
+    probe.separable({"q": 1.0}, {0: 1.0}, {"a": ("k", 0)})
+  with pytest.raises(ConfigError, match="positive"):
+    probe.separable({"q": 0.0}, {0: 1.0}, {"a": ("q", 0)})

@@ -224,15 +224,39 @@ def test_target_bits_hits_the_rate(tiny_llama_dir):
   assert abs(info - 3.0) < 0.1  # the entropy of the codes under their stored tables
 
 
-def test_sensitivity_allocation_spreads_steps(tiny_llama_dir):
-  cfg = config_lib.from_dict({"allocation": {"sensitivity": "input_energy"}, "calibration": CALIBRATION,
+@pytest.mark.parametrize("allocation", [
+    {"sensitivity": "weight"},
+    {"sensitivity": "layer_output"},
+    {"sensitivity": "model_output", "probe_groups": "role", "probe_n_seq": 2, "probe_seq_len": 32},
+    {"sensitivity": "model_output", "probe_n_seq": 2, "probe_seq_len": 32},
+], ids=["weight", "layer_output", "model_output-role", "model_output-role_layer"])
+def test_sensitivity_allocation_is_equal_slope(tiny_llama_dir, allocation):
+  cfg = config_lib.from_dict({"allocation": allocation, "calibration": CALIBRATION, "quantize": {"step": 0.5},
                               "evaluate": {"enabled": False}})
   compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
-  scales = compressed.manifest["allocation"]["step_scales"]
-  sens = compressed.manifest["allocation"]["sensitivity"]
-  hi, lo = max(sens, key=sens.get), min(sens, key=sens.get)
-  assert scales[hi] < scales[lo]  # more sensitive inputs get finer steps
+  rec = compressed.manifest["allocation"]
+  scales, d = rec["step_scales"], rec["unit_distortion"]
+  sizes = {m: int(np.prod(r["shape"])) for m, r in compressed.manifest["tensors"].items() if m in d}
+  # c_i ∝ sqrt(n_i / d_i): scales² · d / n is the same for every matrix, and the scales are not all equal.
+  slope = np.array([scales[m] ** 2 * d[m] / sizes[m] for m in d])
+  np.testing.assert_allclose(slope, slope[0], rtol=1e-6)
+  assert max(scales.values()) > 1.05 * min(scales.values())
+  if allocation["sensitivity"] == "model_output":
+    assert set(rec["probe_by_role"]) == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert ("probe_by_layer" in rec) == (allocation.get("probe_groups", "role_layer") == "role_layer")
   _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+
+
+def test_layer_output_allocation_gives_finer_steps_to_louder_inputs(tiny_llama_dir):
+  cfg = config_lib.from_dict({"allocation": {"sensitivity": "input_energy"}, "calibration": CALIBRATION,
+                              "evaluate": {"enabled": False}})  # the older name of layer_output
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
+  rec = compressed.manifest["allocation"]
+  assert rec["sensitivity"] == "layer_output"
+  tensors = compressed.manifest["tensors"]
+  per_weight = {m: v / np.prod(tensors[m]["shape"]) for m, v in rec["unit_distortion"].items()}
+  hi, lo = max(per_weight, key=per_weight.get), min(per_weight, key=per_weight.get)
+  assert rec["step_scales"][hi] < rec["step_scales"][lo]
 
 
 def test_fit_that_does_not_pay_is_dropped(tiny_llama_dir, tmp_path):

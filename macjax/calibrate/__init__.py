@@ -5,7 +5,8 @@ For each block matrix ``W: (out, in)`` and its input rows ``X: [n, in]`` on the 
 :class:`InputStats` with the second moment ``S = XᵀX / n`` (``f32[in, in]``, float64 accumulation), the per-channel
 absolute maximum ``max_t |X_tj|`` (``f32[in]``) and ``n``. Consumers: GPTQ (``H = XᵀX``, :func:`hessian`),
 activation-aware PCA (``S``), SmoothQuant scaling (``absmax``), bit allocation (``diag S``, ``tr S``), and
-output-space errors (:func:`output_energy`, :func:`relative_output_error`).
+output-space errors (:func:`output_energy`, :func:`relative_output_error`). :mod:`macjax.calibrate.probe`
+measures sensitivity where it finally matters, at the model's output on calibration text (for bit allocation).
 
 Example:
   >>> from macjax.load import load_model                                            # doctest: +SKIP
@@ -18,9 +19,10 @@ Example:
 
 from __future__ import annotations
 
+from macjax.calibrate import probe
 from macjax.calibrate.sensitivity import hessian, output_energy, relative_output_error
 from macjax.calibrate.statistics import (SITE_OF_ROLE, SITES, InputStats, accumulate_statistics, by_matrix,
                                          input_statistics)
 
-__all__ = ["InputStats", "input_statistics", "accumulate_statistics", "by_matrix", "SITE_OF_ROLE", "SITES",
+__all__ = ["probe", "InputStats", "input_statistics", "accumulate_statistics", "by_matrix", "SITE_OF_ROLE", "SITES",
            "hessian", "output_energy", "relative_output_error"]

@@ -115,6 +115,8 @@ class Evaluator:
     batch_size: windows per trunk call (LLaMA).
     sentence_chunk: sentences per forward call (BERT).
     head_chunk: tokens per LM-head block (bounds the memory: two ``head_chunk x vocab`` float32 blocks).
+    split: the text scored: ``"heldout"`` (quality claims) or ``"calibration"`` (for choices the encoder makes,
+      e.g. :mod:`macjax.calibrate.probe`, so that held-out text never steers compression).
 
   Example:
     >>> ev = Evaluator(load_model("minilm-l6"), n_sentences=64)   # doctest: +SKIP
@@ -124,7 +126,10 @@ class Evaluator:
 
   def __init__(self, reference, *, n_seq: int = DEFAULT_N_SEQ, seq_len: int = DEFAULT_SEQ_LEN,
                n_sentences: int = DEFAULT_N_SENTENCES, batch_size: int = 4, head_chunk: int = 256,
-               sentence_chunk: int = 32):
+               sentence_chunk: int = 32, split: str = "heldout"):
+    if split not in text.SPLITS:
+      raise ConfigError(f"evaluate: split must be one of {text.SPLITS}, got {split!r}")
+    self.split = split
     self.family = reference.layout.family
     self.config = dict(reference.layout.config)
     self.batch_size = int(batch_size)
@@ -135,12 +140,12 @@ class Evaluator:
                         "expected all >= 1")
     tokenizer = text.tokenizer_for(reference)
     if self.family == "llama":
-      self.tokens = text.token_windows(tokenizer, "heldout", n_seq=n_seq, seq_len=seq_len)
+      self.tokens = text.token_windows(tokenizer, split, n_seq=n_seq, seq_len=seq_len)
       weights = prepare_llama(reference.params, self.config)
       self._ref_head = weights.lm_head
       self._ref_hidden = self._llama_trunk(weights)
     elif self.family == "bert":
-      self.sentences = text.sentences("heldout", n_sentences)
+      self.sentences = text.sentences(split, n_sentences)
       tokens, mask = text.sentence_batch(tokenizer, self.sentences)
       self._bert_chunks = self._bucket(tokens, mask)
       self._ref_embeddings = self._bert_embed(prepare_bert(reference.params, self.config))

@@ -301,19 +301,65 @@ def layout_from_json(d: dict) -> ModelLayout:
 
 
 def _needs_calibration(config: PipelineConfig) -> bool:
-  return (config.quantize.gptq or config.allocation.sensitivity != "none"
+  return (config.quantize.gptq or config.allocation.sensitivity in ("layer_output", "input_energy")
           or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
 
 
-def _allocate(config: PipelineConfig, cfg: dict, targets: dict[str, jax.Array], stats) -> tuple[dict[str, float], dict]:
+def _unit_distortions(config: PipelineConfig, model: Model, targets: dict[str, jax.Array],
+                      reconstruct: Callable[[str, jax.Array], jax.Array], stats, say) -> tuple[dict, dict]:
+  """``d_i``: the distortion matrix ``i`` adds on its own when quantized plainly at ``quantize.step`` (see
+  :class:`~macjax.pipeline.config.AllocationConfig`), and what to record about how it was measured."""
+  from macjax import calibrate  # pylint: disable=g-import-not-at-top
+  q = to_dict(config)["quantize"]
+  plain = _quantizer(q["method"], q["step"], q["group_size"], tuple(sorted(q["options"].items())), None)
+  kind = {"input_energy": "layer_output"}.get(config.allocation.sensitivity, config.allocation.sensitivity)
+  d, record = {}, {"sensitivity": kind}
+  probes = {}
+  for name, target in targets.items():
+    T_hat = plain.dequantize(*plain.quantize(target))
+    if kind == "weight":
+      d[name] = float(jnp.sum(jnp.square(target - T_hat)))
+    else:
+      probes[name] = np.asarray(reconstruct(name, T_hat), np.float32)
+      if kind == "layer_output":
+        d[name] = calibrate.output_energy(stats[name], np.asarray(model.params[name], np.float32) - probes[name])
+  if kind == "model_output":
+    from macjax.calibrate import probe  # pylint: disable=g-import-not-at-top
+    from macjax.evaluate import Evaluator  # pylint: disable=g-import-not-at-top
+    a = config.allocation
+    ev = Evaluator(model, split="calibration", n_seq=a.probe_n_seq, seq_len=a.probe_seq_len,
+                   n_sentences=a.probe_n_sentences)
+    members = {m.name: (m.role, m.layer) for m in model.layout.matrices if m.name in targets}
+    roles = {r: [n for n, (rr, _) in members.items() if rr == r] for r in sorted({r for r, _ in members.values()})}
+    say(f"  probe {len(roles)} roles at the model output on calibration text")
+    by_role = probe.output_distortion(ev, model.params, probes, roles)
+    record["probe_by_role"] = by_role
+    if a.probe_groups == "role_layer":
+      layers = {l: [n for n, (_, ll) in members.items() if ll == l] for l in sorted({l for _, l in members.values()})}
+      say(f"  probe {len(layers)} layers at the model output on calibration text")
+      by_layer = probe.output_distortion(ev, model.params, probes, layers)
+      record["probe_by_layer"] = {str(l): v for l, v in by_layer.items()}
+      d = probe.separable(by_role, by_layer, members)
+    else:  # a role's matrices share its per-weight sensitivity
+      role_d = probe.separable(by_role, {0: 1.0}, {r: (r, 0) for r in roles})  # the floor, as role_layer has it
+      role_n = {r: sum(int(targets[n].size) for n in names) for r, names in roles.items()}
+      d = {n: role_d[r] * int(targets[n].size) / role_n[r] for n, (r, _) in members.items()}
+  return d, record
+
+
+def _allocate(config: PipelineConfig, cfg: dict, model: Model, targets: dict[str, jax.Array],
+              reconstruct: Callable[[str, jax.Array], jax.Array], stats, say) -> tuple[dict[str, float], dict]:
   """Per-matrix step multipliers from ``[allocation]`` (1 for every matrix when it is off)."""
   from macjax.quantize import allocation  # pylint: disable=g-import-not-at-top
   scales = {n: 1.0 for n in targets}
   record: dict[str, Any] = {}
-  if config.allocation.sensitivity == "input_energy":
-    sens = {n: allocation.input_sensitivity(stats[n].second_moment) for n in targets}
-    scales = allocation.equal_slope_scales(sens, {n: int(t.size) for n, t in targets.items()})
-    record["sensitivity"] = sens
+  sizes = {n: int(t.size) for n, t in targets.items()}
+  if config.allocation.sensitivity != "none":
+    d, record = _unit_distortions(config, model, targets, reconstruct, stats, say)
+    floor = 1e-6 * max(max(d.values()), 1e-30)  # a matrix quantized exactly (all zeros) is not infinitely cheap
+    sens = {n: max(v, floor) / sizes[n] for n, v in d.items()}
+    scales = allocation.equal_slope_scales(sens, sizes)
+    record["unit_distortion"] = d
   if config.allocation.target_bits:
     q = cfg["quantize"]
     plain = components.build_quantizer(q["method"], q["step"], q["group_size"], dict(q["options"]))
@@ -450,7 +496,12 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
   if config.allocation.sensitivity != "none" or config.allocation.target_bits:
     say("allocate: per-matrix step multipliers" + (f" for {config.allocation.target_bits} bits/weight"
                                                    if config.allocation.target_bits else ""))
-    alloc, allocation_record = _allocate(config, cfg, targets, stats)
+
+    def reconstruct(name: str, T_hat: jax.Array) -> jax.Array:  # quantized target -> model coordinates
+      W_hat = predictions[name] + T_hat if name in predictions else T_hat
+      return chain.inverse(W_hat, states[name]) if chain is not None else W_hat
+
+    alloc, allocation_record = _allocate(config, cfg, model, targets, reconstruct, stats, say)
   else:
     alloc = {m.name: 1.0 for m in mats}
   say(f"quantize + entropy-code {len(mats)} block matrices")

@@ -163,24 +163,46 @@ class FitSection:
     fit.FitConfig(**dict(self.options))  # validates values, raising ConfigError
 
 
+# [allocation] sensitivity kinds; "input_energy" is an older name of "layer_output".
+SENSITIVITIES = ("none", "weight", "layer_output", "model_output", "input_energy")
+
+
 @dataclasses.dataclass(frozen=True)
 class AllocationConfig:
   """Bit allocation across block matrices by one global knob (see :mod:`macjax.quantize.allocation`).
 
+  Every matrix ``i`` (``n_i`` weights) is first quantized with the plain quantizer at ``quantize.step`` to
+  measure ``d_i``, the distortion it adds on its own; equal slopes then give step multipliers
+  ``c_i ∝ sqrt(n_i / d_i)`` (normalized so the total rate stays near where ``quantize.step`` puts it).
+
   Attributes:
-    sensitivity: ``none`` (every matrix gets ``quantize.step``), or ``input_energy``: step multipliers
-      ``c_i ∝ s_i^(−1/2)`` with ``s_i = trace(XᵀX)/cols`` of the matrix's calibration inputs (equal slopes of
-      output-error vs rate; normalized so the total rate stays near where ``quantize.step`` puts it).
+    sensitivity: what ``d_i`` measures: ``none`` (no allocation: every matrix gets ``quantize.step``);
+      ``weight`` (``‖W − Ŵ‖²``, plain weight MSE); ``layer_output`` (``tr(ΔW S ΔWᵀ)``, the layer's output MSE on
+      calibration inputs; ``input_energy`` is an older name for it); ``model_output`` (measured at the model's
+      output on calibration text: KL for causal LMs, 1 − cosine for encoders, see
+      :mod:`macjax.calibrate.probe`), probed per role and per layer and combined (``probe_groups``).
+    probe_groups: ``role_layer`` (one probe per role and one per layer, combined by :func:`~macjax.calibrate.
+      probe.separable`) or ``role`` (per role only; a role's matrices share its per-weight sensitivity).
+    probe_n_seq, probe_seq_len, probe_n_sentences: calibration text per probe (causal LMs: windows × tokens;
+      encoders: passages).
     target_bits: if > 0, the base step is chosen (bisection on the codes' entropy) so that the block matrices' codes
       take this many bits/weight; ``quantize.step`` is then only the starting unit. Not combined with ``[fit]``.
   """
 
   sensitivity: str = "none"
+  probe_groups: str = "role_layer"
+  probe_n_seq: int = 8
+  probe_seq_len: int = 256
+  probe_n_sentences: int = 128
   target_bits: float = 0.0
 
   def __post_init__(self):
-    _check(self.sensitivity in ("none", "input_energy"), f"allocation.sensitivity = {self.sensitivity!r}; "
-           "expected 'none' or 'input_energy'")
+    _check(self.sensitivity in SENSITIVITIES, f"allocation.sensitivity = {self.sensitivity!r}; "
+           f"expected one of {SENSITIVITIES}")
+    _check(self.probe_groups in ("role_layer", "role"), f"allocation.probe_groups = {self.probe_groups!r}; "
+           "expected 'role_layer' or 'role'")
+    for k in ("probe_n_seq", "probe_seq_len", "probe_n_sentences"):
+      _check(getattr(self, k) >= 1, f"allocation.{k} = {getattr(self, k)}; expected >= 1")
     _check(self.target_bits == 0 or 0.05 <= self.target_bits <= 16,
            f"allocation.target_bits = {self.target_bits}; expected 0 (off) or a rate in [0.05, 16] bits/weight")
 
