@@ -50,8 +50,9 @@ class QuantizeConfig:
       text (see ``[calibration]``), so the error is minimized on the layer's output, not on the weights.
     gptq_block_size: columns per lazy-update block of GPTQ.
     gptq_damp: GPTQ's diagonal damping, relative to the mean diagonal of the Hessian.
-    gptq_order: the order GPTQ visits columns in: ``natural`` or ``descending`` (by decreasing input energy
-      ``H_jj``, "act-order"); decoding does not depend on it and nothing is stored for it.
+    gptq_order: the order GPTQ visits columns in: ``descending`` (by decreasing input energy ``H_jj``,
+      "act-order"; the default: on SmolLM2 at step 0.5 it halved the perplexity loss of natural-order GPTQ) or
+      ``natural``; decoding does not depend on it and nothing is stored for it.
   """
 
   method: str = "uniform"
@@ -61,7 +62,7 @@ class QuantizeConfig:
   gptq: bool = False
   gptq_block_size: int = 128
   gptq_damp: float = 0.01
-  gptq_order: str = "natural"
+  gptq_order: str = "descending"
 
   def __post_init__(self):
     from macjax.pipeline import components  # pylint: disable=g-import-not-at-top
