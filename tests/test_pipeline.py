@@ -229,10 +229,14 @@ def test_target_bits_hits_the_rate(tiny_llama_dir):
     {"sensitivity": "layer_output"},
     {"sensitivity": "model_output", "probe_groups": "role", "probe_n_seq": 2, "probe_seq_len": 32},
     {"sensitivity": "model_output", "probe_n_seq": 2, "probe_seq_len": 32},
-], ids=["weight", "layer_output", "model_output-role", "model_output-role_layer"])
+    {"sensitivity": "model_output", "probe_n_seq": 2, "probe_seq_len": 32, "rewrite": True},
+], ids=["weight", "layer_output", "model_output-role", "model_output-role_layer", "model_output-after-rewrite"])
 def test_sensitivity_allocation_is_equal_slope(tiny_llama_dir, allocation):
+  allocation = dict(allocation)
+  rewrite = {"residual": "hadamard", "untie": True} if allocation.pop("rewrite", False) else {}
+  transform = [{"name": "hadamard", "side": "input"}] if rewrite else []  # probes see the model's coordinates
   cfg = config_lib.from_dict({"allocation": allocation, "calibration": CALIBRATION, "quantize": {"step": 0.5},
-                              "evaluate": {"enabled": False}})
+                              "rewrite": rewrite, "transform": transform, "evaluate": {"enabled": False}})
   compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
   rec = compressed.manifest["allocation"]
   scales, d = rec["step_scales"], rec["unit_distortion"]
