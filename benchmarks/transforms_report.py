@@ -33,7 +33,15 @@ error of the block matrices, and model quality (MiniLM: mean cosine of sentence 
 and KL on held-out text), with embeddings and LM head kept in float32 so that quality reflects the block matrices only
 (as in DESIGN.md's baselines). Rates are compared at matched distortion: each chain's bits are interpolated (linearly
 in ``log`` distortion between its two nearest points) at the weight errors and quality levels the ``none`` chain
-reached.
+reached. The same chains are also run with GPTQ act-order in place of round-to-nearest (``none+gptq``,
+``hadamard+gptq``, ``rewrite+gptq``: ``quantize.gptq = true, gptq_order = "descending"``, calibration at the
+pipeline's defaults), and a GPTQ chain's rates are matched against ``none+gptq``.
+
+Part P — a probe (SmolLM2 only; ``--parts P``) of why an input-side rotation costs quality under plain per-row
+rounding although it leaves the weight error unchanged: the layer-output error ``tr(ΔW S ΔWᵀ)`` of every block
+matrix quantized in identity vs Hadamard coordinates (and with the RMSNorm gains folded in, as the invariance
+rewrite does), split into the few input channels with the largest ``diag(S)`` and the rest, and the model-level
+KL of the original model carrying each role's error from one coordinate system or the other.
 
 Run (2 shared cores; ``--quick`` takes a few minutes, the default about an hour):
 
@@ -73,6 +81,10 @@ ROTATIONS = ("hadamard", "orthogonal", "learned-kurtosis", "learned-rate")
 ALIGNMENTS = ("pca-matrix", "pca-head", "pca-group")
 PIPELINE_DEFAULT_STEP = 0.0625  # configs/default.toml, quantize.step
 STD_STEP = 0.25  # DESIGN.md's first measurement: step = std/4
+GPTQ_SUFFIX = "+gptq"
+GPTQ_QUANTIZE = {"gptq": True, "gptq_order": "descending"}
+GPTQ_BASES = ("none", "hadamard", "rewrite")
+GPTQ_STEPS = (0.25, 0.5)
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -260,7 +272,17 @@ def chain_configs(model_name: str, head: int, learned_steps: int) -> dict[str, d
   }
   if model_name == "smollm2-135m":
     chains["rewrite"] = {"rewrite": {"residual": "hadamard", "head_rotation": True, "untie": True}}
+  # the same chains with GPTQ act-order in place of round-to-nearest (quantize.gptq, columns by decreasing H_jj)
+  for base in GPTQ_BASES:
+    if base in chains:
+      chains[base + GPTQ_SUFFIX] = {**json.loads(json.dumps(chains[base])), "quantize": dict(GPTQ_QUANTIZE)}
   return chains
+
+
+def reference_chain(chain: str) -> str:
+  """The chain another chain's rates are matched against: ``none``, or ``none+gptq`` for a GPTQ chain (so that a
+  rotation is judged under the same quantizer); ``none+gptq`` itself is matched against ``none``."""
+  return "none" + GPTQ_SUFFIX if chain.endswith(GPTQ_SUFFIX) and chain != "none" + GPTQ_SUFFIX else "none"
 
 
 def quality_distortion(model_name: str, q: dict | None) -> float | None:
@@ -291,7 +313,7 @@ def run_part_b(model_name: str, plan: list[tuple[str, float, bool]], args, resul
   try:
     for chain, step, do_eval in todo:
       data = json.loads(json.dumps(chains[chain]))
-      data["quantize"] = {"step": step}
+      data["quantize"] = {**data.get("quantize", {}), "step": step}
       data["embeddings"] = {"treatment": "float32"}
       data["evaluate"] = {"enabled": False}
       if chain == "learned-rate":
@@ -348,9 +370,10 @@ def summarize_b(model_name: str, part: dict) -> dict:
     by_chain.setdefault(rec["chain"], []).append(rec)
   for recs in by_chain.values():
     recs.sort(key=lambda r: r["step"])
-  ref = by_chain.get("none", [])
   out = {}
   for chain, recs in by_chain.items():
+    ref_name = reference_chain(chain)
+    ref = by_chain.get(ref_name, []) if chain != "none" else by_chain.get("none", [])
     w_pts = [(r["weight_error"]["block"], r["artifact"]["block_bits_per_weight"]) for r in recs]
     q_pts = [(quality_distortion(model_name, r.get("quality")), r["artifact"]["block_bits_per_weight"])
              for r in recs if r.get("quality")]
@@ -366,11 +389,256 @@ def summarize_b(model_name: str, part: dict) -> dict:
       b, ex = interp_bits(q_pts, qd) if qd is not None else (None, False)
       row.update(bits_at_quality=b, extrapolated_q=ex, saving_at_quality=None if b is None else row["none_bits"] - b)
       matched.append(row)
-    out[chain] = {"points": [{"step": r["step"], "bits": r["artifact"]["block_bits_per_weight"],
+    out[chain] = {"reference": ref_name, "points": [{"step": r["step"], "bits": r["artifact"]["block_bits_per_weight"],
                               "transform_bits": r["artifact"]["block_bits_per_weight_parts"].get("transform", 0.0),
                               "bits_per_param": r["artifact"]["bits_per_param"],
                               "weight_error": r["weight_error"]["block"], "quality": r.get("quality")}
                              for r in recs], "matched": matched}
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Part P: why an input-side rotation costs quality on SmolLM2 under plain per-row rounding (a probe, no coding)
+
+#: Readers of a normalized stream and the RMSNorm whose gain the invariance rewrite folds into them (LLaMA).
+NORM_OF_ROLE = {"q": "input_layernorm", "k": "input_layernorm", "v": "input_layernorm",
+                "gate": "post_attention_layernorm", "up": "post_attention_layernorm"}
+#: Model-level variants: each role's quantization error taken from one coordinate system (see ``probe_errors``).
+PROBE_VARIANTS = {
+    "id": ("identity coordinates everywhere (= the `none` chain)", {}),
+    "had": ("input-side Hadamard everywhere (= the `hadamard` chain)", {r: "had" for r in ROLES}),
+    "had-except-v": ("Hadamard everywhere except v (identity)", {**{r: "had" for r in ROLES}, "v": "id"}),
+    "id-except-v-had": ("identity everywhere except v (Hadamard)", {"v": "had"}),
+    "id-except-down-had": ("identity everywhere except down (Hadamard)", {"down": "had"}),
+    "had-except-v-down": ("Hadamard everywhere except v and down (identity)",
+                          {**{r: "had" for r in ROLES}, "v": "id", "down": "id"}),
+    "fold": ("norm gains folded into q/k/v/gate/up, no rotation", {r: "fold" for r in NORM_OF_ROLE}),
+    "fold-gateup": ("gains folded into gate/up only", {"gate": "fold", "up": "fold"}),
+    "fold-qkv": ("gains folded into q/k/v only", {"q": "fold", "k": "fold", "v": "fold"}),
+    "foldhad": ("fold + Hadamard on readers' inputs, Hadamard on writers' (o, down) outputs (what the rewrite "
+                "quantizes)", {**{r: "foldhad" for r in NORM_OF_ROLE}, "o": "outhad", "down": "outhad"}),
+}
+
+
+def probe_errors(model, step: float, seed: int) -> dict[tuple[str, str], np.ndarray]:
+  """``{(coords, name): ΔW}``: each block matrix quantized per row (``uniform(step)``, round to nearest) in some
+  coordinates, the error mapped back to the model's own coordinates, so that ``W + ΔW`` is the model's matrix.
+
+  ``id``: ``W``. ``had``: ``W Q`` (randomized Hadamard, input side; ``ΔW = (Q̂ − W Q) Qᵀ``). For readers of a
+  normalized stream (q/k/v/gate/up) ``fold``: ``W diag(g)`` (the RMSNorm gain folded in, as the invariance rewrite
+  does; ``ΔW = Δ diag(1/g)``) and ``foldhad``: ``W diag(g) Q``. For writers (o, down) ``outhad``: ``Qᵀ W``.
+  """
+  quantizer = uniform(step=step)
+  qd = jax.jit(lambda W: quantizer.dequantize(*quantizer.quantize(W)))
+  hin, hout = T.randomized_hadamard(side="input"), T.randomized_hadamard(side="output")
+  errors = {}
+  for i, info in enumerate(model.layout.matrices):
+    W = jnp.asarray(model.params[info.name], jnp.float32)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    errors[("id", info.name)] = np.asarray(qd(W) - W, np.float32)
+    st = hin.init(W, key=key)
+    W2 = hin.apply(W, st)
+    errors[("had", info.name)] = np.asarray(hin.inverse(qd(W2) - W2, st), np.float32)
+    if info.role in NORM_OF_ROLE:
+      g = jnp.asarray(model.params[f"model.layers.{info.layer}.{NORM_OF_ROLE[info.role]}.weight"], jnp.float32)
+      Wx = W * g[None, :]
+      errors[("fold", info.name)] = np.asarray((qd(Wx) - Wx) / g[None, :], np.float32)
+      st = hin.init(Wx, key=key)
+      W2 = hin.apply(Wx, st)
+      errors[("foldhad", info.name)] = np.asarray(hin.inverse(qd(W2) - W2, st) / g[None, :], np.float32)
+    else:
+      st = hout.init(W, key=key)
+      W2 = hout.apply(W, st)
+      errors[("outhad", info.name)] = np.asarray(hout.inverse(qd(W2) - W2, st), np.float32)
+  return errors
+
+
+def probe_split(model, stats, errors, top: int) -> dict[str, dict]:
+  """Per role (all layers): the layer-output error ``E = tr(ΔW S ΔWᵀ)`` split into the ``top`` input channels by
+  ``diag(S)`` (``E_top = tr(ΔW_T S_TT ΔW_Tᵀ)``), the rest (``E_rest``) and the cross term, for ``id`` and ``had``,
+  summed over layers and divided by the output energy ``tr(W S Wᵀ)``; plus per-layer means of the top channels'
+  share of ``tr S``, of their weights' RMS over the row RMS and of their squared weight error over the mean."""
+  out = {}
+  for role in ROLES:
+    infos = model.layout.by_role(role)
+    if not infos:
+      continue
+    acc = {c: {"E": 0.0, "E_top": 0.0, "E_rest": 0.0} for c in ("id", "had", "fold", "foldhad", "outhad")}
+    energy, share, wtop, colmse, per_layer = 0.0, [], [], {"id": [], "had": []}, []
+    for info in infos:
+      S = np.asarray(stats[info.name].second_moment, np.float64)
+      W = np.asarray(model.params[info.name], np.float64)
+      d = np.diag(S)
+      t = np.argsort(d)[::-1][:top]
+      r = np.setdiff1d(np.arange(len(d)), t)
+      en = float(np.sum((W @ S) * W))
+      energy += en
+      share.append(float(d[t].sum() / d.sum()))
+      wtop.append(float(np.sqrt(np.mean(W[:, t] ** 2) / np.mean(W ** 2))))
+      row = {"layer": info.layer, "energy": en, "top_share": share[-1], "diag_max_over_mean": float(d.max() / d.mean())}
+      for c in acc:
+        if (c, info.name) not in errors:
+          continue
+        D = errors[(c, info.name)].astype(np.float64)
+        E = float(np.sum((D @ S) * D))
+        acc[c]["E"] += E
+        row[c] = E
+        if c in colmse:
+          acc[c]["E_top"] += float(np.sum((D[:, t] @ S[np.ix_(t, t)]) * D[:, t]))
+          acc[c]["E_rest"] += float(np.sum((D[:, r] @ S[np.ix_(r, r)]) * D[:, r]))
+          colmse[c].append(float(np.mean(D[:, t] ** 2) / np.mean(D ** 2)))
+      per_layer.append(row)
+    rec = {"layers": len(infos), "energy": energy, "top_share": float(np.mean(share)),
+           "w_top_over_row_rms": float(np.mean(wtop))}
+    for c, a in acc.items():
+      if a["E"] == 0.0:
+        continue
+      rec[c] = {"rel_out_err": math.sqrt(a["E"] / energy), "E": a["E"] / energy}
+      if c in colmse:
+        rec[c].update(E_top=a["E_top"] / energy, E_rest=a["E_rest"] / energy,
+                      E_cross=(a["E"] - a["E_top"] - a["E_rest"]) / energy,
+                      col_mse_top_over_mean=float(np.mean(colmse[c])))
+    big = max(per_layer, key=lambda x: x["had"])
+    rec["largest_layer"] = {"layer": big["layer"], "share_of_had_E": big["had"] / sum(x["had"] for x in per_layer),
+                            "had_over_id": big["had"] / big["id"], "top_share": big["top_share"],
+                            "diag_max_over_mean": big["diag_max_over_mean"]}
+    out[role] = rec
+  return out
+
+
+def run_part_p(model_name: str, args, results: dict, save) -> None:
+  """Part P for a LLaMA model: ``results["P"][model]`` = the per-role split and model-level KL of the variants."""
+  from macjax.calibrate import input_statistics
+  from macjax.evaluate import Evaluator
+
+  part = results.setdefault("P", {}).setdefault(model_name, {})
+  todo = [v for v in PROBE_VARIANTS if v not in part.get("model", {})]
+  if "split" in part and not todo:
+    return
+  model = load_model(model_name)
+  if model.layout.family != "llama":
+    print(f"  P {model_name}: skipped (the probe is for the LLaMA family)")
+    results["P"].pop(model_name)
+    return
+  part["meta"] = {"step": args.probe_step, "top": args.probe_top, "calib_n_seq": args.probe_calib, "seq_len": 256,
+                  "eval_n_seq": args.probe_eval, "eval_seq_len": 256, "seed": args.seed}
+  t0 = time.perf_counter()
+  errors = probe_errors(model, args.probe_step, args.seed)
+  print(f"  P {model_name} errors {time.perf_counter() - t0:.0f}s", flush=True)
+  if "split" not in part:
+    stats = input_statistics(model, n_seq=args.probe_calib, seq_len=256)
+    part["split"] = probe_split(model, stats, errors, args.probe_top)
+    del stats
+    print(f"  P {model_name} split {time.perf_counter() - t0:.0f}s", flush=True)
+    save()
+  evaluator = Evaluator(model, n_seq=args.probe_eval, seq_len=256)
+  models = part.setdefault("model", {})
+  for v in todo:
+    what, assign = PROBE_VARIANTS[v]
+    params = dict(model.params)
+    for info in model.layout.matrices:
+      c = assign.get(info.role, "id")
+      params[info.name] = (np.asarray(model.params[info.name], np.float32) + errors[(c, info.name)]).astype(np.float32)
+    t1 = time.perf_counter()
+    q = evaluator(params)
+    models[v] = {"what": what, "assign": {r: assign.get(r, "id") for r in ROLES},
+                 **{k: float(x) for k, x in q.items() if isinstance(x, (int, float))}}
+    print(f"  P {model_name} {v:20s} ppl {100 * q['perplexity_rel_change']:+.1f}% KL {q['kl']:.4f} "
+          f"{time.perf_counter() - t1:.0f}s", flush=True)
+    save()
+
+
+def markdown_p(results: dict) -> list[str]:
+  """The part P subsection (tables and a conclusion phrased from the numbers)."""
+  lines = []
+  for m, part in results.get("P", {}).items():
+    if "split" not in part:
+      continue
+    meta, sp, mo = part["meta"], part["split"], part.get("model", {})
+    k = meta["top"]
+    lines += [f"### Why rotation costs quality on {m} with plain rounding (probe)", "",
+              f"Every block matrix quantized per row by round-to-nearest at step {meta['step']:g}·RMS(row) (no coding, "
+              f"no GPTQ) in identity (`id`) or randomized-Hadamard input coordinates (`had`, `W Q`), the error "
+              f"mapped back to the model's coordinates (`ΔW`). Layer-output error `E = tr(ΔW S ΔWᵀ)` with `S` the "
+              f"input second moment on {meta['calib_n_seq']}×{meta['seq_len']} calibration tokens, summed over all "
+              f"layers of a role and divided by the output energy `tr(W S Wᵀ)`; `top` = the {k} input channels with "
+              f"the largest `diag(S)` in each layer, `rest` = the others (the cross term is below 0.001 of the "
+              "energy in every role). `top share` = their share of `tr S` (layer mean); `w_top/rms` = RMS of "
+              "the weights reading them over the row RMS (layer mean); `col MSE top/mean` = mean squared weight "
+              "error on those columns over the matrix's mean (layer mean). `fold`: the RMSNorm gain folded into the "
+              "readers (`W diag(g)`), as the invariance rewrite does; `fold+had`: `W diag(g) Q` for readers and "
+              "`Qᵀ W` for writers (o, down), i.e. what the rewrite quantizes (its value-head rotations left out).", "",
+              "| role | top share | w_top/rms | col MSE top/mean id | had | rel. out err id | had | fold | "
+              "fold+had | E_top id | had | E_rest id | had | largest layer (had E share, had/id) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for role, r in sp.items():
+      fh = r.get("foldhad") or r.get("outhad")
+      fo = r.get("fold") or r["id"]
+      big = r["largest_layer"]
+      lines.append(f"| {role} | {r['top_share']:.3f} | {r['w_top_over_row_rms']:.2f} | "
+                   f"{r['id']['col_mse_top_over_mean']:.3f} | {r['had']['col_mse_top_over_mean']:.3f} | "
+                   f"{r['id']['rel_out_err']:.4f} | {r['had']['rel_out_err']:.4f} | {fo['rel_out_err']:.4f} | "
+                   f"{fh['rel_out_err']:.4f} | {r['id']['E_top']:.5f} | {r['had']['E_top']:.5f} | "
+                   f"{r['id']['E_rest']:.5f} | {r['had']['E_rest']:.5f} | {big['layer']} ({big['share_of_had_E']:.2f}, "
+                   f"{big['had_over_id']:.2f}) |")
+    lines.append("")
+    if mo:
+      lines += [f"Model-level effect: the original model with each role's error `ΔW` taken from the coordinates "
+                f"named (held-out text, {meta['eval_n_seq']}×{meta['eval_seq_len']} tokens; the part B rows above use "
+                "12 windows and the pipeline's own Hadamard draws, so the two agree in direction, not to the digit).",
+                "", "| variant | what | ppl change | KL |", "|---|---|---|---|"]
+      for v, r in mo.items():
+        lines.append(f"| `{v}` | {r['what']} | {100 * r['perplexity_rel_change']:+.1f}% "
+                     f"(±{100 * r['perplexity_rel_change_stderr']:.1f}) | {r['kl']:.4f} (±{r['kl_stderr']:.4f}) |")
+      lines.append("")
+    lines += probe_conclusion(sp, mo) + [""]
+  return lines
+
+
+def probe_conclusion(sp: dict, mo: dict) -> list[str]:
+  """The probe's findings, phrased from its numbers."""
+  out = ["Conclusion:"]
+  grew, flat = [], []
+  for role, r in sp.items():
+    t_ratio = r["had"]["E_top"] / r["id"]["E_top"]
+    r_ratio = r["had"]["E_rest"] / r["id"]["E_rest"]
+    (grew if t_ratio >= 1.1 else flat).append((role, t_ratio, r_ratio, r))
+  if grew:
+    out.append("- The hypothesis (rotation moves quantization error onto the massive-activation channels) holds for "
+               + ", ".join(f"`{ro}` (top-channel output error ×{t:.2f}, rest ×{rr:.2f}; identity's squared error on "
+                           f"the top columns {r['id']['col_mse_top_over_mean']:.2f} of the mean, weights there "
+                           f"{r['w_top_over_row_rms']:.2f}× the row RMS)" for ro, t, rr, r in grew) + ".")
+  if flat:
+    out.append("- It does not hold for " + ", ".join(f"`{ro}` (×{t:.2f})" for ro, t, _, _ in flat) + ": in identity "
+               "coordinates their rounding error is already spread evenly over the columns (squared error on the top "
+               "columns " + ", ".join(f"{r['id']['col_mse_top_over_mean']:.2f}" for _, _, _, r in flat) + " of the "
+               "mean), because the weights reading the massive channels are not small ("
+               + ", ".join(f"{r['w_top_over_row_rms']:.2f}" for _, _, _, r in flat) + "× the row RMS), so they "
+               "do not fall in the rounding dead zone and bound their own error; a rotation has nothing to spread.")
+  g = lambda v: mo[v]["kl"] if v in mo else None  # noqa: E731
+  if g("id") is not None and g("had") is not None:
+    gap = g("had") - g("id")
+    parts = [f"- At model level the rotation raises KL from {g('id'):.3f} to {g('had'):.3f} (+{gap:.3f})."]
+    if g("id-except-v-had") is not None and g("had-except-v") is not None:
+      parts.append(f"Rotating v alone gives {g('id-except-v-had'):.3f} (+{g('id-except-v-had') - g('id'):.3f}, "
+                   f"{(g('id-except-v-had') - g('id')) / gap:.0%} of the gap); rotating everything but v gives "
+                   f"{g('had-except-v'):.3f} (+{g('had-except-v') - g('id'):.3f}).")
+    if g("id-except-down-had") is not None:
+      parts.append(f"Rotating down alone: {g('id-except-down-had'):.3f} (+{g('id-except-down-had') - g('id'):.3f}).")
+    if g("had-except-v-down") is not None:
+      parts.append(f"Everything but v and down rotated: {g('had-except-v-down'):.3f} "
+                   f"(+{g('had-except-v-down') - g('id'):.3f}).")
+    out.append(" ".join(parts))
+  if g("id") is not None and g("fold") is not None:
+    parts = [f"- The invariance rewrite's extra loss comes first from folding the RMSNorm gains into the readers, "
+             f"before any rotation: KL {g('id'):.3f} → {g('fold'):.3f}"]
+    if g("fold-gateup") is not None and g("fold-qkv") is not None:
+      parts.append(f"(gate/up folded alone {g('fold-gateup'):.3f}, q/k/v alone {g('fold-qkv'):.3f})")
+    if g("foldhad") is not None:
+      parts.append(f"; fold + rotation {g('foldhad'):.3f}")
+    out.append(" ".join(parts) + ". Folding scales each input column by its gain before the per-row step is set, "
+               "so the step follows the large-gain columns and channels with a small gain get a relatively coarse "
+               "grid (their error, mapped back, is divided by the gain).")
   return out
 
 
@@ -442,21 +710,25 @@ def markdown(results: dict) -> str:
         for p in s["points"]:
           lines.append(f"| {chain} | {p['step']:g} | {p['bits']:.3f} | {p['transform_bits']:.3f} | "
                        f"{p['bits_per_param']:.3f} | {p['weight_error']:.4f} | {_q(m, p['quality'])} |")
-      lines += ["", f"Matched distortion ({m}): bits each chain needs at the weight error / quality the `none` chain "
-                "reached at each of its steps (interpolated in log distortion; `*` = extrapolated beyond the chain's "
-                "points). Saving = none's bits − chain's bits (> 0: fewer bits than no transform).", "",
-                "| chain | none step | none bits | bits @ equal weight error | saving | bits @ equal quality | saving |",
-                "|---|---|---|---|---|---|---|"]
+      lines += ["", f"Matched distortion ({m}): bits each chain needs at the weight error / quality its reference "
+                "chain reached at each of its steps (interpolated in log distortion; `*` = extrapolated beyond the "
+                "chain's points). The reference is `none` (no transform, same quantizer) for round-to-nearest "
+                f"chains and `none{GPTQ_SUFFIX}` for the other GPTQ chains; `none{GPTQ_SUFFIX}` itself is matched "
+                "against `none` (what GPTQ buys). Saving = reference's bits − chain's bits (> 0: fewer bits than "
+                "the reference).", "",
+                "| chain | reference | ref. step | ref. bits | bits @ equal weight error | saving | bits @ equal quality "
+                "| saving |", "|---|---|---|---|---|---|---|---|"]
       for chain, s in summ.items():
         if chain == "none":
           continue
         for r in s["matched"]:
-          lines.append(f"| {chain} | {r['none_step']:g} | {r['none_bits']:.3f} | "
+          lines.append(f"| {chain} | {s['reference']} | {r['none_step']:g} | {r['none_bits']:.3f} | "
                        f"{_f(r['bits_at_weight_error'])}{'*' if r['extrapolated_w'] else ''} | "
                        f"{_f(r['saving_at_weight_error'], '+.3f')} | "
                        f"{_f(r['bits_at_quality'])}{'*' if r['extrapolated_q'] else ''} | "
                        f"{_f(r['saving_at_quality'], '+.3f')} |")
       lines.append("")
+  lines += markdown_p(results)
   missing = []
   for m, part in results.get("A", {}).items():
     model_roles = set().union(*[set(f) for f in part.values()])
@@ -545,28 +817,29 @@ def findings(results: dict, sa: dict, sb: dict) -> list[str]:
   for m, summ in sb.items():
     if "none" not in summ:
       continue
-    out.append(f"**{m}, through the pipeline (mean saving over the `none` chain's steps; > 0 = fewer bits than no "
-               "transform at equal distortion).**")
+    out.append(f"**{m}, through the pipeline (mean saving over the reference chain's steps; > 0 = fewer bits than "
+               f"the reference at equal distortion; reference `none`, or `none{GPTQ_SUFFIX}` for GPTQ chains).**")
     for chain, s in summ.items():
-      if chain == "none":
+      if chain == "none" or s["reference"] not in summ:
         continue
       sw = _mean_saving(s["matched"], "saving_at_weight_error")
       sq = _mean_saving(s["matched"], "saving_at_quality")
       tb = float(np.mean([p["transform_bits"] for p in s["points"]]))
       if sw is None and sq is None:
-        ref = {p["step"]: p for p in summ["none"]["points"]}
+        ref = {p["step"]: p for p in summ[s["reference"]]["points"]}
         same = [f"at step {p['step']:g}: {p['bits']:.3f} vs {ref[p['step']]['bits']:.3f} bits/weight, weight error "
                 f"{p['weight_error']:.4f} vs {ref[p['step']]['weight_error']:.4f}, quality "
                 f"{_q(m, p['quality'])} vs {_q(m, ref[p['step']]['quality'])}"
                 for p in s["points"] if p["step"] in ref]
-        out.append(f"- `{chain}` (one point only, no interpolation; compared with `none` at the same step): "
+        out.append(f"- `{chain}` (one point only, no interpolation; compared with `{s['reference']}` at the same "
+                   "step): "
                    + "; ".join(same) + ".")
         continue
       decisive = sq if sq is not None else sw
       verdict = "paid for its bits" if decisive is not None and decisive > 0 else "did not pay for its bits"
-      out.append(f"- `{chain}` {verdict}: {_f(sw, '+.3f')} bits/weight at equal weight error, {_f(sq, '+.3f')} at "
-                 f"equal model quality (its stored state: {tb:.3f} bits/weight).")
-    if "rewrite" in summ:
+      out.append(f"- `{chain}` {verdict} (vs `{s['reference']}`): {_f(sw, '+.3f')} bits/weight at equal weight "
+                 f"error, {_f(sq, '+.3f')} at equal model quality (its stored state: {tb:.3f} bits/weight).")
+    if "rewrite" in summ or "rewrite" + GPTQ_SUFFIX in summ:
       out.append("- The rewrite's weight error is measured on the rewritten (norm-folded, rotated) weights, so its "
                  "equal-weight-error column compares different parametrizations; equal quality is the fair column.")
     out.append("")
@@ -582,20 +855,24 @@ def default_plan(model_name: str, quick: bool, chains: list[str] | None, steps: 
     plan = [(c, s, True) for c in ("none", "hadamard", "pca-matrix") for s in (0.25, 0.5)]
     return [p for p in plan if chains is None or p[0] in chains]
   if model_name == "minilm-l6":
-    names = chains or ["none", "hadamard", "pca-matrix", "pca-head", "learned-rate"]
-    return [(c, s, True) for c in names for s in (steps or [0.125, 0.25, 0.5])]
+    if chains or steps:
+      return [(c, s, True) for c in (chains or ["none", "hadamard"]) for s in (steps or [0.125, 0.25, 0.5])]
+    return ([(c, s, True) for c in ["none", "hadamard", "pca-matrix", "pca-head", "learned-rate"]
+             for s in (0.125, 0.25, 0.5)] +
+            [(c + GPTQ_SUFFIX, s, True) for c in ("none", "hadamard") for s in GPTQ_STEPS])
   if chains or steps:
     return [(c, s, True) for c in (chains or ["none", "rewrite"]) for s in (steps or [0.25, 0.5])]
   # ~3-5 minutes a point here: the most informative points first (a run cut short keeps what it finished)
   return [("none", 0.25, True), ("rewrite", 0.25, True), ("none", 0.5, True), ("rewrite", 0.5, True),
-          ("hadamard", 0.25, True), ("hadamard", 0.5, True), ("pca-matrix", 0.25, True), ("pca-head", 0.25, True)]
+          ("hadamard", 0.25, True), ("hadamard", 0.5, True), ("pca-matrix", 0.25, True), ("pca-head", 0.25, True)] + \
+      [(c + GPTQ_SUFFIX, s, True) for s in (0.5, 0.25) for c in GPTQ_BASES]
 
 
 def main() -> None:
   """Command line."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--models", default=",".join(MODELS), help="comma-separated model aliases")
-  p.add_argument("--parts", default="A,B", help="A (statistics), B (pipeline), or both")
+  p.add_argument("--parts", default="A,B", help="A (statistics), B (pipeline), P (rotation probe, LLaMA only)")
   p.add_argument("--coords", default=",".join(COORDINATES), help="part A coordinate systems")
   p.add_argument("--chains", default="", help="part B chains (default: per model, see default_plan)")
   p.add_argument("--steps", default="", help="part B quantizer steps (default: per model)")
@@ -608,6 +885,10 @@ def main() -> None:
   p.add_argument("--n-seq", type=int, default=12, help="SmolLM2 evaluation windows")
   p.add_argument("--seq-len", type=int, default=256, help="SmolLM2 evaluation window length")
   p.add_argument("--n-sentences", type=int, default=256, help="MiniLM evaluation passages")
+  p.add_argument("--probe-step", type=float, default=0.5, help="part P: quantizer step (relative to row RMS)")
+  p.add_argument("--probe-top", type=int, default=4, help="part P: input channels counted as massive, per layer")
+  p.add_argument("--probe-calib", type=int, default=16, help="part P: calibration windows of 256 tokens for S")
+  p.add_argument("--probe-eval", type=int, default=8, help="part P: held-out windows of 256 tokens")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--resume", action="store_true", help="keep and skip finished units of the existing JSON")
   p.add_argument("--merge", default="", help="comma-separated result JSONs (of runs in pieces) to merge in first")
@@ -624,7 +905,7 @@ def main() -> None:
   results = json.loads(json_path.read_text()) if args.resume and json_path.exists() else {}
   for other in [pathlib.Path(f.strip()) for f in args.merge.split(",") if f.strip()]:
     piece = json.loads(other.read_text())
-    for section in ("A", "B", "A_meta"):
+    for section in ("A", "B", "A_meta", "P"):
       for model_name, entries in piece.get(section, {}).items():
         if section == "A_meta":
           results.setdefault(section, {})[model_name] = entries
@@ -657,6 +938,8 @@ def main() -> None:
       run_part_a(m, [c.strip() for c in args.coords.split(",") if c.strip()], args, results, save)
     if "B" in parts:
       run_part_b(m, default_plan(m, args.quick, chains, steps), args, results, save)
+    if "P" in parts:
+      run_part_p(m, args, results, save)
   save()
   print(md_path.read_text())
   print(f"wrote {json_path} and {md_path}")
