@@ -292,6 +292,15 @@ def quality_distortion(model_name: str, q: dict | None) -> float | None:
   return 1.0 - q["cosine_mean"] if "cosine_mean" in q else q["kl"]
 
 
+def quality_rel_stderr(q: dict | None) -> float | None:
+  """Standard error of :func:`quality_distortion` relative to its value (KL, or ``1 − cosine_mean``)."""
+  if not q:
+    return None
+  if "cosine_mean" in q:
+    return q["cosine_mean_stderr"] / (1.0 - q["cosine_mean"]) if q.get("cosine_mean_stderr") is not None else None
+  return q["kl_stderr"] / q["kl"] if q.get("kl_stderr") is not None and q["kl"] > 0 else None
+
+
 def run_part_b(model_name: str, plan: list[tuple[str, float, bool]], args, results: dict, save) -> None:
   """Part B for one model: compresses each ``(chain, step, evaluate)`` point of ``plan`` not yet in the results."""
   from macjax import artifact
@@ -388,6 +397,14 @@ def summarize_b(model_name: str, part: dict) -> dict:
       row["quality_distortion"] = qd
       b, ex = interp_bits(q_pts, qd) if qd is not None else (None, False)
       row.update(bits_at_quality=b, extrapolated_q=ex, saving_at_quality=None if b is None else row["none_bits"] - b)
+      # resolution: the bits the chain's curve spans across ± one combined relative standard error of the two
+      # quality measurements (treated as independent, which overstates it: both are scored on the same text)
+      rel = [quality_rel_stderr(r.get("quality"))] + [quality_rel_stderr(c.get("quality")) for c in recs]
+      if b is not None and None not in rel:
+        se = math.sqrt(rel[0] ** 2 + float(np.mean(np.square(rel[1:]))))
+        hi, _ = interp_bits(q_pts, qd * (1 + se))
+        lo, _ = interp_bits(q_pts, qd * max(1 - se, 1e-6))
+        row["saving_at_quality_se"] = None if hi is None or lo is None else abs(lo - hi) / 2
       matched.append(row)
     out[chain] = {"reference": ref_name, "points": [{"step": r["step"], "bits": r["artifact"]["block_bits_per_weight"],
                               "transform_bits": r["artifact"]["block_bits_per_weight_parts"].get("transform", 0.0),
@@ -650,6 +667,10 @@ def _f(x, fmt=".3f"):
   return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+def _pm(x) -> str:
+  return "" if x is None else f" (±{x:.3f})"
+
+
 def _q(model_name, q):
   if not q:
     return "not evaluated"
@@ -715,7 +736,9 @@ def markdown(results: dict) -> str:
                 "chain's points). The reference is `none` (no transform, same quantizer) for round-to-nearest "
                 f"chains and `none{GPTQ_SUFFIX}` for the other GPTQ chains; `none{GPTQ_SUFFIX}` itself is matched "
                 "against `none` (what GPTQ buys). Saving = reference's bits − chain's bits (> 0: fewer bits than "
-                "the reference).", "",
+                "the reference); (±) = the bits the chain's curve spans across one standard error of the two quality "
+                "measurements combined as if independent (they are scored on the same text, so this overstates "
+                "it); a saving inside it is not a measured difference.", "",
                 "| chain | reference | ref. step | ref. bits | bits @ equal weight error | saving | bits @ equal quality "
                 "| saving |", "|---|---|---|---|---|---|---|---|"]
       for chain, s in summ.items():
@@ -726,7 +749,8 @@ def markdown(results: dict) -> str:
                        f"{_f(r['bits_at_weight_error'])}{'*' if r['extrapolated_w'] else ''} | "
                        f"{_f(r['saving_at_weight_error'], '+.3f')} | "
                        f"{_f(r['bits_at_quality'])}{'*' if r['extrapolated_q'] else ''} | "
-                       f"{_f(r['saving_at_quality'], '+.3f')} |")
+                       f"{_f(r['saving_at_quality'], '+.3f')}"
+                       f"{_pm(r.get('saving_at_quality_se'))} |")
       lines.append("")
   lines += markdown_p(results)
   missing = []
@@ -836,9 +860,24 @@ def findings(results: dict, sa: dict, sb: dict) -> list[str]:
                    + "; ".join(same) + ".")
         continue
       decisive = sq if sq is not None else sw
+      se = _mean_saving(s["matched"], "saving_at_quality_se") if sq is not None else None
       verdict = "paid for its bits" if decisive is not None and decisive > 0 else "did not pay for its bits"
+      if se is not None and abs(decisive) <= se:
+        verdict = "neither paid nor lost measurably"
       out.append(f"- `{chain}` {verdict} (vs `{s['reference']}`): {_f(sw, '+.3f')} bits/weight at equal weight "
-                 f"error, {_f(sq, '+.3f')} at equal model quality (its stored state: {tb:.3f} bits/weight).")
+                 f"error, {_f(sq, '+.3f')}{_pm(se)} at equal model quality (its "
+                 f"stored state: {tb:.3f} bits/weight).")
+    for base in GPTQ_BASES[1:]:
+      rtn, gq = summ.get(base), summ.get(base + GPTQ_SUFFIX)
+      if not rtn or not gq:
+        continue
+      a_rtn, a_gq = (_mean_saving(x["matched"], "saving_at_quality") for x in (rtn, gq))
+      e_rtn, e_gq = (_mean_saving(x["matched"], "saving_at_quality_se") for x in (rtn, gq))
+      if a_rtn is None or a_gq is None:
+        continue
+      out.append(f"- `{base}` under the two quantizers, at equal model quality: with round-to-nearest "
+                 f"{a_rtn:+.3f}{_pm(e_rtn)} bits/weight against `none`; with GPTQ act-order {a_gq:+.3f}{_pm(e_gq)} "
+                 f"against `none{GPTQ_SUFFIX}`.")
     if "rewrite" in summ or "rewrite" + GPTQ_SUFFIX in summ:
       out.append("- The rewrite's weight error is measured on the rewritten (norm-folded, rotated) weights, so its "
                  "equal-weight-error column compares different parametrizations; equal quality is the fair column.")
