@@ -501,7 +501,10 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
       W_hat = predictions[name] + T_hat if name in predictions else T_hat
       return chain.inverse(W_hat, states[name]) if chain is not None else W_hat
 
+    t_alloc = time.perf_counter()
     alloc, allocation_record = _allocate(config, cfg, model, targets, reconstruct, stats, say)
+    timings["allocate"] = time.perf_counter() - t_alloc
+    t0 += timings["allocate"]  # quantize+code is timed without it
   else:
     alloc = {m.name: 1.0 for m in mats}
   say(f"quantize + entropy-code {len(mats)} block matrices")
