@@ -579,8 +579,9 @@ def markdown_p(results: dict) -> list[str]:
               f"mapped back to the model's coordinates (`ΔW`). Layer-output error `E = tr(ΔW S ΔWᵀ)` with `S` the "
               f"input second moment on {meta['calib_n_seq']}×{meta['seq_len']} calibration tokens, summed over all "
               f"layers of a role and divided by the output energy `tr(W S Wᵀ)`; `top` = the {k} input channels with "
-              f"the largest `diag(S)` in each layer, `rest` = the others (the cross term is below 0.001 of the "
-              "energy in every role). `top share` = their share of `tr S` (layer mean); `w_top/rms` = RMS of "
+              f"the largest `diag(S)` in each layer, `rest` = the others (the cross term is at most "
+              f"{max(abs(r[c]['E_cross']) for r in sp.values() for c in ('id', 'had')):.5f} of the output energy in "
+              "any role). `top share` = their share of `tr S` (layer mean); `w_top/rms` = RMS of "
               "the weights reading them over the row RMS (layer mean); `col MSE top/mean` = mean squared weight "
               "error on those columns over the matrix's mean (layer mean). `fold`: the RMSNorm gain folded into the "
               "readers (`W diag(g)`), as the invariance rewrite does; `fold+had`: `W diag(g) Q` for readers and "
@@ -608,12 +609,15 @@ def markdown_p(results: dict) -> list[str]:
         lines.append(f"| `{v}` | {r['what']} | {100 * r['perplexity_rel_change']:+.1f}% "
                      f"(±{100 * r['perplexity_rel_change_stderr']:.1f}) | {r['kl']:.4f} (±{r['kl_stderr']:.4f}) |")
       lines.append("")
-    lines += probe_conclusion(sp, mo) + [""]
+    pb = results.get("B", {}).get(m, {})
+    gq = {c: pb[f"{c}{GPTQ_SUFFIX}@{meta['step']:g}"]["quality"]["kl"] for c in GPTQ_BASES
+          if (pb.get(f"{c}{GPTQ_SUFFIX}@{meta['step']:g}") or {}).get("quality")}
+    lines += probe_conclusion(sp, mo, meta["step"], k, gq) + [""]
   return lines
 
 
-def probe_conclusion(sp: dict, mo: dict) -> list[str]:
-  """The probe's findings, phrased from its numbers."""
+def probe_conclusion(sp: dict, mo: dict, step: float, top: int, gptq: dict | None = None) -> list[str]:
+  """The probe's findings, phrased from its numbers (``gptq``: part B's ``{chain: KL}`` at ``step``, if run)."""
   out = ["Conclusion:"]
   grew, flat = [], []
   for role, r in sp.items():
@@ -621,42 +625,77 @@ def probe_conclusion(sp: dict, mo: dict) -> list[str]:
     r_ratio = r["had"]["E_rest"] / r["id"]["E_rest"]
     (grew if t_ratio >= 1.1 else flat).append((role, t_ratio, r_ratio, r))
   if grew:
-    out.append("- The hypothesis (rotation moves quantization error onto the massive-activation channels) holds for "
-               + ", ".join(f"`{ro}` (top-channel output error ×{t:.2f}, rest ×{rr:.2f}; identity's squared error on "
-                           f"the top columns {r['id']['col_mse_top_over_mean']:.2f} of the mean, weights there "
-                           f"{r['w_top_over_row_rms']:.2f}× the row RMS)" for ro, t, rr, r in grew) + ".")
+    out.append("- The hypothesis (a rotation moves rounding error onto the massive-activation channels, which carry "
+               "most of the input energy) holds for " + "; ".join(
+                   f"`{ro}`: output error through the top {top} channels ×{t:.2f}, through the rest ×{rr:.2f}; its "
+                   f"largest layer {r['largest_layer']['layer']} ({r['largest_layer']['share_of_had_E']:.0%} of the "
+                   f"role's rotated error, ×{r['largest_layer']['had_over_id']:.2f} there; its top {top} input "
+                   f"channels carry {r['largest_layer']['top_share']:.1%} of `tr S`, the largest "
+                   f"{r['largest_layer']['diag_max_over_mean']:.0f}× the mean)" for ro, t, rr, r in grew) + ".")
+    small = [(ro, r) for ro, _, _, r in grew if r["id"]["col_mse_top_over_mean"] < 0.9]
+    if small:
+      out.append("- Where identity coordinates protect the massive channels, they do so as hypothesized: the weights "
+                 "reading them are small (" + ", ".join(f"`{ro}` {r['w_top_over_row_rms']:.2f}× the row RMS"
+                                                        for ro, r in small) +
+                 f", against a rounding dead zone of ±{step / 2:g}·RMS at this step), so their error is bounded by "
+                 "the weights themselves (squared error on those columns " +
+                 ", ".join(f"{r['id']['col_mse_top_over_mean']:.2f}" for _, r in small) + " of the mean; "
+                 "rotated: " + ", ".join(f"{r['had']['col_mse_top_over_mean']:.2f}" for _, r in small) + ").")
   if flat:
-    out.append("- It does not hold for " + ", ".join(f"`{ro}` (×{t:.2f})" for ro, t, _, _ in flat) + ": in identity "
-               "coordinates their rounding error is already spread evenly over the columns (squared error on the top "
-               "columns " + ", ".join(f"{r['id']['col_mse_top_over_mean']:.2f}" for _, _, _, r in flat) + " of the "
-               "mean), because the weights reading the massive channels are not small ("
-               + ", ".join(f"{r['w_top_over_row_rms']:.2f}" for _, _, _, r in flat) + "× the row RMS), so they "
-               "do not fall in the rounding dead zone and bound their own error; a rotation has nothing to spread.")
+    out.append("- It does not hold for " + ", ".join(f"`{ro}` (×{t:.2f})" for ro, t, _, _ in flat) + ": identity's "
+               "rounding error on the massive-channel columns is already as large as on any other (squared error "
+               + ", ".join(f"{r['id']['col_mse_top_over_mean']:.2f}" for _, _, _, r in flat) + " of the mean), "
+               "since the weights there are not small (" +
+               ", ".join(f"{r['w_top_over_row_rms']:.2f}" for _, _, _, r in flat) +
+               f"× the row RMS against a dead zone of ±{step / 2:g}·RMS): identity coordinates already spread the "
+               "error evenly, and a rotation has nothing left to spread.")
   g = lambda v: mo[v]["kl"] if v in mo else None  # noqa: E731
   if g("id") is not None and g("had") is not None:
     gap = g("had") - g("id")
-    parts = [f"- At model level the rotation raises KL from {g('id'):.3f} to {g('had'):.3f} (+{gap:.3f})."]
+    parts = [f"- At model level the rotation raises KL from {g('id'):.3f} to {g('had'):.3f} ({gap:+.3f})."]
     if g("id-except-v-had") is not None and g("had-except-v") is not None:
-      parts.append(f"Rotating v alone gives {g('id-except-v-had'):.3f} (+{g('id-except-v-had') - g('id'):.3f}, "
-                   f"{(g('id-except-v-had') - g('id')) / gap:.0%} of the gap); rotating everything but v gives "
-                   f"{g('had-except-v'):.3f} (+{g('had-except-v') - g('id'):.3f}).")
+      parts.append(f"Rotating v alone: {g('id-except-v-had'):.3f} ({g('id-except-v-had') - g('id'):+.3f}); "
+                   f"everything but v: {g('had-except-v'):.3f} ({g('had-except-v') - g('id'):+.3f}).")
     if g("id-except-down-had") is not None:
-      parts.append(f"Rotating down alone: {g('id-except-down-had'):.3f} (+{g('id-except-down-had') - g('id'):.3f}).")
+      parts.append(f"Rotating down alone: {g('id-except-down-had'):.3f} ({g('id-except-down-had') - g('id'):+.3f}).")
     if g("had-except-v-down") is not None:
-      parts.append(f"Everything but v and down rotated: {g('had-except-v-down'):.3f} "
-                   f"(+{g('had-except-v-down') - g('id'):.3f}).")
+      left = g("had-except-v-down") - g("id")
+      parts.append(f"Everything but v and down rotated: {g('had-except-v-down'):.3f} ({left:+.3f}, "
+                   f"{'within' if abs(left) <= 2 * mo['id']['kl_stderr'] else 'outside'} two standard errors of the "
+                   "unrotated model): " + ("the regression is carried by v and down, the two roles where the "
+                                           "top-channel error grew." if abs(left) <= 2 * mo["id"]["kl_stderr"] else
+                                           "other roles contribute too."))
     out.append(" ".join(parts))
   if g("id") is not None and g("fold") is not None:
-    parts = [f"- The invariance rewrite's extra loss comes first from folding the RMSNorm gains into the readers, "
-             f"before any rotation: KL {g('id'):.3f} → {g('fold'):.3f}"]
+    parts = [f"- The invariance rewrite costs more than the plain rotation because it also folds the RMSNorm gains "
+             f"into the readers: folding alone, with no rotation, raises KL from {g('id'):.3f} to {g('fold'):.3f}"]
     if g("fold-gateup") is not None and g("fold-qkv") is not None:
       parts.append(f"(gate/up folded alone {g('fold-gateup'):.3f}, q/k/v alone {g('fold-qkv'):.3f})")
-    if g("foldhad") is not None:
-      parts.append(f"; fold + rotation {g('foldhad'):.3f}")
-    out.append(" ".join(parts) + ". Folding scales each input column by its gain before the per-row step is set, "
-               "so the step follows the large-gain columns and channels with a small gain get a relatively coarse "
-               "grid (their error, mapped back, is divided by the gain).")
+    if g("foldhad") is not None and g("had") is not None:
+      parts.append(f"and the rotations on top of the folded weights to {g('foldhad'):.3f} "
+                   f"({g('foldhad') - g('fold'):+.3f}, against {g('had') - g('id'):+.3f} for the rotation of the "
+                   "unfolded model)")
+    folded = [f"{ro} {sp[ro]['id']['rel_out_err']:.3f} → {sp[ro]['fold']['rel_out_err']:.3f}"
+              for ro in ("q", "k", "v", "gate", "up") if ro in sp and "fold" in sp[ro]]
+    out.append(" ".join(parts) + ". Folding multiplies input column j by its gain g_j before the per-row step is "
+               "set, so the step follows the large-gain columns and the error on a column, mapped back to the "
+               "model's coordinates, is divided by g_j; relative layer-output error, unfolded → folded: "
+               + ", ".join(folded) + ".")
+    if g("fold-qkv") is not None and g("fold-qkv") - g("id") > 2 * mo["fold-qkv"]["kl_stderr"]:
+      same = [ro for ro in ("q", "k", "v") if ro in sp and "fold" in sp[ro]
+              and abs(sp[ro]["fold"]["rel_out_err"] / sp[ro]["id"]["rel_out_err"] - 1) < 0.05]
+      if same:
+        out.append(f"- Not explained by the token-averaged layer-output error: folding leaves it within 5% for "
+                   f"{'/'.join(same)}, yet folding q/k/v raises KL to {g('fold-qkv'):.3f}. What that average misses "
+                   "(error on a few tokens, e.g. the ones carrying the massive activations, or attention's "
+                   "sensitivity to q/k) is not measured here.")
+  if gptq and gptq.get("none") is not None and gptq.get("hadamard") is not None:
+    out.append(f"- GPTQ act-order minimizes this layer-output error directly, and there the order reverses (part B, "
+               f"step {step:g}): KL {gptq['none']:.3f} without rotation, {gptq['hadamard']:.3f} with the Hadamard "
+               "chain" + (f", {gptq['rewrite']:.3f} with the rewrite" if gptq.get("rewrite") is not None else "") +
+               ".")
   return out
+
 
 
 # ---------------------------------------------------------------------------------------------------------------------
