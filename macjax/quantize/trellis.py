@@ -92,23 +92,32 @@ def viterbi(y: jax.Array, bit_table: jax.Array, lam: float, max_abs: int, states
   rows, _ = y.shape
   trans_np, quant_np = machine(states)
   n_states = len(quant_np)
-  trans = jnp.asarray(trans_np)
   quantizer_of_state = jnp.asarray(quant_np)
+  # The two ways into each state t: (source state, parity of the code taken there), static.
+  ways = [[(s, p) for s in range(n_states) for p in (0, 1) if trans_np[s, p] == t] for t in range(n_states)]
+  pred_state = jnp.asarray([[w[0] for w in ws] for ws in ways], jnp.int32)  # [S, 2]
+  pred_parity = jnp.asarray([[w[1] for w in ws] for ws in ways], jnp.int32)  # [S, 2]
   start = jnp.full((rows, n_states), _BIG, jnp.float32).at[:, 0].set(0.0)
+  r_idx = jnp.arange(rows)[:, None]
 
   def forward(cost, y_col):
     k = _candidates(y_col, quant_np)  # [rows, S, 3]
     yhat = level(k, quantizer_of_state[None, :, None])
     bits = bit_table[jnp.clip(k.astype(jnp.int32), -max_abs, max_abs) + max_abs]
-    total = (cost[:, :, None] + jnp.square(y_col[:, None, None] - yhat) + lam * bits).reshape(rows, -1)
-    nxt = trans[jnp.arange(n_states)[:, None], (k.astype(jnp.int32) & 1)].reshape(rows, -1)  # [rows, 3S]
-    masked = jnp.where(nxt[:, None, :] == jnp.arange(n_states)[None, :, None], total[:, None, :], _BIG)
-    best = jnp.argmin(masked, axis=-1)  # [rows, S]: index into the 3S (state, candidate) pairs
-    new_cost = jnp.take_along_axis(masked, best[..., None], axis=-1)[..., 0]
-    k_in = jnp.take_along_axis(k.reshape(rows, -1), best, axis=-1)
-    return new_cost, (k_in.astype(jnp.int32), (best // 3).astype(jnp.int32))
+    total = cost[:, :, None] + jnp.square(y_col[:, None, None] - yhat) + lam * bits  # [rows, S, 3]
+    # Cheapest candidate of each (state, parity): O(S) work per weight, not O(S²).
+    by_parity = jnp.where((k.astype(jnp.int32) & 1)[..., None] == jnp.arange(2), total[..., None], _BIG)
+    cand = jnp.argmin(by_parity, axis=2)  # [rows, S, 2]
+    cost_sp = jnp.min(by_parity, axis=2)  # [rows, S, 2]
+    into = cost_sp[:, pred_state, pred_parity]  # [rows, S(t), 2 ways]
+    way = jnp.argmin(into, axis=-1)  # [rows, S]
+    new_cost = jnp.min(into, axis=-1)
+    src = pred_state[jnp.arange(n_states)[None, :], way]  # [rows, S]
+    par = pred_parity[jnp.arange(n_states)[None, :], way]
+    k_in = k[r_idx, src, cand[r_idx, src, par]]
+    return new_cost, (k_in.astype(jnp.int32), src)
 
-  cost, (k_in, prev) = jax.lax.scan(forward, start, y.T)  # k_in, prev: [cols, rows, 4]
+  cost, (k_in, prev) = jax.lax.scan(forward, start, y.T)  # k_in, prev: [cols, rows, S]
   last = jnp.argmin(cost, axis=-1).astype(jnp.int32)
 
   def backward(state, step):
