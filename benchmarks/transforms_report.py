@@ -585,7 +585,9 @@ def markdown_p(results: dict) -> list[str]:
               "the weights reading them over the row RMS (layer mean); `col MSE top/mean` = mean squared weight "
               "error on those columns over the matrix's mean (layer mean). `fold`: the RMSNorm gain folded into the "
               "readers (`W diag(g)`), as the invariance rewrite does; `fold+had`: `W diag(g) Q` for readers and "
-              "`Qᵀ W` for writers (o, down), i.e. what the rewrite quantizes (its value-head rotations left out).", "",
+              "`Qᵀ W` for writers (o, down), i.e. what the rewrite quantizes, except that here each matrix draws "
+              "its own Hadamard where the rewrite shares one residual rotation, and the value-head rotations are "
+              "left out.", "",
               "| role | top share | w_top/rms | col MSE top/mean id | had | rel. out err id | had | fold | "
               "fold+had | E_top id | had | E_rest id | had | largest layer (had E share, had/id) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
