@@ -25,6 +25,8 @@ def test_dict_round_trip():
   cfg = config_lib.from_dict({"quantize": {"step": 0.1, "group_size": 64}, "evaluate": {"enabled": False}})
   assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg
   assert cfg.quantize.step == 0.1 and cfg.quantize.group_size == 64 and not cfg.evaluate.enabled
+  shared = config_lib.from_dict({"transform": [{"name": "pca"}], "transform_state": {"share": "role"}})
+  assert config_lib.from_dict(config_lib.to_dict(shared)) == shared and shared.transform_state.share == "role"
 
 
 @pytest.mark.parametrize("data, match", [
@@ -37,8 +39,10 @@ def test_dict_round_trip():
     ({"embeddings": {"treatment": "drop"}}, "embeddings.treatment"),
     ({"evaluate": {"enabled": "yes"}}, "evaluate.enabled"),
     ({"quantize": 3}, "must be a table"),
+    ({"transform": [{"name": "pca"}], "transform_state": {"share": "layer"}}, "transform_state.share = 'layer'"),
+    ({"transform_state": {"share": "role"}}, "transform_state.share = 'role' with no \\[\\[transform\\]\\]"),
 ], ids=["unknown-section", "unknown-key", "wrong-type", "out-of-range", "int-expected", "unknown-method",
-        "unknown-treatment", "bool-expected", "section-not-table"])
+        "unknown-treatment", "bool-expected", "section-not-table", "unknown-share", "share-without-chain"])
 def test_bad_config_is_refused_by_name(data, match):
   with pytest.raises(ConfigError, match=match):
     config_lib.from_dict(data)

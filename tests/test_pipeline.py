@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
 from macjax import artifact
-from macjax.errors import ArtifactError
+from macjax.errors import ArtifactError, ConfigError
 from macjax.load import load_model
-from macjax.pipeline import PipelineConfig, codec, job
+from macjax.pipeline import PipelineConfig, codec, components, job
 from macjax.pipeline import config as config_lib
 
 NO_EVAL = config_lib.from_dict({"evaluate": {"enabled": False}})
@@ -261,6 +262,102 @@ def test_layer_output_allocation_gives_finer_steps_to_louder_inputs(tiny_llama_d
   per_weight = {m: v / np.prod(tensors[m]["shape"]) for m, v in rec["unit_distortion"].items()}
   hi, lo = max(per_weight, key=per_weight.get), min(per_weight, key=per_weight.get)
   assert rec["step_scales"][hi] < rec["step_scales"][lo]
+
+
+SHARED_PCA = [{"name": "pca", "side": "input"}]
+
+
+def _shared_cfg(chain, share="role", **extra):
+  return config_lib.from_dict({"transform": chain, "transform_state": {"share": share}, "evaluate": {"enabled": False},
+                               **extra})
+
+
+def test_role_shared_pca_round_trip_and_accounting(tiny_llama_dir, tmp_path):
+  """One float16 in×in basis per role, stored and counted once; decode is bit-exact from the artifact on disk."""
+  rep = job.run_compress(str(tiny_llama_dir), _shared_cfg(SHARED_PCA), tmp_path / "art")  # decodes + verifies
+  buckets, manifest = artifact.load(tmp_path / "art")
+  model = load_model(str(tiny_llama_dir))
+  tensors = manifest["tensors"]
+  roles = sorted({m.role for m in model.layout.matrices})
+  shared = {n: r for n, r in tensors.items() if r["group"] == "transform"}
+  assert sorted(shared) == [f"transform:{r}" for r in roles]
+  expected = sum(model.layout.by_role(r)[0].shape[1] ** 2 * 16 for r in roles)
+  assert sum(r["bits"]["transform"] for r in shared.values()) == expected
+  for m in model.layout.matrices:
+    assert tensors[m.name]["transform_shared"] == m.role and "transform" not in tensors[m.name]["bits"]
+  # The shared states are counted with the block matrices, and every stored byte is in some record.
+  a = rep["artifact"]
+  assert a["block_bits_per_weight_parts"]["transform"] * a["block_params"] == pytest.approx(expected)
+  assert a["params"] == sum(v.size for v in model.params.values())
+  assert sum(sum(r["bits"].values()) for r in tensors.values()) == 8 * sum(a["bytes"][k] for k in artifact.KINDS)
+  # Fewer transform bits than a basis per matrix.
+  per_matrix = codec.compress(model, _shared_cfg(SHARED_PCA, share="none"))
+  assert expected < sum(r["bits"].get("transform", 0) for r in per_matrix.manifest["tensors"].values())
+  assert job.weight_errors(model.params, codec.decompress(buckets, manifest), manifest)["block"] < 0.05
+
+
+@pytest.mark.parametrize("chain", [SHARED_PCA, [{"name": "pca", "scope": "head", "block_size": 8},
+                                                {"name": "hadamard", "side": "input"}]], ids=["pca", "pca-head+hadamard"])
+def test_role_shared_state_is_the_chain_fitted_on_stacked_rows(tiny_llama_dir, chain):
+  model = load_model(str(tiny_llama_dir))
+  compressed = codec.compress(model, _shared_cfg(chain))
+  parts = artifact.unpack(compressed.buckets, compressed.manifest["index"])
+  t = components.build_chain([(c["name"], {k: v for k, v in c.items() if k != "name"}) for c in chain])
+  for role in sorted({m.role for m in model.layout.matrices}):
+    fam = model.layout.by_role(role)
+    pooled = np.concatenate([model.params[m.name] for m in fam], axis=0)
+    rec = compressed.manifest["tensors"][f"transform:{role}"]
+    assert rec["pooled_shape"] == list(pooled.shape) and rec["members"] == [m.name for m in fam]
+    want = jax.tree_util.tree_leaves(t.init(pooled, key=codec._role_key(0, role)))  # pylint: disable=protected-access
+    stored = [parts[f"transform:{role}"][f"transform.{i}"] for i in range(len(want))]
+    for w, s in zip(want, stored):
+      np.testing.assert_array_equal(np.asarray(w), s.astype(np.asarray(w).dtype), err_msg=role)
+
+
+@pytest.mark.parametrize("extra", [{}, {"quantize": {"gptq": True, "gptq_block_size": 8}}], ids=["rtn", "gptq"])
+def test_role_shared_activation_pca_round_trip(tiny_llama_dir, tmp_path, extra):
+  from macjax import calibrate  # pylint: disable=g-import-not-at-top
+  model = load_model(str(tiny_llama_dir))
+  stats = calibrate.input_statistics(model, **CALIBRATION)
+  cfg = _shared_cfg([{"name": "pca", "source": "activations"}], calibration=CALIBRATION, **extra)
+  compressed = codec.compress(model, cfg, stats=stats)
+  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest)
+  _params_equal(codec.decompress(*artifact.load(path)), compressed.reconstruction)
+  # The down role's basis diagonalizes its layers' pooled input second moment (count-weighted mean).
+  fam = model.layout.by_role("down")
+  S = sum(stats[m.name].count * stats[m.name].second_moment.astype(np.float64) for m in fam)
+  V = artifact.unpack(compressed.buckets, compressed.manifest["index"])["transform:down"]["transform.0"]
+  V = np.asarray(V, np.float64).reshape(S.shape)
+  D = V.T @ S @ V
+  off = D - np.diag(np.diag(D))
+  assert np.abs(off).max() < 1e-2 * np.abs(np.diag(D)).max()
+  assert np.all(np.diff(np.diag(D)) <= 1e-3 * np.abs(np.diag(D)).max())
+
+
+@pytest.mark.parametrize("chain", [[{"name": "pca", "side": "output"}],
+                                   [{"name": "pca", "side": "input"}, {"name": "orthogonal", "side": "both"}]],
+                         ids=["output-pca", "input-pca+both"])
+def test_role_sharing_refuses_output_side_members(tiny_llama_dir, chain):
+  with pytest.raises(ConfigError, match="input-side"):
+    codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(chain))
+
+
+def test_role_shared_state_missing_from_the_artifact_is_named(tiny_llama_dir):
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA))
+  del compressed.manifest["tensors"]["transform:up"]
+  with pytest.raises(ArtifactError, match="transform:up"):
+    codec.decompress(compressed.buckets, compressed.manifest)
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA))
+  compressed.manifest["tensors"]["transform:q"]["pooled_shape"] = [3, 3]
+  with pytest.raises(ArtifactError, match="transform:q"):
+    codec.decompress(compressed.buckets, compressed.manifest)
+
+
+def test_manifest_without_transform_state_section_decodes(tiny_llama_dir):
+  """Artifacts written before [transform_state] existed still decode (the section takes its defaults)."""
+  compressed = codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA, share="none"))
+  del compressed.manifest["config"]["transform_state"]
+  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
 
 
 def test_fit_that_does_not_pay_is_dropped(tiny_llama_dir, tmp_path):

@@ -4,7 +4,9 @@ Encoder, in this order:
 
 1. **rewrite** (optional, ``[rewrite]``): a function-preserving model rewrite (LLaMA residual/value rotations).
 2. **calibrate** (when a stage needs it): statistics of every block matrix's inputs on calibration text.
-3. **transform** (``[[transform]]``): each block matrix ``W`` goes to ``W' = T(W)`` with a fitted state.
+3. **transform** (``[[transform]]``): each block matrix ``W`` goes to ``W' = T(W)`` with a fitted state: its own
+   (stored with it), or with ``[transform_state] share = "role"`` its role's, fitted once on the role's layers
+   stacked by rows (input-side chains only) and stored once in a ``transform:{role}`` record.
 4. **fit** (``[fit]``): per family (role) of block matrices across layers, ``W' = f_θ(α) + r``; θ is stored.
 5. **quantize** (``[quantize]``, optionally GPTQ with the calibration Hessian): the residual ``r`` (or ``W'``) to
    integer codes + side information, with the steps ``W'`` itself would get.
@@ -44,6 +46,11 @@ from macjax.load.layout import MATRIX_ROLES, MatrixInfo, Model, ModelLayout
 from macjax.pipeline import components
 from macjax.pipeline.config import PipelineConfig, from_dict, to_dict
 from macjax.quantize.uniform import group_view
+
+
+#: Manifest record groups that hold a state shared by several block matrices (θ of f_θ, a role's transform state),
+#: not a tensor of the model: they have no ``shape``/``sha256`` and are not decoded as tensors.
+STATE_GROUPS = ("fit", "transform")
 
 
 @dataclasses.dataclass
@@ -180,6 +187,34 @@ def _fit_roles(cfg: dict, layout: ModelLayout) -> list[str]:
 
 def _matrix_key(seed: int, index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
+def _role_key(seed: int, role: str) -> jax.Array:
+  """The key of a role's shared transform state (apart from the per-matrix keys and the fit's)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 20_000 + MATRIX_ROLES.index(role))
+
+
+def pooled_stats(members: list) -> Any:
+  """The :class:`~macjax.calibrate.InputStats` of the row-stacked inputs of several matrices: the count-weighted
+  mean of the second moments (``Σ_l n_l S_l / Σ_l n_l``), the max of the absolute maxima, the sum of the counts."""
+  from macjax.calibrate import InputStats  # pylint: disable=g-import-not-at-top
+  counts = np.array([float(s.count) for s in members])
+  weights = counts / counts.sum() if counts.sum() > 0 else np.full(len(members), 1.0 / len(members))
+  second = sum(w * np.asarray(s.second_moment, np.float64) for w, s in zip(weights, members))
+  absmax = np.max(np.stack([np.asarray(s.absmax, np.float32) for s in members]), axis=0)
+  return InputStats(second.astype(np.float32), absmax, int(counts.sum()))
+
+
+def _shared_state(chain: _Chain, model: Model, fam: tuple[MatrixInfo, ...], stats: dict | None, key: jax.Array):
+  """One input-side chain state for a role: ``chain.init`` on the members' rows stacked, ``[W_1; …; W_L]``, with
+  their pooled calibration statistics."""
+  pooled = jnp.concatenate([jnp.asarray(model.params[m.name], jnp.float32) for m in fam], axis=0)
+  needs = stats is not None and any(components.stats_kind(t.name, t.kwargs) for t in chain.specs)
+  s = chain.stats_for(pooled_stats([stats[m.name] for m in fam])) if needs else None
+  try:
+    return chain.init(pooled, key, s)
+  except MacjaxError as e:
+    raise type(e)(f"shared transform of role '{fam[0].role}' ({len(fam)} matrices): {e}") from e
 
 
 @jax.jit
@@ -429,20 +464,41 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
   records: dict[str, dict] = {}
   recon: dict[str, np.ndarray] = {}
 
-  # 3. transform each block matrix.
+  # 3. transform each block matrix (with a state of its own, or its role's shared state).
   t0 = time.perf_counter()
   coords: dict[str, jax.Array] = {}
   states: dict[str, Any] = {}
+  shared = config.transform_state.share == "role"
+  if shared:
+    if not chain.input_side_only():
+      raise ConfigError("transform_state.share = \"role\" with a transform acting on the output side: sharing pools "
+                        "a role's layers by stacking their rows, which only input-side transforms (side = "
+                        "\"input\") allow; use input-side members or share = \"none\"")
+    for role in MATRIX_ROLES:
+      fam = model.layout.by_role(role)
+      if not fam:
+        continue
+      say(f"transform: one state for the {len(fam)} '{role}' matrices")
+      state = _shared_state(chain, model, fam, stats, _role_key(config.seed, role))
+      records[f"transform:{role}"] = {
+          "group": "transform", "role": role, "members": [m.name for m in fam],
+          "pooled_shape": [int(sum(model.params[m.name].shape[0] for m in fam)), int(fam[0].shape[1])],
+          "bits": {"transform": _pack_leaves(packer, f"transform:{role}", "transform", "transform", state)}}
+      for m in fam:
+        states[m.name] = state
   for i, m in enumerate(mats):
     W = jnp.asarray(model.params[m.name], jnp.float32)
     rec = {"group": "block", "role": m.role, "layer": m.layer, "treatment": "quantize", "bits": {}}
     if chain is not None:
-      s = chain.stats_for(stats[m.name]) if stats is not None else None
-      try:
-        states[m.name] = chain.init(W, _matrix_key(config.seed, i), s)
-      except MacjaxError as e:
-        raise type(e)(f"transform of {m.name}: {e}") from e
-      rec["bits"]["transform"] = _pack_leaves(packer, m.name, "transform", "transform", states[m.name])
+      if shared:
+        rec["transform_shared"] = m.role
+      else:
+        s = chain.stats_for(stats[m.name]) if stats is not None else None
+        try:
+          states[m.name] = chain.init(W, _matrix_key(config.seed, i), s)
+        except MacjaxError as e:
+          raise type(e)(f"transform of {m.name}: {e}") from e
+        rec["bits"]["transform"] = _pack_leaves(packer, m.name, "transform", "transform", states[m.name])
       W = chain.apply(W, states[m.name])
     coords[m.name] = W
     records[m.name] = rec
@@ -554,7 +610,7 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
   timings["quantize+code"] = time.perf_counter() - t0
 
   for name, rec in records.items():
-    if rec["group"] != "fit":
+    if rec["group"] not in STATE_GROUPS:
       rec["shape"] = list(model.params[name].shape)
       rec["sha256"] = tensor_digest(recon[name])
   buckets, index = packer.finish()
@@ -596,6 +652,19 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
   qb, qe = _block_quantizer(cfg), _embedding_quantizer(cfg)
   tensors = manifest["tensors"]
 
+  shared_states: dict[str, Any] = {}
+  for tname, rec in tensors.items():
+    if rec.get("group") != "transform":
+      continue
+    try:
+      if chain is None:
+        raise ValueError("the config has no [[transform]] chain")
+      shape = tuple(int(s) for s in rec["pooled_shape"])
+      shared_states[rec["role"]] = _unpack_leaves(parts.get(tname, {}), "transform", chain.state_structure(shape))
+    except (KeyError, ValueError, TypeError, MacjaxError) as e:
+      raise ArtifactError(f"artifact: the shared transform state {tname} cannot be restored "
+                          f"({type(e).__name__}: {e})") from e
+
   predictions: dict[str, jax.Array] = {}
   for fname, rec in tensors.items():
     if rec.get("group") != "fit":
@@ -614,7 +683,7 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
 
   out: dict[str, np.ndarray] = {}
   for name, rec in tensors.items():
-    if rec.get("group") == "fit":
+    if rec.get("group") in STATE_GROUPS:
       continue
     p = parts.get(name)
     if p is None:
@@ -629,7 +698,14 @@ def decompress(buckets: dict[str, np.ndarray], manifest: dict, *, verify: bool =
         if name in predictions:
           W = predictions[name] + W
         if rec["group"] == "block" and chain is not None:
-          W = chain.inverse(W, _unpack_leaves(p, "transform", chain.state_structure(shape)))
+          if "transform_shared" in rec:
+            state = shared_states.get(rec["transform_shared"])
+            if state is None:
+              raise ArtifactError(f"artifact: tensor {name} uses the shared transform state "
+                                  f"transform:{rec['transform_shared']}, which the artifact does not hold")
+          else:
+            state = _unpack_leaves(p, "transform", chain.state_structure(shape))
+          W = chain.inverse(W, state)
         W = np.asarray(W, dtype=np.float32)
       else:
         W = p["raw"].astype(np.float32)

@@ -270,6 +270,29 @@ class TransformSpec:
     return dict(self.options)
 
 
+#: ``[transform_state] share`` values.
+SHARE_MODES = ("none", "role")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformStateConfig:
+  """Where the transform chain's fitted state lives (``[transform_state]``).
+
+  Attributes:
+    share: ``none``: one state per block matrix, fitted on that matrix and stored with it; ``role``: one state per
+      role (family: q, k, v, o, gate, up, down), fitted once on the role's matrices pooled across layers and stored
+      (and counted) once. Pooling stacks the layers' rows, ``W_pooled = [W_1; …; W_L]`` (so a weight-source
+      input-side PCA sees ``Σ_l W_lᵀ W_l``) and merges their calibration statistics (count-weighted mean of the
+      second moments, max of the absolute maxima), which only input-side transforms allow; needs a non-empty
+      ``[[transform]]`` chain.
+  """
+
+  share: str = "none"
+
+  def __post_init__(self):
+    _check(self.share in SHARE_MODES, f"transform_state.share = {self.share!r}; expected one of {SHARE_MODES}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RewriteConfig:
   """Model-level computational-invariance rewrite before compression (LLaMA family).
@@ -300,6 +323,7 @@ class PipelineConfig:
 
   rewrite: RewriteConfig = RewriteConfig()
   transform: tuple[TransformSpec, ...] = ()
+  transform_state: TransformStateConfig = TransformStateConfig()
   fit: FitSection = FitSection()
   quantize: QuantizeConfig = QuantizeConfig()
   allocation: AllocationConfig = AllocationConfig()
@@ -377,6 +401,9 @@ def from_dict(data: dict) -> PipelineConfig:
   cfg = dataclasses.replace(_build(PipelineConfig, data, ""), transform=specs)
   _check(not (cfg.allocation.target_bits and cfg.fit.enabled),
          "allocation.target_bits with fit.enabled: the rate search does not model f_θ's residual steps; set one")
+  _check(cfg.transform_state.share == "none" or cfg.transform,
+         f"transform_state.share = {cfg.transform_state.share!r} with no [[transform]] chain: there is no state to "
+         "share; add a transform or set share = \"none\"")
   return cfg
 
 

@@ -8,8 +8,8 @@ Conventions (every number counts every byte needed to decode):
 * ``bits_per_param`` = 8 · (bytes of the artifact folder − tokenizer assets) / (all parameters of the model).
   Tokenizer files ride along so that an exported folder is usable; they are not weights, so they are reported
   separately (``bits_per_param_with_assets`` includes them).
-* ``block_bits_per_weight`` = (codes + tables + quantizer scales + stored transform state + θ of the
-  transformer-block matrices) / their weights —
+* ``block_bits_per_weight`` = (codes + tables + quantizer scales + stored transform states, per matrix or shared
+  per role + θ of the transformer-block matrices) / their weights —
   the figure comparable with per-matrix peers (GPTQ, HQQ, NNCodec …). The manifest and container bytes are shared by
   all tensors and are counted in ``bits_per_param`` only.
 * ``compression_ratio_vs_fp16`` = 16 · params / (8 · bytes without assets).
@@ -34,13 +34,15 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
   """
   sizes = artifact.size_breakdown(path, manifest)
   everything = manifest["tensors"]
-  # θ of f_θ is stored once per family ("fit" records); it is counted with the block matrices' bits.
-  tensors = {n: r for n, r in everything.items() if r.get("group") != "fit"}
-  fits = {n: r for n, r in everything.items() if r.get("group") == "fit"}
+  # θ of f_θ ("fit" records) and role-shared transform states ("transform" records) are stored once per family;
+  # they are counted with the block matrices' bits.
+  tensors = {n: r for n, r in everything.items() if r.get("group") not in ("fit", "transform")}
+  shared = {n: r for n, r in everything.items() if r.get("group") in ("fit", "transform")}
+  fits = {n: r for n, r in shared.items() if r["group"] == "fit"}
   params = int(sum(int(np.prod(r["shape"])) for r in tensors.values()))
   block = {n: r for n, r in tensors.items() if r.get("group") == "block"}
   block_params = int(sum(int(np.prod(r["shape"])) for r in block.values()))
-  block_bits = {k: int(sum(r["bits"].get(k, 0) for r in list(block.values()) + list(fits.values())))
+  block_bits = {k: int(sum(r["bits"].get(k, 0) for r in list(block.values()) + list(shared.values())))
                 for k in ("codes", "tables", "scales", "transform", "theta")}
   coded = sum(r["bits"]["codes"] for r in tensors.values() if "information_bits" in r)
   info = sum(r["information_bits"] for r in tensors.values() if "information_bits" in r)
@@ -51,7 +53,7 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
     n = int(sum(int(np.prod(r["shape"])) for r in rs))
     bits = int(sum(sum(r["bits"].values()) for r in rs))
     if group == "block":
-      bits += int(sum(sum(r["bits"].values()) for r in fits.values()))
+      bits += int(sum(sum(r["bits"].values()) for r in shared.values()))
     by_group[group] = {"params": n, "bits": bits, "bits_per_weight": bits / n if n else 0.0}
   fit_report = {
       r["role"]: {"theta_bits": r["bits"]["theta"],
