@@ -164,12 +164,13 @@ def memoize_calibration() -> None:
 def manifest_bits(manifest: dict) -> dict:
   """Block bits/weight (report.artifact_report's formula) and every counted bit over all parameters."""
   tensors = manifest["tensors"]
-  fits = [r for r in tensors.values() if r.get("group") == "fit"]
+  # θ ("fit") and role-shared transform states ("transform") are stored once per role and count with the blocks.
+  fits = [r for r in tensors.values() if r.get("group") in ("fit", "transform")]
   block = [r for r in tensors.values() if r.get("group") == "block"]
   n_block = sum(int(np.prod(r["shape"])) for r in block)
   parts = {k: sum(r["bits"].get(k, 0) for r in block + fits) for k in ("codes", "tables", "scales", "transform",
                                                                          "theta")}
-  others = [r for r in tensors.values() if r.get("group") != "fit"]
+  others = [r for r in tensors.values() if r.get("group") not in ("fit", "transform")]
   n_all = sum(int(np.prod(r["shape"])) for r in others)
   all_bits = sum(sum(r["bits"].values()) for r in tensors.values())
   return {"block_bits_per_weight": sum(parts.values()) / n_block,
