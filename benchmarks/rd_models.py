@@ -50,16 +50,43 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 METHODS = {
     "uniform": lambda s: {"quantize": {"method": "uniform", "step": s}},
     "trellis": lambda s: {"quantize": {"method": "trellis", "step": s}},
-    "gptq+uniform": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True}},
-    "gptq+trellis": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
+    # "natural": GPTQ's columns left to right (the rows measured before act-order existed).
+    "gptq+uniform": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True, "gptq_order": "natural"}},
+    "gptq+trellis": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True, "gptq_order": "natural",
                                             "options": {"axis": "column"}}},
     "gptq+trellis+act": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
                                                 "gptq_order": "descending", "options": {"axis": "column"}}},
     "gptq+uniform+act": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True,
                                                 "gptq_order": "descending"}},
-    "gptq+trellis+alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
-                                                  "options": {"axis": "column"}},
-                                     "allocation": {"sensitivity": "input_energy"}},
+    "gptq+trellis+act+model_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
+                                                            "gptq_order": "descending", "options": {"axis": "column"}},
+                                               "allocation": {"sensitivity": "model_output"}},
+    "gptq+trellis8+act+model_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
+                                                             "gptq_order": "descending",
+                                                             "options": {"axis": "column", "states": 8}},
+                                                "allocation": {"sensitivity": "model_output"}},
+    "hadamard+gptq+uniform+act+model_alloc": lambda s: {
+        "transform": [{"name": "hadamard", "side": "input"}],
+        "quantize": {"method": "uniform", "step": s, "gptq": True, "gptq_order": "descending"},
+        "allocation": {"sensitivity": "model_output"}},
+    "hadamard+gptq+trellis+act+model_alloc": lambda s: {
+        "transform": [{"name": "hadamard", "side": "input"}],
+        "quantize": {"method": "trellis", "step": s, "gptq": True, "gptq_order": "descending",
+                     "options": {"axis": "column"}},
+        "allocation": {"sensitivity": "model_output"}},
+    "gptq+uniform+act+model_alloc": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True,
+                                                            "gptq_order": "descending"},
+                                               "allocation": {"sensitivity": "model_output"}},
+    # Weight-MSE operating point: one step per matrix (relative to its RMS), spread across matrices by equal slopes of
+    # weight MSE, i.e. the same absolute step everywhere: what minimizes Σ‖W − Ŵ‖² at a rate.
+    "trellis+weight_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "options": {"scope": "matrix"}},
+                                       "allocation": {"sensitivity": "weight"}},
+    "trellis32+weight_alloc": lambda s: {"quantize": {"method": "trellis", "step": s,
+                                                      "options": {"scope": "matrix", "states": 32}},
+                                         "allocation": {"sensitivity": "weight"}},
+    "gptq+trellis+act+layer_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
+                                                            "gptq_order": "descending", "options": {"axis": "column"}},
+                                               "allocation": {"sensitivity": "layer_output"}},
 }
 PEERS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "rtn_int4_g64", "rtn_int3_g64")
 GGUF_BITS = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5}
@@ -93,8 +120,11 @@ NOTES = {
         "IQ4_XS sits above Q4_K, so interpolated bits between them are approximate.",
         "GPTQ in the pipeline is non-sequential (fp32-model inputs for every layer), calibration on passages "
         "disjoint from the held-out passages scored.",
-        "Allocation (sensitivity = input_energy, no target rate) is compared with GPTQ+trellis at the same base "
-        "step; see the rows above for whether it pays.",
+        "`+act`: GPTQ visits columns by decreasing input energy (act-order); rows without it are natural order.",
+        "`+model_alloc` / `+layer_alloc`: [allocation] sensitivity = model_output (KL / 1−cosine probed per role "
+        "and per layer on calibration text) / layer_output (tr(ΔW S ΔWᵀ)); steps c_i ∝ sqrt(n_i/d_i) around the "
+        "listed base step, so compare at equal bits, not equal step. (An earlier `input_energy` row, measured with a "
+        "formula that ignored the weights' scale under per-row steps, was dropped when that formula was fixed.)",
         "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated).",
     ],
     "smollm2-135m": [
