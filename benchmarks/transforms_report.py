@@ -1007,7 +1007,9 @@ def main() -> None:
 
   def save():
     json_path.write_text(json.dumps(results, indent=1))
-    md_path.write_text(markdown(results))
+    extra = md_path.parent / "shared_basis.md"  # written by benchmarks/shared_basis.py's author; appended as is
+    tail = "\n" + "#" + extra.read_text() if extra.exists() else ""
+    md_path.write_text(markdown(results) + tail)
 
   parts = {s.strip().upper() for s in args.parts.split(",")}
   models = [m.strip() for m in args.models.split(",") if m.strip()]
