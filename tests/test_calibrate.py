@@ -377,3 +377,25 @@ def test_separable_estimates_sum_to_the_role_probes(floor):
     probe.separable({"q": 1.0}, {0: 1.0}, {"a": ("k", 0)})
   with pytest.raises(ConfigError, match="positive"):
     probe.separable({"q": 0.0}, {0: 1.0}, {"a": ("q", 0)})
+
+
+@pytest.mark.parametrize("floor", [1e-3, 0.5])
+def test_by_size_splits_each_group_probe_by_weights(floor):
+  from macjax.calibrate import probe  # pylint: disable=g-import-not-at-top
+  by_group = {"q": 1.0, "v": 4.0, "o": 0.0}
+  groups = {"q": ["q0", "q1"], "v": ["v0"], "o": ["o0", "o1"]}
+  sizes = {"q0": 30, "q1": 10, "v0": 7, "o0": 1, "o1": 3}
+  d = probe.by_size(by_group, groups, sizes, floor=floor)
+  assert set(d) == set(sizes) and all(v > 0 for v in d.values())  # the zero probe is floored, not free
+  for g, names in groups.items():  # a group's estimates sum to its clipped probe, equal per weight within it
+    assert math.isclose(sum(d[n] for n in names), max(by_group[g], floor * 4.0), rel_tol=1e-9)
+    per_weight = {d[n] / sizes[n] for n in names}
+    assert max(per_weight) - min(per_weight) <= 1e-12 * max(per_weight)
+  # the per-layer-free special case of separable: one layer
+  one = probe.separable(by_group, {0: 1.0}, {g: (g, 0) for g in groups}, floor=floor)
+  for g, names in groups.items():
+    assert math.isclose(sum(d[n] for n in names), one[g], rel_tol=1e-9)
+  with pytest.raises(ConfigError, match="no probe"):
+    probe.by_size({"q": 1.0}, {"k": ["a"]}, {"a": 1})
+  with pytest.raises(ConfigError, match="positive"):
+    probe.by_size({"q": 0.0}, {"q": ["a"]}, {"a": 1})

@@ -101,23 +101,55 @@ def separable(by_role: Mapping[str, float], by_layer: Mapping[int, float],
     >>> d["a"], d["b"]
     (0.5, 1.5)
   """
-  if not 0 < floor <= 1:
-    raise ConfigError(f"probe.separable: floor must be in (0, 1], got {floor!r}")
   missing = sorted({r for r, _ in members.values()} - set(by_role)) + sorted(
       str(l) for l in {l for _, l in members.values()} - set(by_layer))
   if missing:
     raise ConfigError(f"probe.separable: no probe for {missing[:5]}")
 
-  def shares(d: Mapping) -> dict:
-    vals = np.array([float(v) for v in d.values()])
-    if not np.all(np.isfinite(vals)) or vals.max() <= 0:
-      raise ConfigError(f"probe.separable: probe distortions must be finite with a positive maximum, got {d}")
-    vals = np.maximum(vals, floor * vals.max())
-    return dict(zip(d, vals / vals.sum())), float(vals.sum())
-
-  p, total = shares(by_role)
-  q, _ = shares(by_layer)
-  return {name: total * float(p[r]) * float(q[l]) for name, (r, l) in members.items()}
+  roles, layers = _clipped(by_role, floor, "separable"), _clipped(by_layer, floor, "separable")
+  layer_total = sum(layers.values())
+  return {name: roles[r] * layers[l] / layer_total for name, (r, l) in members.items()}
 
 
-__all__ = ["distortion_of", "output_distortion", "separable"]
+def by_size(by_group: Mapping[str, float], groups: Mapping[str, Sequence[str]], sizes: Mapping[str, int],
+            floor: float = 1e-3) -> dict[str, float]:
+  """Per-matrix distortions from per-group probes alone: a group's distortion split among its matrices by size.
+
+  Every weight of a group is taken as equally sensitive (the per-layer alternative is :func:`separable`). Probes
+  are clipped to ``floor × max`` first, as in :func:`separable`.
+
+  Args:
+    by_group: ``{group: distortion}`` with every group of ``groups``.
+    groups: ``{group: [matrix names]}`` (disjoint).
+    sizes: ``{matrix name: number of weights}`` for every named matrix.
+    floor: relative floor (0 < floor ≤ 1).
+
+  Returns:
+    ``{matrix name: estimated distortion}`` (> 0); a group's estimates sum to its clipped probe.
+
+  Example:
+    >>> by_size({"q": 1.0}, {"q": ["a", "b"]}, {"a": 3, "b": 1})
+    {'a': 0.75, 'b': 0.25}
+  """
+  missing = sorted(set(groups) - set(by_group))
+  if missing:
+    raise ConfigError(f"probe.by_size: no probe for {missing[:5]}")
+  clipped = _clipped({g: by_group[g] for g in groups}, floor, "by_size")
+  out = {}
+  for g, names in groups.items():
+    n = sum(int(sizes[name]) for name in names)
+    out.update({name: clipped[g] * int(sizes[name]) / n for name in names})
+  return out
+
+
+def _clipped(d: Mapping, floor: float, who: str) -> dict:
+  """``d`` with every value raised to at least ``floor × max`` (checked: finite, positive maximum)."""
+  if not 0 < floor <= 1:
+    raise ConfigError(f"probe.{who}: floor must be in (0, 1], got {floor!r}")
+  vals = np.array([float(v) for v in d.values()])
+  if vals.size == 0 or not np.all(np.isfinite(vals)) or vals.max() <= 0:
+    raise ConfigError(f"probe.{who}: probe distortions must be finite with a positive maximum, got {dict(d)}")
+  return dict(zip(d, np.maximum(vals, floor * vals.max()).tolist()))
+
+
+__all__ = ["by_size", "distortion_of", "output_distortion", "separable"]
