@@ -21,9 +21,10 @@ is inside the quality figures. Peers (GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 through ``gg
 int4/int3, groups of 64 with float16 scale and zero) quantize the same block matrices and leave the embeddings in
 float32 — a small advantage to the peers on quality.
 
-Calibration statistics are deterministic for a given model and calibration size; the pipeline recomputes them on
-every ``compress`` call. This script memoizes ``macjax.pipeline.codec._calibrate`` per (model, sizes) so a curve
-pays for them once (the statistics are the same arrays the pipeline would compute; no library file is changed).
+Calibration statistics are deterministic for a given model and calibration size; ``compress`` computes them on
+every call unless given them. This script computes them once per calibration size with
+:func:`macjax.pipeline.codec.calibration_stats` (the arrays ``compress`` would compute) and passes them as its
+``stats``, so a curve pays for them once.
 
 Results are merged into ``benchmarks/results/rd_models_<model>.json`` after every point (re-running a point
 replaces it), and the markdown next to it is re-rendered from the JSON.
@@ -46,47 +47,55 @@ from macjax.pipeline import config as pconfig
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# Pipeline methods: name -> function of the relative step giving the config dict.
+def recipe(method: str, *, gptq: str | None = None, options: dict | None = None, allocation: str | None = None,
+           transform: list | None = None):
+  """A pipeline method: a function of the relative step giving the config dict.
+
+  Args:
+    method: ``quantize.method`` ("uniform", "trellis").
+    gptq: None (no GPTQ) or ``quantize.gptq_order`` ("natural": columns left to right; "descending": act-order).
+    options: ``quantize.options``.
+    allocation: ``allocation.sensitivity`` (None: off).
+    transform: ``transform`` (a chain of transform entries).
+  """
+  def make(step: float) -> dict:
+    q: dict = {"method": method, "step": step}
+    if gptq:
+      q.update(gptq=True, gptq_order=gptq)
+    if options:
+      q["options"] = dict(options)
+    data: dict = {"quantize": q}
+    if allocation:
+      data["allocation"] = {"sensitivity": allocation}
+    if transform:
+      data["transform"] = [dict(t) for t in transform]
+    return data
+  return make
+
+
+COLUMNS = {"axis": "column"}  # the trellis runs along GPTQ's columns when GPTQ feeds it
+HADAMARD = [{"name": "hadamard", "side": "input"}]
 METHODS = {
-    "uniform": lambda s: {"quantize": {"method": "uniform", "step": s}},
-    "trellis": lambda s: {"quantize": {"method": "trellis", "step": s}},
+    "uniform": recipe("uniform"),
+    "trellis": recipe("trellis"),
     # "natural": GPTQ's columns left to right (the rows measured before act-order existed).
-    "gptq+uniform": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True, "gptq_order": "natural"}},
-    "gptq+trellis": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True, "gptq_order": "natural",
-                                            "options": {"axis": "column"}}},
-    "gptq+trellis+act": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
-                                                "gptq_order": "descending", "options": {"axis": "column"}}},
-    "gptq+uniform+act": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True,
-                                                "gptq_order": "descending"}},
-    "gptq+trellis+act+model_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
-                                                            "gptq_order": "descending", "options": {"axis": "column"}},
-                                               "allocation": {"sensitivity": "model_output"}},
-    "gptq+trellis8+act+model_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
-                                                             "gptq_order": "descending",
-                                                             "options": {"axis": "column", "states": 8}},
-                                                "allocation": {"sensitivity": "model_output"}},
-    "hadamard+gptq+uniform+act+model_alloc": lambda s: {
-        "transform": [{"name": "hadamard", "side": "input"}],
-        "quantize": {"method": "uniform", "step": s, "gptq": True, "gptq_order": "descending"},
-        "allocation": {"sensitivity": "model_output"}},
-    "hadamard+gptq+trellis+act+model_alloc": lambda s: {
-        "transform": [{"name": "hadamard", "side": "input"}],
-        "quantize": {"method": "trellis", "step": s, "gptq": True, "gptq_order": "descending",
-                     "options": {"axis": "column"}},
-        "allocation": {"sensitivity": "model_output"}},
-    "gptq+uniform+act+model_alloc": lambda s: {"quantize": {"method": "uniform", "step": s, "gptq": True,
-                                                            "gptq_order": "descending"},
-                                               "allocation": {"sensitivity": "model_output"}},
+    "gptq+uniform": recipe("uniform", gptq="natural"),
+    "gptq+trellis": recipe("trellis", gptq="natural", options=COLUMNS),
+    "gptq+trellis+act": recipe("trellis", gptq="descending", options=COLUMNS),
+    "gptq+uniform+act": recipe("uniform", gptq="descending"),
+    "gptq+trellis+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS, allocation="model_output"),
+    "gptq+trellis8+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 8},
+                                            allocation="model_output"),
+    "hadamard+gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output",
+                                                    transform=HADAMARD),
+    "hadamard+gptq+trellis+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS,
+                                                    allocation="model_output", transform=HADAMARD),
+    "gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output"),
     # Weight-MSE operating point: one step per matrix (relative to its RMS), spread across matrices by equal slopes of
     # weight MSE, i.e. the same absolute step everywhere: what minimizes Σ‖W − Ŵ‖² at a rate.
-    "trellis+weight_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "options": {"scope": "matrix"}},
-                                       "allocation": {"sensitivity": "weight"}},
-    "trellis32+weight_alloc": lambda s: {"quantize": {"method": "trellis", "step": s,
-                                                      "options": {"scope": "matrix", "states": 32}},
-                                         "allocation": {"sensitivity": "weight"}},
-    "gptq+trellis+act+layer_alloc": lambda s: {"quantize": {"method": "trellis", "step": s, "gptq": True,
-                                                            "gptq_order": "descending", "options": {"axis": "column"}},
-                                               "allocation": {"sensitivity": "layer_output"}},
+    "trellis+weight_alloc": recipe("trellis", options={"scope": "matrix"}, allocation="weight"),
+    "trellis32+weight_alloc": recipe("trellis", options={"scope": "matrix", "states": 32}, allocation="weight"),
+    "gptq+trellis+act+layer_alloc": recipe("trellis", gptq="descending", options=COLUMNS, allocation="layer_output"),
 }
 PEERS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "rtn_int4_g64", "rtn_int3_g64")
 GGUF_BITS = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5}
@@ -175,20 +184,16 @@ def peer_quantize(name: str, W: np.ndarray) -> tuple[np.ndarray, float]:
 
 # --- pipeline ---------------------------------------------------------------------------------------------------
 
-def memoize_calibration() -> None:
-  """Caches the pipeline's calibration statistics per (model source, calibration sizes); see the module docstring."""
-  original = codec._calibrate  # pylint: disable=protected-access
-  cache: dict = {}
-
-  def cached(model, config):
-    key = (model.source, tuple(sorted(config.calibration.sizes().items())))
-    if key not in cache:
-      t0 = time.perf_counter()
-      cache[key] = original(model, config)
-      print(f"  calibration statistics computed once: {time.perf_counter() - t0:.0f} s", flush=True)
-    return cache[key]
-
-  codec._calibrate = cached  # pylint: disable=protected-access
+def stats_for(model, cfg, cache: dict):
+  """Calibration statistics for ``cfg`` (None when no stage reads them), computed once per calibration size."""
+  if not codec.needs_calibration(cfg):
+    return None
+  key = tuple(sorted(cfg.calibration.sizes().items()))
+  if key not in cache:
+    t0 = time.perf_counter()
+    cache[key] = codec.calibration_stats(model, cfg)
+    print(f"  calibration statistics computed once: {time.perf_counter() - t0:.0f} s", flush=True)
+  return cache[key]
 
 
 def manifest_bits(manifest: dict) -> dict:
@@ -214,14 +219,14 @@ def quality_fields(q: dict) -> dict:
   return {k: float(q[k]) for k in keys if k in q}
 
 
-def run_point(model, evaluator, block_names, method: str, step: float, calib: dict) -> dict:
+def run_point(model, evaluator, block_names, method: str, step: float, calib: dict, stats_cache: dict) -> dict:
   t0 = time.perf_counter()
   if method in METHODS:
     data = METHODS[method](step)
     data["calibration"] = dict(calib)
     data["evaluate"] = {"enabled": False}
     cfg = pconfig.from_dict(data)
-    out = codec.compress(model, cfg)
+    out = codec.compress(model, cfg, stats=stats_for(model, cfg, stats_cache))
     params = out.reconstruction
     row = manifest_bits(out.manifest)
     row["config"] = pconfig.to_dict(cfg)["quantize"] | {"allocation": data.get("allocation", {})}
@@ -434,7 +439,6 @@ def main(argv=None) -> None:
   else:
     ev_sizes = {"n_sentences": 64} if args.quick else {}
     calib = {"n_sentences": 64} if args.quick else {}
-  memoize_calibration()
   t0 = time.perf_counter()
   evaluator = Evaluator(model, **ev_sizes)
   print(f"reference evaluator built: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -450,8 +454,9 @@ def main(argv=None) -> None:
     method, _, own = item.partition("@")
     own_steps = [float(v) for v in own.split("/")] if own else steps
     plan += [(method, s) for s in (own_steps if method in METHODS else [0.0])]
+  stats_cache: dict = {}
   for method, step in plan:
-    row = run_point(model, evaluator, block_names, method, step, calib)
+    row = run_point(model, evaluator, block_names, method, step, calib, stats_cache)
     q = (f"cos {row['cosine_mean']:.4f}" if "cosine_mean" in row else
          f"ppl {100 * row['perplexity_rel_change']:+.2f}% kl {row['kl']:.4f}")
     print(f"{time.strftime('%H:%M:%S')} {method:20s} step {step:<6} {row['block_bits_per_weight']:6.3f} b/w  "

@@ -206,6 +206,7 @@ def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
   base = {"calibration": CALIBRATION, "evaluate": {"enabled": False}, "quantize": {"step": 0.5}}
   plain = codec.compress(model, config_lib.from_dict(base)).reconstruction
   gptq_cfg = config_lib.from_dict({**base, "quantize": {"step": 0.5, "gptq": True}})
+  assert codec.needs_calibration(gptq_cfg) and not codec.needs_calibration(config_lib.from_dict(base))
   gptq = codec.compress(model, gptq_cfg, stats=stats).reconstruction  # precomputed statistics are reused
   # ... and give the same result as statistics computed inside compress.
   _params_equal(gptq, codec.compress(model, gptq_cfg).reconstruction)

@@ -335,9 +335,11 @@ def layout_from_json(d: dict) -> ModelLayout:
     raise ArtifactError(f"artifact manifest: {e}") from e
 
 
-def _needs_calibration(config: PipelineConfig) -> bool:
-  return (config.quantize.gptq or config.allocation.sensitivity in ("layer_output", "input_energy")
-          or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
+def needs_calibration(config: PipelineConfig) -> bool:
+  """Whether some stage of ``config`` reads calibration statistics (GPTQ, layer-output allocation, a transform
+  fitted to input activations); :func:`compress` computes them only then."""
+  return bool(config.quantize.gptq or config.allocation.sensitivity in ("layer_output", "input_energy")
+              or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
 
 
 def _unit_distortions(config: PipelineConfig, model: Model, targets: dict[str, jax.Array],
@@ -376,9 +378,7 @@ def _unit_distortions(config: PipelineConfig, model: Model, targets: dict[str, j
       record["probe_by_layer"] = {str(l): v for l, v in by_layer.items()}
       d = probe.separable(by_role, by_layer, members)
     else:  # a role's matrices share its per-weight sensitivity
-      role_d = probe.separable(by_role, {0: 1.0}, {r: (r, 0) for r in roles})  # the floor, as role_layer has it
-      role_n = {r: sum(int(targets[n].size) for n in names) for r, names in roles.items()}
-      d = {n: role_d[r] * int(targets[n].size) / role_n[r] for n, (r, _) in members.items()}
+      d = probe.by_size(by_role, roles, {n: int(targets[n].size) for n in members})
   return d, record
 
 
@@ -406,7 +406,10 @@ def _allocate(config: PipelineConfig, cfg: dict, model: Model, targets: dict[str
   return scales, record
 
 
-def _calibrate(model: Model, config: PipelineConfig) -> dict:
+def calibration_stats(model: Model, config: PipelineConfig) -> dict:
+  """The calibration statistics :func:`compress` computes for ``config`` (pass them back as its ``stats`` to share
+  one calibration pass across configs with the same ``[calibration]``; with ``[rewrite]`` on, ``model`` must be
+  the rewritten model)."""
   from macjax import calibrate  # pylint: disable=g-import-not-at-top
   return calibrate.input_statistics(model, **config.calibration.sizes())
 
@@ -453,10 +456,10 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
     missing = sorted({m.name for m in model.layout.matrices} - set(stats))
     if missing:
       raise ConfigError(f"compress: stats has no entry for {len(missing)} block matrices, e.g. {missing[0]}")
-  elif _needs_calibration(config):
+  elif needs_calibration(config):
     t0 = time.perf_counter()
     say("calibrate: input statistics of every block matrix on calibration text")
-    stats = _calibrate(model, config)
+    stats = calibration_stats(model, config)
     timings["calibrate"] = time.perf_counter() - t0
 
   mats = list(model.layout.matrices)
