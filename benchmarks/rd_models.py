@@ -48,7 +48,7 @@ from macjax.pipeline import config as pconfig
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def recipe(method: str, *, gptq: str | None = None, options: dict | None = None, allocation: str | None = None,
-           transform: list | None = None):
+           transform: list | None = None, classes: str | None = None):
   """A pipeline method: a function of the relative step giving the config dict.
 
   Args:
@@ -57,6 +57,7 @@ def recipe(method: str, *, gptq: str | None = None, options: dict | None = None,
     options: ``quantize.options``.
     allocation: ``allocation.sensitivity`` (None: off).
     transform: ``transform`` (a chain of transform entries).
+    classes: ``coding.classes`` (None: one model per tensor), with ``coding.model = "auto"``.
   """
   def make(step: float) -> dict:
     q: dict = {"method": method, "step": step}
@@ -69,6 +70,8 @@ def recipe(method: str, *, gptq: str | None = None, options: dict | None = None,
       data["allocation"] = {"sensitivity": allocation}
     if transform:
       data["transform"] = [dict(t) for t in transform]
+    if classes:
+      data["coding"] = {"model": "auto", "classes": classes}
     return data
   return make
 
@@ -95,6 +98,9 @@ METHODS = {
     # weight MSE, i.e. the same absolute step everywhere: what minimizes Σ‖W − Ŵ‖² at a rate.
     "trellis+weight_alloc": recipe("trellis", options={"scope": "matrix"}, allocation="weight"),
     "trellis32+weight_alloc": recipe("trellis", options={"scope": "matrix", "states": 32}, allocation="weight"),
+    # ... with row x column context classes in the coder (coding.classes = auto).
+    "trellis32+weight_alloc+ctx": recipe("trellis", options={"scope": "matrix", "states": 32}, allocation="weight",
+                                         classes="auto"),
     "gptq+trellis+act+layer_alloc": recipe("trellis", gptq="descending", options=COLUMNS, allocation="layer_output"),
 }
 PEERS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "rtn_int4_g64", "rtn_int3_g64")
@@ -229,7 +235,8 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
     out = codec.compress(model, cfg, stats=stats_for(model, cfg, stats_cache))
     params = out.reconstruction
     row = manifest_bits(out.manifest)
-    row["config"] = pconfig.to_dict(cfg)["quantize"] | {"allocation": data.get("allocation", {})}
+    row["config"] = pconfig.to_dict(cfg)["quantize"] | {"allocation": data.get("allocation", {}),
+                                                       "coding": data.get("coding", {})}
     row["timings"] = {k: float(v) for k, v in out.timings.items()}
     row["embeddings"] = "quantized, step 0.0625·RMS(row), entropy coded (pipeline default)"
   else:

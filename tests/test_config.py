@@ -21,6 +21,11 @@ def test_every_shipped_config_is_valid(path):
   config_lib.load(path)
 
 
+@pytest.mark.parametrize("classes, grid", [("none", None), ("auto", "auto"), ("4x4", (4, 4)), ("1x8", (1, 8))])
+def test_coding_classes_parse(classes, grid):
+  assert config_lib.from_dict({"coding": {"classes": classes}}).coding.class_grid() == grid
+
+
 def test_dict_round_trip():
   cfg = config_lib.from_dict({"quantize": {"step": 0.1, "group_size": 64}, "evaluate": {"enabled": False}})
   assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg
@@ -41,8 +46,12 @@ def test_dict_round_trip():
     ({"quantize": 3}, "must be a table"),
     ({"transform": [{"name": "pca"}], "transform_state": {"share": "layer"}}, "transform_state.share = 'layer'"),
     ({"transform_state": {"share": "role"}}, "transform_state.share = 'role' with no \\[\\[transform\\]\\]"),
+    ({"coding": {"classes": "4by4"}}, "coding.classes = '4by4'"),
+    ({"coding": {"classes": "0x4"}}, "coding.classes = '0x4'"),
+    ({"coding": {"classes": "2x2", "model": "raw"}}, "coding.classes = '2x2'"),
 ], ids=["unknown-section", "unknown-key", "wrong-type", "out-of-range", "int-expected", "unknown-method",
-        "unknown-treatment", "bool-expected", "section-not-table", "unknown-share", "share-without-chain"])
+        "unknown-treatment", "bool-expected", "section-not-table", "unknown-share", "share-without-chain",
+        "classes-malformed", "classes-zero", "classes-with-raw"])
 def test_bad_config_is_refused_by_name(data, match):
   with pytest.raises(ConfigError, match=match):
     config_lib.from_dict(data)

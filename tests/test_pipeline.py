@@ -30,7 +30,9 @@ def _params_equal(a: dict, b: dict):
     ["quantize.step=0.3", "quantize.group_size=16"],
     ["embeddings.treatment=float16", "vectors.dtype=float16"],
     ["embeddings.treatment=float32", "quantize.step=2.0"],
-], ids=["default", "coarse-grouped", "fp16-kept", "fp32-kept-very-coarse"])
+    ["coding.classes=auto", "coding.model=auto"],
+    ["coding.classes=4x2", "quantize.method=trellis"],
+], ids=["default", "coarse-grouped", "fp16-kept", "fp32-kept-very-coarse", "context-classes-auto", "classes-4x2"])
 def test_round_trip_is_bit_exact(tiny_llama_dir, tmp_path, overrides):
   cfg = config_lib.with_overrides(NO_EVAL, overrides)
   model = load_model(str(tiny_llama_dir))

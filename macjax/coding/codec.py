@@ -4,9 +4,15 @@ Three tiers, as in tensorflow-compression: the model is built once from the seri
 (:func:`model_weights`, shared by encoder and decoder), the real coder writes ``uint32`` words on the host, and
 :func:`information_bits` computes ``−Σ log2 p(code)`` under that same stored model in JAX.
 
-Layout of a coded tensor: the symbols ``code − offset`` in row-major order, split into ``G`` segments (``G = 1``,
-or one per group of ``group_rows`` rows of the tensor viewed as ``[shape[0], −1]``: the context-adaptive mode,
-one model per channel group), each coded with its own model, over a 32-bit sentinel at the bottom of the ANS stack.
+Layout of a coded tensor: the symbols ``code − offset``, split into ``G`` segments, each coded with its own model,
+over a 32-bit sentinel at the bottom of the ANS stack. The segments (context-adaptive modes view the tensor as
+``[shape[0], −1]``):
+
+* one model: ``G = 1``, the symbols in row-major order;
+* ``grouped``: one segment per run of ``group_rows`` rows (a channel group), in row-major order;
+* ``classed``: one segment per non-empty context ``(row class r, column class c)`` (see
+  :mod:`macjax.coding.contexts`), ordered by ``r`` then ``c``, each holding its rows × columns in row-major order;
+  the class maps are stored, bit-packed, at the head of the table.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macjax.coding import models, tables
+from macjax.coding import contexts, models, tables
 from macjax.errors import ArtifactError, ConfigError, ShapeError
 
 FORMAT = "macjax.coded.v1"
 CODER = "ans"
-# Stored model kinds: one model (a kind of models.KINDS), one model per row group ("grouped"), or "raw".
-STORED_MODELS = models.KINDS + ("grouped", "raw")
+# Stored model kinds: one model (a kind of models.KINDS), one model per row group ("grouped"), one per row-class ×
+# column-class context ("classed"), or "raw".
+STORED_MODELS = models.KINDS + ("grouped", "classed", "raw")
 # What encode(model=...) accepts: a kind, "auto" (the kind with the fewest measured bits, table included), or "raw".
 ENCODE_MODELS = models.KINDS + ("auto", "raw")
 # "raw" codes each symbol as RAW_CHUNKS chunks of RAW_CHUNK_BITS bits under a uniform model: any int32 range.
@@ -39,6 +46,10 @@ _SENTINEL_MODEL = constriction.stream.model.Uniform(1 << 16)
 _HEADER_KEYS = {"format": str, "coder": str, "model": str, "shape": list, "offset": int, "alphabet": int,
                 "precision": int, "table_bits": int, "n_words": int}
 _MAX_GROUPS = 1 << 16
+#: Context grids ``classes="auto"`` tries (rows × columns), besides one model for the whole tensor.
+AUTO_CLASSES = ((2, 2), (4, 4), (8, 8))
+# Largest (rows·C + cols·R)·alphabet histogram the class search builds (memory bound); auto skips beyond it.
+_MAX_ASSIGN_CELLS = 1 << 24
 
 
 class CodedTensor(NamedTuple):
@@ -48,9 +59,9 @@ class CodedTensor(NamedTuple):
     words: uint32[n_words], the compressed stream.
     table: uint8[...], the serialized probability model(s) (everything the decoder needs besides ``header``).
     header: JSON-able dict: ``format``, ``coder``, ``model`` (a stored kind: ``histogram``, ``laplace``,
-      ``gaussian``, ``logistic``, ``grouped`` or ``raw``), ``shape`` (list of ints), ``offset`` (symbol = code −
-      offset), ``alphabet`` (number of symbols), ``precision`` (probability bits), ``table_bits``, ``n_words``;
-      and ``group_rows`` for ``grouped``.
+      ``gaussian``, ``logistic``, ``grouped``, ``classed`` or ``raw``), ``shape`` (list of ints), ``offset``
+      (symbol = code − offset), ``alphabet`` (number of symbols), ``precision`` (probability bits), ``table_bits``,
+      ``n_words``; ``group_rows`` for ``grouped``; ``row_classes`` and ``col_classes`` for ``classed``.
   """
 
   words: np.ndarray
@@ -110,15 +121,69 @@ def _check_header(header) -> dict:
     if not (_is_int(gr) and gr >= 1 and len(shape) >= 1):
       raise ArtifactError(f"coded tensor header: a grouped model needs an int group_rows >= 1 and a shape of rank"
                           f" >= 1, got group_rows={gr!r}, shape={shape!r}")
+  if header["model"] == "classed":
+    rc, cc = header.get("row_classes"), header.get("col_classes")
+    if not (all(_is_int(k) and 1 <= k <= contexts.MAX_CLASSES for k in (rc, cc)) and len(shape) >= 1):
+      raise ArtifactError(f"coded tensor header: a classed model needs int row_classes and col_classes in "
+                          f"[1, {contexts.MAX_CLASSES}] and a shape of rank >= 1, got {rc!r}, {cc!r}, shape={shape!r}")
   return header
 
 
-def _segments(header: dict) -> list[int]:
-  """Number of symbols of each segment (one per row group, or one in all), in coding order."""
+def _matrix_shape(header: dict) -> tuple[int, int]:
+  """The tensor viewed as ``[shape[0], −1]``."""
+  shape = [int(d) for d in header["shape"]]
+  rows = shape[0]
+  return rows, (math.prod(shape) // rows if rows else math.prod(shape[1:]))
+
+
+class _Classes(NamedTuple):
+  """A classed model's stored layout: class maps, the non-empty contexts, and where the framed tables start."""
+  rows: np.ndarray  # int64[rows]
+  cols: np.ndarray  # int64[cols]
+  contexts: list[tuple[int, int]]  # non-empty (r, c), coding order
+  tables_at: int
+
+
+def _classes(header: dict, table: np.ndarray) -> _Classes:
+  """Reads the class maps at the head of a classed model's table; raises ArtifactError if they are damaged."""
+  t = np.asarray(table)
+  if t.dtype != np.uint8 or t.ndim != 1:
+    raise ArtifactError(f"coded tensor table: expected 1-D uint8, got dtype {t.dtype} shape {t.shape}")
+  n_rows, n_cols = _matrix_shape(header)
+  R, C = header["row_classes"], header["col_classes"]
+  a, b = contexts.map_bytes(n_rows, R), contexts.map_bytes(n_cols, C)
+  if t.size < a + b:
+    raise ArtifactError(f"coded tensor table: {t.size} bytes, the class maps alone need {a + b} (truncated)")
+  rows = contexts.unpack(t[:a], n_rows, R, "coded tensor row classes")
+  cols = contexts.unpack(t[a:a + b], n_cols, C, "coded tensor column classes")
+  used_r, used_c = np.bincount(rows, minlength=R), np.bincount(cols, minlength=C)
+  ctx = [(r, c) for r in range(R) for c in range(C) if used_r[r] and used_c[c]]
+  return _Classes(rows, cols, ctx, a + b)
+
+
+def _order(cls: _Classes) -> np.ndarray:
+  """Flat (row-major) positions of the tensor in coding order: context by context, each row-major."""
+  n_cols = cls.cols.size
+  out = []
+  for r, c in cls.contexts:
+    ri, ci = np.flatnonzero(cls.rows == r), np.flatnonzero(cls.cols == c)
+    out.append((ri[:, None] * n_cols + ci[None, :]).ravel())
+  return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _segments(header: dict, table: np.ndarray | None = None) -> list[int]:
+  """Number of symbols of each segment (one per row group or context, or one in all), in coding order.
+
+  A classed model's segments depend on its class maps, read from ``table``."""
   shape = [int(d) for d in header["shape"]]
   n = math.prod(shape)
   if header["model"] == "raw":
     return [n * RAW_CHUNKS]
+  if header["model"] == "classed":
+    cls = _classes(header, table)
+    used_r, used_c = np.bincount(cls.rows, minlength=header["row_classes"]), np.bincount(
+        cls.cols, minlength=header["col_classes"])
+    return [int(used_r[r] * used_c[c]) for r, c in cls.contexts]
   if header["model"] != "grouped":
     return [n]
   rows, gr = shape[0], header["group_rows"]
@@ -180,6 +245,11 @@ def model_weights(coded: CodedTensor) -> np.ndarray:
   offset, alphabet = header["offset"], header["alphabet"]
   if model == "grouped":
     parts = _unframe(coded.table, len(_segments(header)))
+  elif model == "classed":
+    cls = _classes(header, coded.table)
+    if not cls.contexts:  # an empty tensor: no segment, no table
+      return np.zeros((0, alphabet), np.int64)
+    parts = _unframe(np.asarray(coded.table)[cls.tables_at:], len(cls.contexts))
   else:
     parts = [(model, coded.table)]
   return np.stack([
@@ -220,7 +290,64 @@ def _choose_table(model: str, hist: np.ndarray, offset: int, table_bits: int) ->
   return best[1], best[2]
 
 
-def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows: int | None = None) -> CodedTensor:
+def _table_bits(kind: str, table: np.ndarray, hist: np.ndarray, offset: int) -> float:
+  """Information bits of ``hist`` under a stored table, plus the table's own bits."""
+  return models.bits_under(hist, models.table_counts(kind, table, offset, hist.size)) + 8 * table.size
+
+
+class _Grid(NamedTuple):
+  """An encoder's candidate classed layout: the stored class maps and each context's histogram."""
+  grid: tuple[int, int]
+  head: np.ndarray  # uint8: the packed row and column class maps
+  hists: np.ndarray  # int64[R·C, alphabet]
+
+
+def _grid(sym: np.ndarray, header: dict, grid: tuple[int, int]) -> _Grid:
+  R, C = grid
+  n_rows, n_cols = _matrix_shape(header)
+  alphabet = header["alphabet"]
+  rows, cols = contexts.assign(sym.reshape(n_rows, n_cols), alphabet, R, C)
+  ctx = (rows[:, None] * C + cols[None, :]).ravel()
+  hists = np.bincount(ctx * alphabet + sym, minlength=R * C * alphabet).reshape(R * C, alphabet)
+  return _Grid(grid, np.concatenate([contexts.pack(rows, R), contexts.pack(cols, C)]), hists)
+
+
+def _rough_bits(g: _Grid, model: str, table_bits: int) -> float:
+  """Quick estimate to rank grids: each context's empirical entropy, its table (the histogram's varints, or
+  ~8 bytes for a parametric one) and the maps."""
+  bits = 8.0 * g.head.size
+  for h in g.hists[g.hists.sum(axis=1) > 0]:
+    nz = h[h > 0].astype(np.float64)
+    bits += float(nz.sum() * np.log2(nz.sum()) - (nz * np.log2(nz)).sum())
+    bits += 8 * (tables.varint_encode(tables.quantize_histogram(h, table_bits)).size if model == "histogram" else 8)
+  return bits
+
+
+def _classed_table(g: _Grid, header: dict, model: str) -> tuple[np.ndarray, float]:
+  """(table, estimated bits incl. table) of the classed model of ``g``: the maps, then a framed table per
+  non-empty context."""
+  frames, bits = [g.head], 8.0 * g.head.size
+  for h in g.hists[g.hists.sum(axis=1) > 0]:
+    kind, t = _choose_table(model, h, header["offset"], header["table_bits"])
+    frames.append(_frame(kind, t))
+    bits += _table_bits(kind, t, h, header["offset"]) + 8 * (frames[-1].size - t.size)
+  return np.concatenate(frames), bits
+
+
+def _check_classes(classes, model: str, group_rows, ndim: int) -> None:
+  if classes is None:
+    return
+  grid_ok = (isinstance(classes, tuple) and len(classes) == 2
+             and all(_is_int(k) and 1 <= k <= contexts.MAX_CLASSES for k in classes))
+  if not (classes == "auto" or grid_ok) or model == "raw" or group_rows is not None:
+    raise ConfigError(f"coding: classes must be None, 'auto' or (row_classes, col_classes) with each in "
+                      f"[1, {contexts.MAX_CLASSES}], and not with model='raw' or group_rows; got {classes!r}")
+  if ndim == 0:
+    raise ShapeError("codes: a scalar cannot be coded with classes; pass classes=None")
+
+
+def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows: int | None = None,
+           classes: tuple[int, int] | str | None = None) -> CodedTensor:
   """Entropy codes an integer tensor with an ANS coder under a model stored alongside the words.
 
   Models (``p`` over the alphabet ``[min, max]`` of the codes):
@@ -234,11 +361,18 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
   group) gets its own model (chosen per group with ``auto``): a context-adaptive model for tensors whose rows have
   unequal statistics.
 
+  With ``classes = (R, C)``, the tensor viewed as ``[shape[0], −1]`` has its rows sorted into ``R`` classes and its
+  columns into ``C`` (chosen by the encoder, :func:`macjax.coding.contexts.assign`; the maps are stored) and each
+  context (row class, column class) gets its own model: for matrices whose rows and columns have unequal spreads.
+  ``classes = "auto"`` keeps whichever of one model and the grids of :data:`AUTO_CLASSES` costs the fewest
+  estimated bits (information under the stored models + tables + maps; the coder adds only a few words).
+
   Args:
     codes: integer array of any shape with values in int32 range.
     model: one of ``histogram``, ``laplace``, ``gaussian``, ``logistic``, ``auto``, ``raw``.
     table_bits: precision of a stored histogram (its total is at most ``2**table_bits``).
     group_rows: ``None`` for one model, else the rows per channel group (not with ``raw``).
+    classes: ``None``, ``(row_classes, col_classes)`` or ``"auto"`` (not with ``raw`` or ``group_rows``).
 
   Returns:
     A :class:`CodedTensor`; ``decode`` of it returns ``codes`` exactly (as int32).
@@ -261,6 +395,7 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
   arr = _as_codes(codes)
   if group_rows is not None and arr.ndim == 0:
     raise ShapeError("codes: a scalar cannot be coded with group_rows; pass group_rows=None")
+  _check_classes(classes, model, group_rows, arr.ndim)
   lo = int(arr.min()) if arr.size else 0
   hi = int(arr.max()) if arr.size else 0
   header = {"format": FORMAT, "coder": CODER, "model": model, "shape": [int(d) for d in arr.shape],
@@ -280,7 +415,21 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
     header["alphabet"] = alphabet
     sym = _symbols(arr, header)
     if group_rows is None:
-      header["model"], table = _choose_table(model, np.bincount(sym, minlength=alphabet), lo, table_bits)
+      hist = np.bincount(sym, minlength=alphabet)
+      header["model"], table = _choose_table(model, hist, lo, table_bits)
+      grids = AUTO_CLASSES if classes == "auto" else ([classes] if classes is not None else [])
+      n_rows, n_cols = _matrix_shape(header) if grids else (0, 0)
+      if classes == "auto":  # skip grids whose class search would not fit in memory, and empty tensors
+        grids = [g for g in grids if sym.size and (n_rows * g[1] + n_cols * g[0]) * alphabet <= _MAX_ASSIGN_CELLS]
+      elif grids and (n_rows * grids[0][1] + n_cols * grids[0][0]) * alphabet > _MAX_ASSIGN_CELLS:
+        raise ConfigError(f"coding: classes {classes} on codes of shape {arr.shape} with {alphabet} symbols needs "
+                          f"more than {_MAX_ASSIGN_CELLS} histogram cells; use fewer classes or a coarser quantizer")
+      if grids:  # the best-looking grid gets real tables; "auto" keeps it only if it beats one model
+        g = min((_grid(sym, header, grid) for grid in grids), key=lambda g: _rough_bits(g, model, table_bits))
+        t, bits = _classed_table(g, header, model)
+        if classes != "auto" or bits < _table_bits(header["model"], table, hist, lo):
+          table = t
+          header.update(model="classed", row_classes=int(g.grid[0]), col_classes=int(g.grid[1]))
     else:
       header["model"], header["group_rows"] = "grouped", int(group_rows)
       bounds = np.cumsum([0] + _segments(header))
@@ -289,10 +438,12 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
       table = np.concatenate(framed) if framed else np.zeros(0, np.uint8)
   weights = model_weights(CodedTensor(np.zeros(0, np.uint32), table, header))
   symbols = sym if model != "raw" else _symbols(arr, header)
+  if header["model"] == "classed":
+    symbols = symbols[_order(_classes(header, table))]
   coder = constriction.stream.stack.AnsCoder()
   if symbols.size:
     coder.encode_reverse(SENTINEL, _SENTINEL_MODEL)
-    bounds = np.cumsum([0] + _segments(header))
+    bounds = np.cumsum([0] + _segments(header, table))
     for g in reversed(range(len(bounds) - 1)):  # a stack: the first segment goes on last
       if bounds[g + 1] > bounds[g]:
         coder.encode_reverse(symbols[bounds[g]:bounds[g + 1]], _constriction_model(weights[g]))
@@ -324,7 +475,7 @@ def decode(coded: CodedTensor) -> np.ndarray:
     raise ArtifactError(f"coded tensor words: {words.size} words, header says {header['n_words']} (truncated?)")
   weights = model_weights(coded)
   shape = tuple(int(d) for d in header["shape"])
-  segments = _segments(header)
+  segments = _segments(header, coded.table)
   n = sum(segments)
   if n == 0:
     if words.size:
@@ -349,6 +500,10 @@ def decode(coded: CodedTensor) -> np.ndarray:
     return values.astype(np.int32).reshape(shape)
   # Table models: symbols < alphabet, and the header check keeps [offset, offset + alphabet) inside int32.
   symbols = symbols.astype(np.int32, copy=False)
+  if header["model"] == "classed":  # back from coding order to row-major
+    flat = np.empty_like(symbols)
+    flat[_order(_classes(header, coded.table))] = symbols
+    symbols = flat
   symbols += np.int32(header["offset"])
   return symbols.reshape(shape)
 
@@ -377,8 +532,10 @@ def information_bits(codes, coded: CodedTensor) -> float:
   if symbols.size and (symbols.min() < 0 or symbols.max() >= weights.shape[1]):
     raise ShapeError(f"codes: values of shape {arr.shape} fall outside the coded alphabet "
                      f"[{header['offset']}, {header['offset'] + weights.shape[1]})")
-  segments = np.asarray(_segments(header))
+  segments = np.asarray(_segments(header, coded.table), dtype=np.int64)
   segment_of = np.repeat(np.arange(segments.size), segments)
+  if header["model"] == "classed":  # into coding order, where segment_of applies
+    symbols = symbols[_order(_classes(header, coded.table))]
   # Exact integer counts per (segment, symbol) on the host; the information itself in JAX.
   counts = np.bincount(segment_of * weights.shape[1] + symbols, minlength=weights.size)
   # Pad to a power of two so the jitted sum compiles for a handful of lengths, not once per alphabet size; padded

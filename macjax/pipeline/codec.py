@@ -44,7 +44,7 @@ from macjax import artifact, coding, fit, transforms
 from macjax.errors import ArtifactError, ConfigError, MacjaxError, NonFiniteError
 from macjax.load.layout import MATRIX_ROLES, MatrixInfo, Model, ModelLayout
 from macjax.pipeline import components
-from macjax.pipeline.config import PipelineConfig, from_dict, to_dict
+from macjax.pipeline.config import CodingConfig, PipelineConfig, from_dict, to_dict
 from macjax.quantize.uniform import group_view
 
 
@@ -289,8 +289,8 @@ def _unpack_leaves(parts: dict[str, np.ndarray], prefix: str, structure):
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(structure), leaves)
 
 
-def _code(name: str, codes: np.ndarray, meta, coding_model: str, packer: artifact.Packer) -> dict:
-  coded = coding.encode(codes, model=coding_model)
+def _code(name: str, codes: np.ndarray, meta, cfg: CodingConfig, packer: artifact.Packer) -> dict:
+  coded = coding.encode(codes, model=cfg.model, classes=cfg.class_grid() if codes.ndim >= 1 else None)
   packer.add(name, "words", "codes", coded.words)
   packer.add(name, "table", "tables", coded.table)
   return {
@@ -588,7 +588,7 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
     if chain is not None:
       W_hat = chain.inverse(W_hat, states[m.name])
     rec = records[m.name]
-    coded = _code(m.name, np.asarray(codes, np.int32), meta, config.coding.model, packer)
+    coded = _code(m.name, np.asarray(codes, np.int32), meta, config.coding, packer)
     rec["bits"].update(coded.pop("bits"))
     rec.update(coded)
     recon[m.name] = np.asarray(W_hat, np.float32)
@@ -601,7 +601,7 @@ def compress(model: Model, config: PipelineConfig, *, stats: dict | None = None,
       codes, meta = qe.quantize(jnp.asarray(a, jnp.float32), 1.0)
       W_hat = np.asarray(qe.dequantize(codes, meta), np.float32)
       rec = {"group": "other", "treatment": "quantize"}
-      rec.update(_code(name, np.asarray(codes, np.int32), meta, config.coding.model, packer))
+      rec.update(_code(name, np.asarray(codes, np.int32), meta, config.coding, packer))
     elif a.ndim == 2:
       W_hat, rec = _encode_raw(name, a, config.embeddings.treatment, packer)
       rec.update(group="other", treatment=config.embeddings.treatment)
