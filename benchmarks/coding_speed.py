@@ -6,7 +6,9 @@ Prints a markdown table and writes JSON (and the table as markdown next to it). 
 ``--repeats``, and include everything the library call does (histogram, model fit/choice, table serialization, model
 construction, coding, checks). Baseline, run in the same process on the same symbols: bare constriction (one
 ``AnsCoder``, the stored model built once, no checks), so that a shared machine's load shows up in both columns and
-the ratio ``macjax / constriction`` is what the wrapper costs. Target (issue 5): ≥ 20 M symbols/s both ways.
+the ratio ``macjax / constriction`` is what the wrapper costs (grouped and classed models have no single-model
+baseline). Target (issue 5): ≥ 20 M symbols/s both ways. ``classes auto`` encode times include the search for
+context classes (:mod:`macjax.coding.contexts`), which only the encoder pays.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def sources(n: int, seed: int = 0) -> dict[str, np.ndarray]:
       "laplace ~4.4 bit": np.round(rng.laplace(scale=4.0, size=shape)).astype(np.int32),
       "gaussian ~6 bit": np.round(rng.normal(scale=16.0, size=shape)).astype(np.int32),
       "sparse ~1 bit": np.round(rng.laplace(scale=0.35, size=shape)).astype(np.int32),
+      # spreads that vary by row and by column, as codes of a matrix with one step per matrix do
+      "two-way laplace ~4 bit": np.round(rng.laplace(size=shape) * np.exp(rng.normal(scale=0.6, size=(shape[0], 1)))
+                                         * np.exp(rng.normal(scale=0.4, size=(1, shape[1]))) * 3.0).astype(np.int32),
   }
 
 
@@ -68,30 +73,34 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding_speed.json"))
   args = parser.parse_args(argv)
 
-  configs = [("histogram", None), ("laplace", None), ("auto", None), ("auto", 64)]
+  configs = [("histogram", None, None), ("laplace", None, None), ("auto", None, None), ("auto", 64, None),
+             ("auto", None, "auto")]
   rows = []
   for name, x in sources(args.symbols).items():
-    for model, group_rows in configs:
-      coded = encode(x, model=model, group_rows=group_rows)
+    for model, group_rows, classes in configs:
+      coded = encode(x, model=model, group_rows=group_rows, classes=classes)
       assert np.array_equal(decode(coded), x)
-      t_enc = best_time(lambda: encode(x, model=model, group_rows=group_rows), args.repeats)
+      t_enc = best_time(lambda: encode(x, model=model, group_rows=group_rows, classes=classes), args.repeats)
       t_dec = best_time(lambda: decode(coded), args.repeats)
       bits = coded_bits(coded)
       base = {}
-      if coded.header["model"] != "grouped":
+      if coded.header["model"] not in ("grouped", "classed"):
         b_enc, b_dec = bare_constriction(coded)
         base = {"constriction_encode_msym_s": x.size / best_time(b_enc, args.repeats) / 1e6,
                 "constriction_decode_msym_s": x.size / best_time(b_dec, args.repeats) / 1e6}
       rows.append(base | {
-          "source": name, "model": model, "group_rows": group_rows, "stored_model": coded.header["model"],
+          "source": name, "model": model, "group_rows": group_rows, "classes": classes,
+          "stored_model": coded.header["model"] + (f" {coded.header['row_classes']}x{coded.header['col_classes']}"
+                                                   if coded.header["model"] == "classed" else ""),
           "symbols": int(x.size), "bits_per_symbol": bits["total"] / x.size,
           "table_bits_per_symbol": bits["table"] / x.size,
           "encode_msym_s": x.size / t_enc / 1e6, "decode_msym_s": x.size / t_dec / 1e6,
       })
-  lines = ["| source | model | groups | bits/symbol (table) | encode M sym/s (bare constriction) | "
+  lines = ["| source | model | groups / classes | bits/symbol (table) | encode M sym/s (bare constriction) | "
            "decode M sym/s (bare constriction) |", "|---|---|---|---|---|---|"]
   for r in rows:
-    groups = "-" if r["group_rows"] is None else f"{r['group_rows']} rows"
+    groups = (f"{r['group_rows']} rows" if r["group_rows"] is not None else
+              f"classes {r['classes']}" if r.get("classes") else "-")
     b_enc = f" ({r['constriction_encode_msym_s']:.1f})" if "constriction_encode_msym_s" in r else ""
     b_dec = f" ({r['constriction_decode_msym_s']:.1f})" if "constriction_decode_msym_s" in r else ""
     lines.append(f"| {r['source']} | {r['model']} → {r['stored_model']} | {groups} | {r['bits_per_symbol']:.3f} "

@@ -150,8 +150,9 @@ NOTES = {
         "64 still partially benefits.",
         "Pipeline rows also quantize the tied embedding / LM head (step 0.0625·RMS(row)); peers leave it in float32.",
         "Perplexity Δ ± one standard error over per-window means (text choice only).",
-        "GPTQ+trellis was not run on SmolLM2 in this session: on MiniLM (10.6M block weights) one point took "
-        "160-230 s on this shared 2-core CPU, and SmolLM2 has 10x the block weights; it did not fit the time box.",
+        "GPTQ + trellis on SmolLM2 runs only with act-order and model_output allocation (the best MiniLM recipe): "
+        "a point takes 10-15 min on this 2-core CPU, so the natural-order and RTN trellis curves were not measured.",
+        "`+model_alloc` steps are base steps (matrices get c_i × base), so compare rows at equal bits, not equal step.",
         "Q5_1 (gguf-py's reference quantizer) shows a larger perplexity change than Q5_0 at a similar weight "
         "error; not investigated here.",
         "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated), so "

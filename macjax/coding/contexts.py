@@ -30,6 +30,9 @@ from macjax.errors import ArtifactError, ConfigError
 MAX_CLASSES = 256
 # Additive smoothing of the per-context histograms while assigning (the stored tables are fitted afterwards).
 _SMOOTH = 0.05
+# While assigning, a symbol counts by its distance from the median, clipped here: the classes are about spread, and
+# the search then costs the same for any alphabet.
+_BUCKETS = 32
 
 
 def index_bits(n_classes: int) -> int:
@@ -96,7 +99,8 @@ def assign(symbols: np.ndarray, alphabet: int, row_classes: int, col_classes: in
 
   Deterministic. Starts from log-quantile bins of each row's and column's mean ``|symbol − median|``, then
   ``rounds`` times moves every row to the row class whose context histograms (given the column classes) code it in
-  the fewest bits, then every column likewise. Classes may end up empty.
+  the fewest bits, then every column likewise (counting each symbol by its distance from the median, clipped to
+  32 buckets, so the search costs the same for any alphabet). Classes may end up empty.
 
   Returns:
     ``(row_class int64[rows], col_class int64[cols])``.
@@ -114,8 +118,9 @@ def assign(symbols: np.ndarray, alphabet: int, row_classes: int, col_classes: in
   n_rows, n_cols = s.shape
   if s.size == 0:
     return np.zeros(n_rows, np.int64), np.zeros(n_cols, np.int64)
-  spread = np.abs(s - np.median(s)).astype(np.float64)
+  spread = np.abs(s - int(np.median(s)))
   rows, cols = _quantile_bins(spread.mean(axis=1), R), _quantile_bins(spread.mean(axis=0), C)
+  s, alphabet = np.minimum(spread, _BUCKETS - 1), _BUCKETS
   row_ids, col_ids = np.arange(n_rows), np.arange(n_cols)
   for _ in range(rounds):
     if R > 1:
