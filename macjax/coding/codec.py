@@ -228,7 +228,8 @@ def _unframe(table: np.ndarray, n_groups: int) -> list[tuple[str, np.ndarray]]:
 def model_weights(coded: CodedTensor) -> np.ndarray:
   """Integer weights ``w[g, s]`` (each row sums to ``2**24``, all ≥ 1) of the stored model of each segment ``g``.
 
-  ``p(code) = w[g, code − offset] / 2**24`` for a code of segment ``g`` (``G = 1`` unless the model is grouped).
+  ``p(code) = w[g, code − offset] / 2**24`` for a code of segment ``g`` (``G = 1`` unless the model is grouped or
+  classed).
   This is the one place models are built from their serialized tables; :func:`encode`, :func:`decode` and
   :func:`information_bits` all call it.
 
