@@ -49,7 +49,7 @@ from macjax.pipeline import config as pconfig
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def recipe(method: str, *, gptq: str | None = None, options: dict | None = None, allocation: str | None = None,
-           transform: list | None = None, classes: str | None = None):
+           transform: list | None = None, classes: str | None = None, embeddings: str | None = None):
   """A pipeline method: a function of the relative step giving the config dict.
 
   Args:
@@ -59,6 +59,7 @@ def recipe(method: str, *, gptq: str | None = None, options: dict | None = None,
     allocation: ``allocation.sensitivity`` (None: off).
     transform: ``transform`` (a chain of transform entries).
     classes: ``coding.classes`` (None: one model per tensor), with ``coding.model = "auto"``.
+    embeddings: ``embeddings.treatment`` (None: the pipeline default, quantized at step 0.0625·RMS(row)).
   """
   def make(step: float) -> dict:
     q: dict = {"method": method, "step": step}
@@ -73,6 +74,8 @@ def recipe(method: str, *, gptq: str | None = None, options: dict | None = None,
       data["transform"] = [dict(t) for t in transform]
     if classes:
       data["coding"] = {"model": "auto", "classes": classes}
+    if embeddings:
+      data["embeddings"] = {"treatment": embeddings}
     return data
   return make
 
@@ -90,6 +93,9 @@ METHODS = {
     "gptq+trellis+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS, allocation="model_output"),
     "gptq+trellis+act+model_alloc+ctx": recipe("trellis", gptq="descending", options=COLUMNS,
                                                allocation="model_output", classes="auto"),
+    # ... with the embeddings / LM head kept in float32, as the peers keep them
+    "gptq+trellis+act+model_alloc+ctx+emb32": recipe("trellis", gptq="descending", options=COLUMNS,
+                                                     allocation="model_output", classes="auto", embeddings="float32"),
     "gptq+trellis8+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 8},
                                             allocation="model_output"),
     "hadamard+gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output",
@@ -144,6 +150,8 @@ NOTES = {
         "listed base step, so compare at equal bits, not equal step. (An earlier `input_energy` row, measured with a "
         "formula that ignored the weights' scale under per-row steps, was dropped when that formula was fixed.)",
         "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated).",
+        "`+ctx`: coding.classes = auto (row × column context classes, one model each, maps counted); with one step "
+        "per matrix it saves 0.03-0.05 b/w (rows and columns keep unequal spreads in the codes).",
     ],
     "smollm2-135m": [
         "The reference is the dequantized Q4_1 GGUF (blocks of 32, `w = d*q + m`): GGUF Q4_1 / Q5_1 / Q8_0 (and to a "
@@ -156,6 +164,11 @@ NOTES = {
         "GPTQ + trellis on SmolLM2 runs only with act-order and model_output allocation (the best MiniLM recipe): "
         "a point takes 10-15 min on this 2-core CPU, so the natural-order and RTN trellis curves were not measured.",
         "`+model_alloc` steps are base steps (matrices get c_i × base), so compare rows at equal bits, not equal step.",
+        "`+emb32` rows keep the tied embedding / LM head in float32, as the quoted peers (DESIGN.md: 'embeddings and "
+        "LM head left in fp32') and the GGUF/RTN rows here do: they are the like-for-like comparison. Quantizing that "
+        "tensor at the default step 0.0625·RMS(row) costs ≈ 1 point of perplexity at the same block codes (+5.15 % "
+        "vs +4.11 % at 3.79 b/w); `all bits/param` of the `+emb32` rows is dominated by the float32 tensor.",
+        "`+ctx`: coding.classes = auto (row × column context classes, one model each, maps counted).",
         "Q5_1 (gguf-py's reference quantizer) shows a larger perplexity change than Q5_0 at a similar weight "
         "error; not investigated here.",
         "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated), so "
@@ -240,9 +253,11 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
     params = out.reconstruction
     row = manifest_bits(out.manifest)
     row["config"] = pconfig.to_dict(cfg)["quantize"] | {"allocation": data.get("allocation", {}),
-                                                       "coding": data.get("coding", {})}
+                                                       "coding": data.get("coding", {}),
+                                                       "embeddings": data.get("embeddings", {})}
     row["timings"] = {k: float(v) for k, v in out.timings.items()}
-    row["embeddings"] = "quantized, step 0.0625·RMS(row), entropy coded (pipeline default)"
+    row["embeddings"] = ("float32 (untouched)" if data.get("embeddings", {}).get("treatment") == "float32" else
+                         "quantized, step 0.0625·RMS(row), entropy coded (pipeline default)")
   else:
     params = dict(model.params)
     bits = 0.0
