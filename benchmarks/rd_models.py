@@ -96,6 +96,11 @@ METHODS = {
     # ... with the embeddings / LM head kept in float32, as the peers keep them
     "gptq+trellis+act+model_alloc+ctx+emb32": recipe("trellis", gptq="descending", options=COLUMNS,
                                                      allocation="model_output", classes="auto", embeddings="float32"),
+    "gptq+trellis32+act+model_alloc+ctx": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 32},
+                                                 allocation="model_output", classes="auto"),
+    "hadamard+gptq+trellis+act+model_alloc+ctx": recipe("trellis", gptq="descending", options=COLUMNS,
+                                                        allocation="model_output", transform=HADAMARD,
+                                                        classes="auto"),
     "gptq+trellis8+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 8},
                                             allocation="model_output"),
     "hadamard+gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output",
