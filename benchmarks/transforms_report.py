@@ -260,15 +260,19 @@ def summarize_a(part: dict) -> dict:
 # Part B: through the pipeline
 
 
-def chain_configs(model_name: str, head: int, learned_steps: int) -> dict[str, dict]:
+def chain_configs(model_name: str, head: int, learned_steps: int, group: int = 64) -> dict[str, dict]:
   """The pipeline configs compared in part B (without the quantizer step)."""
   chains = {
       "none": {},
       "hadamard": {"transform": [{"name": "hadamard", "side": "input"}]},
+      "orthogonal": {"transform": [{"name": "orthogonal", "side": "input"}]},
       "pca-matrix": {"transform": [{"name": "pca", "side": "input"}]},
+      "pca-group": {"transform": [{"name": "pca", "side": "input", "scope": "group", "block_size": group}]},
       "pca-head": {"transform": [{"name": "pca", "side": "input", "scope": "head", "block_size": head}]},
       "learned-rate": {"transform": [{"name": "learned", "side": "input", "objective": "rate",
                                       "steps": learned_steps, "max_code": 256}]},
+      "learned-kurtosis": {"transform": [{"name": "learned", "side": "input", "objective": "kurtosis",
+                                          "steps": learned_steps}]},
   }
   if model_name == "smollm2-135m":
     chains["rewrite"] = {"rewrite": {"residual": "hadamard", "head_rotation": True, "untie": True}}
@@ -314,7 +318,7 @@ def run_part_b(model_name: str, plan: list[tuple[str, float, bool]], args, resul
   if not todo:
     return
   model = load_model(model_name)
-  chains = chain_configs(model_name, head_dim(model), args.learned_steps_b)
+  chains = chain_configs(model_name, head_dim(model), args.learned_steps_b, args.group)
   sizes = {"n_sentences": args.n_sentences} if model.layout.family == "bert" else {
       "n_seq": args.n_seq, "seq_len": args.seq_len}
   evaluator = None
@@ -812,7 +816,9 @@ def markdown(results: dict) -> str:
   lines += ["## How to read part B against part A", "",
             "- The pipeline applies one transform chain to every block matrix, on one side: `pca-head` in part B is "
             "input-side blocks of head_dim (true heads only for `o`; for q/k/v/MLP they are groups of input "
-            "channels), while part A's `pca-head` puts q/k/v's bases on the output side, where the heads are.",
+            "channels), while part A's `pca-head` puts q/k/v's bases on the output side, where the heads are. "
+            "Where head_dim equals the PCA group (SmolLM2: 64), part B's `pca-head` and `pca-group` are the same "
+            "config and their rows coincide.",
             "- The pipeline's quantizer steps are relative to each row's RMS. An input-side change of coordinates "
             "keeps every row's RMS, so equal step is (nearly) equal distortion; an output-side one moves energy "
             "between rows and each row is still coded at the same relative step, so concentration across rows "
