@@ -101,6 +101,9 @@ METHODS = {
     "hadamard+gptq+trellis+act+model_alloc+ctx": recipe("trellis", gptq="descending", options=COLUMNS,
                                                         allocation="model_output", transform=HADAMARD,
                                                         classes="auto"),
+    "hadamard+gptq+trellis32+act+model_alloc+ctx": recipe("trellis", gptq="descending",
+                                                          options=COLUMNS | {"states": 32}, allocation="model_output",
+                                                          transform=HADAMARD, classes="auto"),
     "gptq+trellis8+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 8},
                                             allocation="model_output"),
     "hadamard+gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output",
@@ -371,9 +374,9 @@ def headline(model_key: str, data: dict) -> list[str]:
     for m in ours:
       rel, b = by.get(m, ("?", None))
       if rel == "=":
-        cells.append(f"{b:.2f} (saves {100 * (1 - b / peers[best]):+.0f} %)")
+        cells.append(f"{b:.2f} (saves {100 * (1 - b / peers[best]):+.1f} %)")
       elif rel == "<" and b is not None:
-        cells.append(f"< {b:.2f} (saves ≥ {100 * (1 - b / peers[best]):+.0f} %)")
+        cells.append(f"< {b:.2f} (saves ≥ {100 * (1 - b / peers[best]):+.1f} %)")
       else:
         cells.append(f"{fmt_at(rel, b)} (n/a)")
     lines.append(f"| {t} | {best} {peers[best]:.2f} | " + " | ".join(cells) + " |")
