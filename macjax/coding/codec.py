@@ -284,8 +284,7 @@ def _choose_table(model: str, hist: np.ndarray, offset: int, table_bits: int) ->
     table = models.fit_table(kind, hist, offset, table_bits)
     if len(kinds) == 1:
       return kind, table
-    counts = models.table_counts(kind, table, offset, hist.size)
-    bits = models.bits_under(hist, counts) + 8 * table.size
+    bits = _table_bits(kind, table, hist, offset)
     if best is None or bits < best[0]:
       best = (bits, kind, table)
   return best[1], best[2]
