@@ -133,3 +133,14 @@ def test_bad_classes_arguments_raise():
     encode(np.array(3, np.int32), classes=(2, 2))
   with pytest.raises(ConfigError, match="histogram cells"):  # the class search's memory is bounded
     encode(np.array([[0, 1 << 19]] * 40, np.int32), classes=(8, 8))
+
+
+def test_assign_grids_shares_work_but_matches_assign():
+  x = _two_way(shape=(300, 700))  # more rows and columns than the search samples
+  s = x - x.min()
+  grids = [(2, 2), (4, 4), (8, 3)]
+  for (R, C), (rows, cols) in zip(grids, contexts.assign_grids(s, int(s.max() + 1), grids)):
+    r1, c1 = contexts.assign(s, int(s.max() + 1), R, C)
+    np.testing.assert_array_equal(rows, r1)
+    np.testing.assert_array_equal(cols, c1)
+    assert rows.max() < R and cols.max() < C

@@ -164,3 +164,34 @@ def test_bad_encode_arguments_raise():
     encode(x, model="raw", group_rows=4)
   with pytest.raises(ShapeError, match="scalar"):
     encode(np.array(3, np.int32), group_rows=1)
+
+
+@pytest.mark.parametrize("kind", models.KINDS)
+def test_fit_tables_matches_fit_table_and_estimates_the_exact_bits(kind):
+  rng = np.random.default_rng(3)
+  scales = [0.3, 1.0, 4.0, 20.0]
+  x = np.stack([np.round(rng.laplace(scale=s, size=5000)) for s in scales]).astype(np.int64)
+  offset = int(x.min())
+  hists = np.stack([np.bincount(row - offset, minlength=int(x.max()) - offset + 1) for row in x])
+  hists = np.concatenate([hists, np.zeros((1, hists.shape[1]), np.int64)])  # an empty row fits too
+  fitted, estimate = models.fit_tables(kind, hists, offset, 16)
+  for h, t, est in zip(hists, fitted, estimate):
+    np.testing.assert_array_equal(t, models.fit_table(kind, h, offset, 16))
+    exact = models.bits_under(h, models.table_counts(kind, t, offset, h.size)) + 8 * t.size
+    # floating point vs the coder's integer weights: close, so it can rank kinds
+    assert abs(est - exact) <= 0.002 * exact + 8
+
+
+@pytest.mark.parametrize("kind", models.PARAMETRIC)
+def test_parametric_fit_is_the_best_scaling_by_exact_bits(kind):
+  x = _source("laplace" if kind != "gaussian" else "gaussian").ravel()
+  offset = int(x.min())
+  h = np.bincount(x - offset)
+  fitted = models.fit_table(kind, h, offset, 16)
+  chosen = models.bits_under(h, models.table_counts(kind, fitted, offset, h.size))
+  _, mu = models.parse_parametric_table(fitted)
+  exact = []
+  for param in np.linspace(0.05, 0.995, 200):  # a scan over the parameter, same location
+    table = models.parametric_table(int(param * models.ONE_FX), mu)
+    exact.append(models.bits_under(h, models.table_counts(kind, table, offset, h.size)))
+  assert chosen <= 1.001 * min(exact)

@@ -48,7 +48,7 @@ _HEADER_KEYS = {"format": str, "coder": str, "model": str, "shape": list, "offse
 _MAX_GROUPS = 1 << 16
 #: Context grids ``classes="auto"`` tries (rows × columns), besides one model for the whole tensor.
 AUTO_CLASSES = ((2, 2), (4, 4), (8, 8))
-# Largest (rows·C + cols·R)·alphabet histogram the class search builds (memory bound); auto skips beyond it.
+# Most histogram cells a grid's class search and context histograms may take (memory bound); auto skips beyond it.
 _MAX_ASSIGN_CELLS = 1 << 24
 
 
@@ -253,9 +253,7 @@ def model_weights(coded: CodedTensor) -> np.ndarray:
     parts = _unframe(np.asarray(coded.table)[cls.tables_at:], len(cls.contexts))
   else:
     parts = [(model, coded.table)]
-  return np.stack([
-      tables.weights_from_counts(models.table_counts(kind, t, offset, alphabet, what=f"coded tensor table ({kind})"))
-      for kind, t in parts])
+  return tables.weights_from_counts(models.tables_counts(parts, offset, alphabet, what="coded tensor table"))
 
 
 def _constriction_model(weights: np.ndarray):
@@ -277,17 +275,26 @@ def _symbols(arr: np.ndarray, header: dict) -> np.ndarray:
 
 
 def _choose_table(model: str, hist: np.ndarray, offset: int, table_bits: int) -> tuple[str, np.ndarray]:
-  """(kind, table) for a requested model; ``auto`` keeps the kind with the fewest information + table bits."""
+  """(kind, table) for a requested model; ``auto`` keeps the kind with the fewest information + table bits, measured
+  under the coder's integer weights of each candidate table."""
   kinds = models.KINDS if model == "auto" else (model,)
-  best = None
-  for kind in kinds:
-    table = models.fit_table(kind, hist, offset, table_bits)
-    if len(kinds) == 1:
-      return kind, table
-    bits = _table_bits(kind, table, hist, offset)
-    if best is None or bits < best[0]:
-      best = (bits, kind, table)
-  return best[1], best[2]
+  fitted = [models.fit_table(kind, hist, offset, table_bits) for kind in kinds]
+  if len(kinds) == 1:
+    return kinds[0], fitted[0]
+  w = tables.weights_from_counts(models.tables_counts(list(zip(kinds, fitted)), offset, hist.size))
+  used = hist > 0
+  bits = (hist[used] * (tables.PRECISION - np.log2(w[:, used].astype(np.float64)))).sum(axis=1)
+  best = int(np.argmin(bits + 8 * np.array([t.size for t in fitted])))
+  return kinds[best], fitted[best]
+
+
+def _choose_tables(model: str, hists: np.ndarray, offset: int, table_bits: int) -> list[tuple[str, np.ndarray]]:
+  """(kind, table) for each row of ``hists`` (one per context or row group); ``auto`` keeps, per row, the kind with
+  the fewest estimated information + table bits (:func:`macjax.coding.models.fit_tables`, vectorized over rows)."""
+  kinds = models.KINDS if model == "auto" else (model,)
+  fits = [models.fit_tables(kind, hists, offset, table_bits) for kind in kinds]
+  best = np.argmin(np.stack([bits for _, bits in fits]), axis=0)
+  return [(kinds[j], fits[j][0][i]) for i, j in enumerate(best)]
 
 
 def _table_bits(kind: str, table: np.ndarray, hist: np.ndarray, offset: int) -> float:
@@ -302,36 +309,33 @@ class _Grid(NamedTuple):
   hists: np.ndarray  # int64[R·C, alphabet]
 
 
-def _grid(sym: np.ndarray, header: dict, grid: tuple[int, int]) -> _Grid:
-  R, C = grid
+def _grid(sym: np.ndarray, header: dict, grid: tuple[int, int] | None, candidates=AUTO_CLASSES) -> _Grid:
+  """The classed layout of ``grid``, or of the best-looking of ``candidates`` when ``grid`` is None."""
   n_rows, n_cols = _matrix_shape(header)
   alphabet = header["alphabet"]
-  rows, cols = contexts.assign(sym.reshape(n_rows, n_cols), alphabet, R, C)
-  ctx = (rows[:, None] * C + cols[None, :]).ravel()
-  hists = np.bincount(ctx * alphabet + sym, minlength=R * C * alphabet).reshape(R * C, alphabet)
-  return _Grid(grid, np.concatenate([contexts.pack(rows, R), contexts.pack(cols, C)]), hists)
+  s = sym.reshape(n_rows, n_cols)
+  if grid is None:
+    grid, rows, cols = contexts.choose_grid(s, alphabet, candidates)
+  else:
+    rows, cols = contexts.assign(s, alphabet, *grid)
+  R, C = grid
+  # int32 is exact: R·C·alphabet <= _MAX_ASSIGN_CELLS
+  ctx = rows.astype(np.int32)[:, None] * np.int32(C * alphabet) + cols.astype(np.int32)[None, :] * np.int32(alphabet)
+  hists = np.bincount(ctx.ravel() + sym, minlength=R * C * alphabet).reshape(R * C, alphabet)
+  return _Grid((R, C), np.concatenate([contexts.pack(rows, R), contexts.pack(cols, C)]), hists)
 
 
-def _rough_bits(g: _Grid, model: str, table_bits: int) -> float:
-  """Quick estimate to rank grids: each context's empirical entropy, its table (the histogram's varints, or
-  ~8 bytes for a parametric one) and the maps."""
-  bits = 8.0 * g.head.size
-  for h in g.hists[g.hists.sum(axis=1) > 0]:
-    nz = h[h > 0].astype(np.float64)
-    bits += float(nz.sum() * np.log2(nz.sum()) - (nz * np.log2(nz)).sum())
-    bits += 8 * (tables.varint_encode(tables.quantize_histogram(h, table_bits)).size if model == "histogram" else 8)
-  return bits
+def _classed_table(g: _Grid, header: dict, model: str) -> np.ndarray:
+  """The classed model's table for ``g``: the maps, then a framed table per non-empty context."""
+  used = g.hists[g.hists.sum(axis=1) > 0]
+  chosen = _choose_tables(model, used, header["offset"], header["table_bits"]) if used.size else []
+  return np.concatenate([g.head] + [_frame(kind, t) for kind, t in chosen])
 
 
-def _classed_table(g: _Grid, header: dict, model: str) -> tuple[np.ndarray, float]:
-  """(table, estimated bits incl. table) of the classed model of ``g``: the maps, then a framed table per
-  non-empty context."""
-  frames, bits = [g.head], 8.0 * g.head.size
-  for h in g.hists[g.hists.sum(axis=1) > 0]:
-    kind, t = _choose_table(model, h, header["offset"], header["table_bits"])
-    frames.append(_frame(kind, t))
-    bits += _table_bits(kind, t, h, header["offset"]) + 8 * (frames[-1].size - t.size)
-  return np.concatenate(frames), bits
+def _information_of(hists: np.ndarray, weights: np.ndarray) -> float:
+  """``Σ hist·(24 − log2 w)`` over segments: the information the coder's weights give the histograms."""
+  used = hists > 0
+  return float(np.sum(hists[used] * (tables.PRECISION - np.log2(weights[used].astype(np.float64)))))
 
 
 def _check_classes(classes, model: str, group_rows, ndim: int) -> None:
@@ -398,6 +402,7 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
   _check_classes(classes, model, group_rows, arr.ndim)
   lo = int(arr.min()) if arr.size else 0
   hi = int(arr.max()) if arr.size else 0
+  weights = None  # the coder's model, when a candidate already built it
   header = {"format": FORMAT, "coder": CODER, "model": model, "shape": [int(d) for d in arr.shape],
             "offset": lo, "alphabet": 2, "precision": tables.PRECISION, "table_bits": int(table_bits),
             "n_words": 0}
@@ -419,24 +424,29 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
       header["model"], table = _choose_table(model, hist, lo, table_bits)
       grids = AUTO_CLASSES if classes == "auto" else ([classes] if classes is not None else [])
       n_rows, n_cols = _matrix_shape(header) if grids else (0, 0)
+      cells = lambda g: contexts.search_cells(n_rows, n_cols, *g) + g[0] * g[1] * alphabet  # noqa: E731
       if classes == "auto":  # skip grids whose class search would not fit in memory, and empty tensors
-        grids = [g for g in grids if sym.size and (n_rows * g[1] + n_cols * g[0]) * alphabet <= _MAX_ASSIGN_CELLS]
-      elif grids and (n_rows * grids[0][1] + n_cols * grids[0][0]) * alphabet > _MAX_ASSIGN_CELLS:
+        grids = [g for g in grids if sym.size and cells(g) <= _MAX_ASSIGN_CELLS]
+      elif grids and cells(grids[0]) > _MAX_ASSIGN_CELLS:
         raise ConfigError(f"coding: classes {classes} on codes of shape {arr.shape} with {alphabet} symbols needs "
                           f"more than {_MAX_ASSIGN_CELLS} histogram cells; use fewer classes or a coarser quantizer")
       if grids:  # the best-looking grid gets real tables; "auto" keeps it only if it beats one model
-        g = min((_grid(sym, header, grid) for grid in grids), key=lambda g: _rough_bits(g, model, table_bits))
-        t, bits = _classed_table(g, header, model)
+        g = _grid(sym, header, None, grids) if classes == "auto" else _grid(sym, header, grids[0])
+        classed = dict(header, model="classed", row_classes=int(g.grid[0]), col_classes=int(g.grid[1]))
+        t = _classed_table(g, classed, model)
+        w = model_weights(CodedTensor(np.zeros(0, np.uint32), t, classed))
+        bits = _information_of(g.hists[g.hists.sum(axis=1) > 0], w) + 8 * t.size
         if classes != "auto" or bits < _table_bits(header["model"], table, hist, lo):
-          table = t
-          header.update(model="classed", row_classes=int(g.grid[0]), col_classes=int(g.grid[1]))
+          header, table, weights = classed, t, w
     else:
       header["model"], header["group_rows"] = "grouped", int(group_rows)
       bounds = np.cumsum([0] + _segments(header))
-      framed = [_frame(*_choose_table(model, np.bincount(sym[a:b], minlength=alphabet), lo, table_bits))
-                for a, b in zip(bounds[:-1], bounds[1:])]
+      hists = np.array([np.bincount(sym[a:b], minlength=alphabet) for a, b in zip(bounds[:-1], bounds[1:])],
+                       np.int64).reshape(-1, alphabet)
+      framed = [_frame(kind, t) for kind, t in _choose_tables(model, hists, lo, table_bits)]
       table = np.concatenate(framed) if framed else np.zeros(0, np.uint8)
-  weights = model_weights(CodedTensor(np.zeros(0, np.uint32), table, header))
+  if weights is None:
+    weights = model_weights(CodedTensor(np.zeros(0, np.uint32), table, header))
   symbols = sym if model != "raw" else _symbols(arr, header)
   if header["model"] == "classed":
     symbols = symbols[_order(_classes(header, table))]

@@ -33,6 +33,8 @@ _SMOOTH = 0.05
 # While assigning, a symbol counts by its distance from the median, clipped here: the classes are about spread, and
 # the search then costs the same for any alphabet.
 _BUCKETS = 32
+# Rows are judged on at most this many evenly spaced columns, and columns on at most this many rows.
+_SAMPLE = 512
 
 
 def index_bits(n_classes: int) -> int:
@@ -77,6 +79,11 @@ def unpack(data: np.ndarray, n: int, n_classes: int, what: str = "class map") ->
   return classes
 
 
+def search_cells(n_rows: int, n_cols: int, row_classes: int, col_classes: int) -> int:
+  """Histogram cells :func:`assign` builds at most (its memory, in int64 cells)."""
+  return (n_rows * col_classes + n_cols * row_classes) * _BUCKETS
+
+
 def _quantile_bins(stat: np.ndarray, k: int) -> np.ndarray:
   """Equal-count bins of ``log(stat)``: k classes, 0 = smallest."""
   if k == 1 or stat.size == 0:
@@ -86,21 +93,123 @@ def _quantile_bins(stat: np.ndarray, k: int) -> np.ndarray:
   return np.searchsorted(edges, v, side="right").astype(np.int64)
 
 
-def _log_tables(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, R: int, C: int, alphabet: int) -> np.ndarray:
-  """Smoothed ``log2 p[r, c, symbol]`` of each context's histogram."""
-  ctx = (rows[:, None] * C + cols[None, :]).ravel()
-  counts = np.bincount(ctx * alphabet + s.ravel(), minlength=R * C * alphabet).reshape(R, C, alphabet) + _SMOOTH
-  return np.log2(counts / counts.sum(axis=-1, keepdims=True))
+def _context_log_p(hist: np.ndarray, member: np.ndarray, n_classes: int) -> np.ndarray:
+  """Smoothed ``log2 p`` of each class's pooled histogram: ``hist`` is ``[items, contexts·A]`` (one row per row or
+  column), ``member`` each item's class; returns ``[n_classes, contexts·A]`` normalized over each ``A`` block."""
+  pooled = np.stack([hist[member == k].sum(axis=0) for k in range(n_classes)]).astype(np.float64) + _SMOOTH
+  pooled = pooled.reshape(n_classes, -1, _BUCKETS)
+  return np.log2(pooled / pooled.sum(axis=-1, keepdims=True)).reshape(n_classes, -1)
+
+
+def _check_grid(row_classes, col_classes) -> tuple[int, int]:
+  for name, k in (("row_classes", row_classes), ("col_classes", col_classes)):
+    if not (isinstance(k, (int, np.integer)) and 1 <= k <= MAX_CLASSES):
+      raise ConfigError(f"coding: {name} must be an int in [1, {MAX_CLASSES}], got {k!r}")
+  return int(row_classes), int(col_classes)
+
+
+class _Search:
+  """The class search's data, shared by every grid: each row's symbols on the sampled columns and each column's on
+  the sampled rows, as clipped distances from the median."""
+
+  def __init__(self, symbols: np.ndarray, alphabet: int):
+    s = np.asarray(symbols)
+    if s.ndim != 2:
+      raise ConfigError(f"coding: context classes need a 2-D array, got shape {s.shape}")
+    self.shape = s.shape
+    n_rows, n_cols = s.shape
+    counts = np.bincount(s.ravel(), minlength=alphabet)
+    median = np.int32(np.searchsorted(np.cumsum(counts), (s.size + 1) // 2))  # the lower median
+    self.col_stride, self.row_stride = -(-n_cols // _SAMPLE), -(-n_rows // _SAMPLE)
+    by_rows = np.abs(s[:, ::self.col_stride].astype(np.int32) - median)  # rows are judged on these columns
+    by_cols = np.abs(s[::self.row_stride].T.astype(np.int32) - median)  # columns on these rows
+    self.row_spread, self.col_spread = by_rows.mean(axis=1), by_cols.mean(axis=1)
+    self.by_rows = np.ascontiguousarray(np.minimum(by_rows, _BUCKETS - 1))
+    self.by_cols = np.ascontiguousarray(np.minimum(by_cols, _BUCKETS - 1))
+    self.scale = s.size / max(self.by_cols.size, 1)  # sampled symbols -> all symbols
+    self._bases: dict = {}
+
+  def _item_hist(self, which: str, other: np.ndarray, n_other: int) -> np.ndarray:
+    """``[items, n_other·A]``: each row's (``which="rows"``) or column's bucket counts, split by the class of the
+    column (row) each symbol sits in; ``other``: those classes on the sampled columns (rows)."""
+    b = self.by_rows if which == "rows" else self.by_cols
+    key = (which, n_other)
+    if key not in self._bases:  # item·n_other·A + bucket, fixed for the whole search on this grid side
+      self._bases[key] = np.arange(b.shape[0], dtype=np.int32)[:, None] * np.int32(n_other * _BUCKETS) + b
+    idx = self._bases[key] + (other.astype(np.int32) * _BUCKETS)[None, :]
+    return np.bincount(idx.ravel(), minlength=b.shape[0] * n_other * _BUCKETS).reshape(b.shape[0], -1)
+
+  def start(self, R: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    return _quantile_bins(self.row_spread, R), _quantile_bins(self.col_spread, C)
+
+  def round(self, R: int, C: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """One round (rows, then columns); returns the new classes and the estimated bits of the whole array under
+    them (the sampled columns' code length under their context tables, scaled up)."""
+    if R > 1:
+      hist = self._item_hist("rows", cols[::self.col_stride], C)  # [rows, C·A]
+      rows = np.argmin(-(hist.astype(np.float64) @ _context_log_p(hist, rows, R).T), axis=1)
+    hist = self._item_hist("cols", rows[::self.row_stride], R)  # [cols, R·A]
+    cost = -(hist.astype(np.float64) @ _context_log_p(hist, cols, C).T)  # [cols, C]
+    if C > 1:
+      cols = np.argmin(cost, axis=1)
+    return rows, cols, float(cost[np.arange(cols.size), cols].sum()) * self.scale
+
+
+def assign_grids(symbols: np.ndarray, alphabet: int, grids, rounds: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+  """:func:`assign` for several ``(row_classes, col_classes)`` grids, sharing the work that does not depend on the
+  grid (the sampled, bucketed spreads)."""
+  grids = [_check_grid(*g) for g in grids]
+  s = np.asarray(symbols)
+  if s.ndim == 2 and s.size == 0:
+    return [(np.zeros(s.shape[0], np.int64), np.zeros(s.shape[1], np.int64)) for _ in grids]
+  search = _Search(s, alphabet)
+  out = []
+  for R, C in grids:
+    rows, cols = search.start(R, C)
+    for _ in range(rounds):
+      rows, cols, _ = search.round(R, C, rows, cols)
+    out.append((rows.astype(np.int64), cols.astype(np.int64)))
+  return out
+
+
+def choose_grid(symbols: np.ndarray, alphabet: int, grids,
+                rounds: int = 3) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+  """The grid of ``grids`` that looks cheapest after one round of :func:`assign` each, with its classes after
+  ``rounds`` rounds: ``((R, C), row_class, col_class)``.
+
+  A grid's estimate is its sampled code length (bucketed distances from the median, see :func:`assign`) scaled to
+  the whole array, plus ~64 bits per context table and its class maps; only the chosen grid gets the later rounds.
+  The caller still compares the result with one model by real bits.
+  """
+  grids = [_check_grid(*g) for g in grids]
+  s = np.asarray(symbols)
+  if s.ndim != 2 or s.size == 0 or not grids:
+    raise ConfigError(f"coding: choose_grid needs a non-empty 2-D array and at least one grid, got shape {s.shape}")
+  search = _Search(s, alphabet)
+  n_rows, n_cols = s.shape
+  best = None
+  for R, C in grids:
+    rows, cols = search.start(R, C)
+    rows, cols, bits = search.round(R, C, rows, cols)
+    bits += 64 * R * C + n_rows * index_bits(R) + n_cols * index_bits(C)
+    if best is None or bits < best[0]:
+      best = (bits, (R, C), rows, cols)
+  _, (R, C), rows, cols = best
+  for _ in range(rounds - 1):
+    rows, cols, _ = search.round(R, C, rows, cols)
+  return (R, C), rows.astype(np.int64), cols.astype(np.int64)
 
 
 def assign(symbols: np.ndarray, alphabet: int, row_classes: int, col_classes: int,
            rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
   """Row and column classes of a 2-D symbol array (values in ``[0, alphabet)``), chosen to shorten the code.
 
-  Deterministic. Starts from log-quantile bins of each row's and column's mean ``|symbol − median|``, then
+  Deterministic. Starts from log-quantile bins of each row's and column's mean ``|symbol − median|`` (over the
+  sampled columns / rows below), then
   ``rounds`` times moves every row to the row class whose context histograms (given the column classes) code it in
-  the fewest bits, then every column likewise (counting each symbol by its distance from the median, clipped to
-  32 buckets, so the search costs the same for any alphabet). Classes may end up empty.
+  the fewest bits, then every column likewise. The search counts each symbol by its distance from the median,
+  clipped to 32 buckets, and judges rows on at most 512 evenly spaced columns (columns on at most 512 rows), so a
+  round costs about the same for any alphabet and at most ``~512·(rows + cols)`` symbols. Classes may end up empty.
 
   Returns:
     ``(row_class int64[rows], col_class int64[cols])``.
@@ -108,33 +217,7 @@ def assign(symbols: np.ndarray, alphabet: int, row_classes: int, col_classes: in
   Raises:
     ConfigError: a class count outside ``[1, MAX_CLASSES]``, or ``symbols`` not 2-D.
   """
-  for name, k in (("row_classes", row_classes), ("col_classes", col_classes)):
-    if not (isinstance(k, (int, np.integer)) and 1 <= k <= MAX_CLASSES):
-      raise ConfigError(f"coding: {name} must be an int in [1, {MAX_CLASSES}], got {k!r}")
-  s = np.asarray(symbols, dtype=np.int64)
-  if s.ndim != 2:
-    raise ConfigError(f"coding: context classes need a 2-D array, got shape {s.shape}")
-  R, C = int(row_classes), int(col_classes)
-  n_rows, n_cols = s.shape
-  if s.size == 0:
-    return np.zeros(n_rows, np.int64), np.zeros(n_cols, np.int64)
-  spread = np.abs(s - int(np.median(s)))
-  rows, cols = _quantile_bins(spread.mean(axis=1), R), _quantile_bins(spread.mean(axis=0), C)
-  s, alphabet = np.minimum(spread, _BUCKETS - 1), _BUCKETS
-  row_ids, col_ids = np.arange(n_rows), np.arange(n_cols)
-  for _ in range(rounds):
-    if R > 1:
-      logp = _log_tables(s, rows, cols, R, C, alphabet)  # [R, C, A]
-      # hist[i, c, a]: symbols a of row i in column class c; bits[i, r] = −Σ hist · log p[r]
-      hist = np.bincount(((row_ids[:, None] * C + cols[None, :]) * alphabet + s).ravel(),
-                         minlength=n_rows * C * alphabet).reshape(n_rows, C * alphabet)
-      rows = np.argmin(-hist @ logp.reshape(R, C * alphabet).T, axis=1)
-    if C > 1:
-      logp = _log_tables(s, rows, cols, R, C, alphabet)
-      hist = np.bincount(((col_ids[None, :] * R + rows[:, None]) * alphabet + s).ravel(),
-                         minlength=n_cols * R * alphabet).reshape(n_cols, R * alphabet)
-      cols = np.argmin(-hist @ logp.transpose(1, 0, 2).reshape(C, R * alphabet).T, axis=1)
-  return rows.astype(np.int64), cols.astype(np.int64)
+  return assign_grids(symbols, alphabet, [(row_classes, col_classes)], rounds)[0]
 
 
-__all__ = ["MAX_CLASSES", "assign", "index_bits", "map_bytes", "pack", "unpack"]
+__all__ = ["MAX_CLASSES", "assign", "assign_grids", "choose_grid", "index_bits", "map_bytes", "pack", "search_cells", "unpack"]

@@ -14,7 +14,7 @@ A parametric table is 4 bytes of the parameter (``θ``, ``q`` or ``u`` as an uns
 little-endian) plus ``μ`` as a zigzag varint: 5–8 bytes in all. Powers are computed in 32-bit fixed point by
 binary exponentiation on ``uint64`` (``(a·b) >> 32``), which is exact integer arithmetic.
 
-The encoder fits the parameter (moments, then the best of a few scalings by measured information bits); the
+The encoder fits the parameter (moments, then the best of a few scalings by information bits); the
 decoder never fits, it only evaluates the table.
 """
 
@@ -41,19 +41,20 @@ def unzigzag(z: int) -> int:
   return z // 2 if z % 2 == 0 else -(z + 1) // 2
 
 
-def fx_pow(base_fx: int, exponents: np.ndarray) -> np.ndarray:
+def fx_pow(base_fx, exponents: np.ndarray) -> np.ndarray:
   """``base^e`` for a fixed-point ``base = base_fx / 2**32`` (0 < base_fx < 2**32), as uint64 in units of 2**−32.
 
   Exact integer arithmetic: binary exponentiation with ``(a·b) >> 32`` truncation on uint64 (no overflow since
-  both factors are ≤ 2**32 and one is < 2**32).
+  both factors are ≤ 2**32 and one is < 2**32). ``base_fx`` may be an array broadcasting against ``exponents``
+  (e.g. one base per row: shape ``[K, 1]`` against ``[K, A]``); each element gets the same arithmetic as alone.
 
   Example:
     >>> fx_pow(1 << 31, np.array([0, 1, 3])).tolist()  # 0.5 ** [0, 1, 3] in units of 2**-32
     [4294967296, 2147483648, 536870912]
   """
   e = np.asarray(exponents, dtype=np.uint64)
-  res = np.full(e.shape, ONE_FX, dtype=np.uint64)
-  p = np.uint64(base_fx)
+  p = np.asarray(base_fx, dtype=np.uint64)
+  res = np.full(np.broadcast_shapes(e.shape, p.shape), ONE_FX, dtype=np.uint64)
   shift = np.uint64(32)
   n_bits = int(e.max()).bit_length() if e.size else 0
   for b in range(n_bits):
@@ -63,16 +64,22 @@ def fx_pow(base_fx: int, exponents: np.ndarray) -> np.ndarray:
   return res
 
 
-def parametric_counts(kind: str, param_fx: int, mu: int, offset: int, alphabet: int) -> np.ndarray:
-  """Integer counts (int64, < 2**33) of a parametric kind over ``k = offset … offset + alphabet − 1``."""
+def parametric_counts(kind: str, param_fx, mu, offset: int, alphabet: int) -> np.ndarray:
+  """Integer counts (int64, < 2**33) of a parametric kind over ``k = offset … offset + alphabet − 1``.
+
+  ``param_fx`` and ``mu`` may be arrays of shape ``[K]``: then the result is ``[K, alphabet]``, one row per model.
+  """
   k = offset + np.arange(alphabet, dtype=np.int64)
-  d = np.abs(k - mu).astype(np.uint64)
+  many = np.ndim(param_fx) > 0
+  p = np.asarray(param_fx, dtype=np.uint64)[:, None] if many else param_fx
+  m = np.asarray(mu, dtype=np.int64)[:, None] if many else mu
+  d = np.abs(k - m).astype(np.uint64)
   if kind == "laplace":
-    return fx_pow(param_fx, d).astype(np.int64)
+    return fx_pow(p, d).astype(np.int64)
   if kind == "gaussian":
-    return fx_pow(param_fx, d * d).astype(np.int64)
+    return fx_pow(p, d * d).astype(np.int64)
   if kind == "logistic":
-    a = fx_pow(param_fx, d)  # u^|k−μ| ∈ [0, 2**32]
+    a = fx_pow(p, d)  # u^|k−μ| ∈ [0, 2**32]
     quarter = (np.uint64(ONE_FX) + a) >> np.uint64(2)  # (1 + u^d)/4 ∈ [2**30, 2**31] in units of 2**−32
     den = (quarter * quarter) >> np.uint64(32)  # ((1 + u^d)/4)², ∈ [2**28, 2**30]
     return ((a << np.uint64(28)) // den).astype(np.int64)  # u^d / (1 + u^d)² in units of 2**−32
@@ -81,8 +88,13 @@ def parametric_counts(kind: str, param_fx: int, mu: int, offset: int, alphabet: 
 
 def parametric_table(param_fx: int, mu: int) -> np.ndarray:
   """Serializes a parametric model: uint32 LE parameter, then zigzag-varint ``μ``."""
-  return np.concatenate([np.frombuffer(int(param_fx).to_bytes(4, "little"), dtype=np.uint8),
-                         tables.varint_encode(np.array([zigzag(int(mu))]))])
+  z, mu_bytes = zigzag(int(mu)), []
+  while True:  # one LEB128 varint (tables.varint_encode's format, scalar)
+    mu_bytes.append((z & 0x7F) | (0x80 if z >= 0x80 else 0))
+    z >>= 7
+    if not z:
+      break
+  return np.frombuffer(int(param_fx).to_bytes(4, "little") + bytes(mu_bytes), dtype=np.uint8)
 
 
 def parse_parametric_table(table: np.ndarray, what: str = "table") -> tuple[int, int]:
@@ -99,12 +111,36 @@ def parse_parametric_table(table: np.ndarray, what: str = "table") -> tuple[int,
 
 def table_counts(kind: str, table: np.ndarray, offset: int, alphabet: int, what: str = "table") -> np.ndarray:
   """The one decoder of a table of any kind into integer counts over the alphabet."""
-  if kind == "histogram":
-    return tables.varint_decode(table, alphabet, what=what)
-  param_fx, mu = parse_parametric_table(table, what)
-  if abs(mu) > 1 << 40:
-    raise ArtifactError(f"{what}: location {mu} out of range (altered)")
-  return parametric_counts(kind, param_fx, mu, offset, alphabet)
+  return tables_counts([(kind, table)], offset, alphabet, what)[0]
+
+
+def tables_counts(parts, offset: int, alphabet: int, what: str = "table") -> np.ndarray:
+  """:func:`table_counts` of many ``(kind, table)`` parts at once: int64 ``[len(parts), alphabet]``.
+
+  Tables of one kind are decoded together (one varint pass for all histograms, one vectorized power per
+  parametric kind), with the same integer arithmetic as one at a time.
+  """
+  out = np.zeros((len(parts), alphabet), dtype=np.int64)
+  by_kind: dict = {}
+  for i, (kind, _) in enumerate(parts):
+    if kind not in KINDS:
+      raise ArtifactError(f"probability table: unknown kind {kind!r}, expected one of {KINDS}")
+    by_kind.setdefault(kind, []).append(i)
+  for kind, idx in by_kind.items():
+    if kind == "histogram":
+      data = [np.asarray(parts[i][1]) for i in idx]
+      for d in data:  # each must end on a varint boundary: decoded together, a damaged one could borrow bytes
+        if (d.dtype != np.uint8 or d.ndim != 1 or (d.size and d[-1] >= 0x80)
+            or np.count_nonzero(d < 0x80) != alphabet):
+          tables.varint_decode(d, alphabet, what=what)  # raises with the precise reason
+      out[idx] = tables.varint_decode(np.concatenate(data), len(idx) * alphabet, what=what).reshape(len(idx), -1)
+      continue
+    params = [parse_parametric_table(parts[i][1], what) for i in idx]
+    mu = np.array([m for _, m in params], dtype=np.int64)
+    if np.any(np.abs(mu) > 1 << 40):
+      raise ArtifactError(f"{what}: location {int(mu[np.argmax(np.abs(mu))])} out of range (altered)")
+    out[idx] = parametric_counts(kind, np.array([p for p, _ in params], dtype=np.uint64), mu, offset, alphabet)
+  return out
 
 
 def bits_under(hist: np.ndarray, counts: np.ndarray) -> float:
@@ -123,32 +159,64 @@ def fit_table(kind: str, hist: np.ndarray, offset: int, table_bits: int) -> np.n
 
   Parametric kinds: ``μ`` = the median; ``θ = (√(1+m²) − 1)/m`` with ``m = E|k−μ|`` (the two-sided geometric's
   maximum-likelihood estimate), ``q = exp(−1/(2σ²))``, ``u = exp(−π/√(3σ²))``; then the best of
-  ``param ** c`` for ``c`` in :data:`FIT_SCALINGS` by measured information bits.
+  ``param ** c`` for ``c`` in :data:`FIT_SCALINGS` by information bits (ranked in floating point; the exact integer
+  table is then built once for the choice). See :func:`fit_tables` for many histograms at once.
   """
-  hist = np.asarray(hist, dtype=np.int64)
+  tables_, _ = fit_tables(kind, np.asarray(hist, dtype=np.int64)[None], offset, table_bits)
+  return tables_[0]
+
+
+def fit_tables(kind: str, hists: np.ndarray, offset: int, table_bits: int) -> tuple[list[np.ndarray], np.ndarray]:
+  """:func:`fit_table` for each row of ``hists`` (int[K, alphabet]), vectorized over the rows.
+
+  Returns:
+    ``(tables, estimated_bits float64[K])``: the serialized tables and, for each, the information of its histogram
+    under the fitted model in floating point (the coder's integer weights add a little) plus the table's bits. The
+    estimate ranks kinds without building every integer table.
+  """
+  hists = np.asarray(hists, dtype=np.int64)
+  n_ctx, alphabet = hists.shape
+  n = hists.sum(axis=1)
+  log2_floor = -float(tables.PRECISION)  # the coder's floor: one weight in 2**24
   if kind == "histogram":
-    return tables.varint_encode(tables.quantize_histogram(hist, table_bits))
+    limit = 1 << table_bits
+    scaled = (hists * (2 * limit) + n[:, None]) // np.maximum(2 * n[:, None], 1)
+    q = np.where(n[:, None] <= limit, hists, np.where(hists > 0, np.maximum(scaled, 1), 0))
+    with np.errstate(divide="ignore"):
+      log_p = np.maximum(np.log2(q / np.maximum(q.sum(axis=1, keepdims=True), 1)), log2_floor)
+    n_bytes = np.ones_like(q)
+    for b in range(1, tables.MAX_VARINT_BYTES):
+      n_bytes += q >= (1 << (7 * b))
+    info = -np.where(hists > 0, hists * log_p, 0.0).sum(axis=1)
+    ends = np.cumsum(n_bytes.sum(axis=1))
+    return np.split(tables.varint_encode(q), ends[:-1]), info + 8.0 * n_bytes.sum(axis=1)
   if kind not in PARAMETRIC:
     raise ArtifactError(f"probability table: unknown kind {kind!r}, expected one of {KINDS}")
-  n = int(hist.sum())
-  k = offset + np.arange(hist.size, dtype=np.int64)
-  if n == 0:
-    return parametric_table(1 << 31, 0)
-  mu = int(k[np.searchsorted(np.cumsum(hist), (n + 1) // 2)])
-  d = np.abs(k - mu).astype(np.float64)
-  m1 = float(np.sum(hist * d)) / n
-  var = max(float(np.sum(hist * d * d)) / n, 1e-6)
+  k = offset + np.arange(alphabet, dtype=np.int64)
+  half = np.cumsum(hists, axis=1) >= ((n + 1) // 2)[:, None]
+  mu = np.where(n > 0, k[np.argmax(half, axis=1)], 0)
+  d = np.abs(k[None, :] - mu[:, None]).astype(np.float64)  # [K, A]
+  n_safe = np.maximum(n, 1).astype(np.float64)
+  m1 = (hists * d).sum(axis=1) / n_safe
+  var = np.maximum((hists * d * d).sum(axis=1) / n_safe, 1e-6)
   if kind == "laplace":
-    base = (np.sqrt(1 + m1 * m1) - 1) / m1 if m1 > 0 else 1e-6
+    base = np.where(m1 > 0, (np.sqrt(1 + m1 * m1) - 1) / np.where(m1 > 0, m1, 1.0), 1e-6)
   elif kind == "gaussian":
-    base = float(np.exp(-1.0 / (2 * var)))
+    base = np.exp(-1.0 / (2 * var))
   else:
-    base = float(np.exp(-np.pi / np.sqrt(3 * var)))
-  base = min(max(base, 1e-9), 1 - 1e-9)
-  best = None
-  for c in FIT_SCALINGS:
-    param_fx = _to_fx(base ** c)
-    bits = bits_under(hist, parametric_counts(kind, param_fx, mu, offset, hist.size))
-    if best is None or bits < best[0]:
-      best = (bits, param_fx)
-  return parametric_table(best[1], mu)
+    base = np.exp(-np.pi / np.sqrt(3 * var))
+  base = np.where(n > 0, np.clip(base, 1e-9, 1 - 1e-9), 0.5)
+  exponent = d * d if kind == "gaussian" else d
+  bits = np.empty((len(FIT_SCALINGS), n_ctx))
+  for i, c in enumerate(FIT_SCALINGS):  # rank the scalings in floating point; the chosen table stays exact
+    log_c = (c * np.log(base))[:, None] * exponent
+    if kind == "logistic":
+      log_c = log_c - 2.0 * np.log1p(np.exp(log_c))
+    top = log_c.max(axis=1, keepdims=True)
+    log_z = top + np.log(np.exp(log_c - top).sum(axis=1, keepdims=True))
+    log_p = np.maximum((log_c - log_z) / np.log(2.0), log2_floor)
+    bits[i] = -(hists * log_p).sum(axis=1)
+  best = np.argmin(bits, axis=0)
+  out = [parametric_table(_to_fx(float(b) ** FIT_SCALINGS[j]), int(m)) if nk > 0 else parametric_table(1 << 31, 0)
+         for b, j, m, nk in zip(base, best, mu, n)]
+  return out, bits[best, np.arange(n_ctx)] + 8.0 * np.array([t.size for t in out])

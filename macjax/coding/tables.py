@@ -93,7 +93,8 @@ def weights_from_counts(counts: np.ndarray) -> np.ndarray:
 
   With ``n`` symbols, ``F = 2**PRECISION − n`` and ``S = Σ c``: ``w[s] = 1 + ⌊c[s]·F / S⌋``, and the rounding
   remainder ``F − Σ⌊·⌋`` (< n) goes to the first most frequent symbol; ``S = 0`` gives all of ``F`` to symbol 0.
-  So ``w ≥ 1`` (every symbol in range stays codable) and ``Σ w = 2**PRECISION`` exactly.
+  So ``w ≥ 1`` (every symbol in range stays codable) and ``Σ w = 2**PRECISION`` exactly. A 2-D ``counts``
+  (one model per row) gives each row the same arithmetic as alone.
 
   Example:
     >>> w = weights_from_counts(np.array([3, 0, 1]))
@@ -101,13 +102,15 @@ def weights_from_counts(counts: np.ndarray) -> np.ndarray:
     (True, 1)
   """
   c = np.asarray(counts, dtype=np.int64)
-  n = c.size
+  c2 = c.reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1)
+  n = c2.shape[1]
   if not 2 <= n <= MAX_ALPHABET:
     raise ArtifactError(f"probability table: alphabet of {n} symbols, expected 2..{MAX_ALPHABET}")
-  if np.any(c < 0) or np.any(c >= (1 << 36)):
+  if np.any(c2 < 0) or np.any(c2 >= (1 << 36)):
     raise ArtifactError("probability table: counts out of range [0, 2**36) (altered)")
   free = TOTAL - n
-  s = int(c.sum())
-  base = (c * free) // s if s > 0 else np.zeros(n, dtype=np.int64)
-  base[int(np.argmax(c))] += free - int(base.sum())
-  return base + 1
+  s = c2.sum(axis=1, keepdims=True)
+  base = np.where(s > 0, (c2 * free) // np.maximum(s, 1), 0)
+  rows = np.arange(c2.shape[0])
+  base[rows, np.argmax(c2, axis=1)] += free - base.sum(axis=1)
+  return (base + 1).reshape(c.shape)
