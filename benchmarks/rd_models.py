@@ -104,6 +104,11 @@ METHODS = {
     "hadamard+gptq+trellis32+act+model_alloc+ctx": recipe("trellis", gptq="descending",
                                                           options=COLUMNS | {"states": 32}, allocation="model_output",
                                                           transform=HADAMARD, classes="auto"),
+    # ... with the embeddings in float32, as the quoted peers keep them (they quantize the 36 block matrices only)
+    "hadamard+gptq+trellis32+act+model_alloc+ctx+emb32": recipe("trellis", gptq="descending",
+                                                                options=COLUMNS | {"states": 32},
+                                                                allocation="model_output", transform=HADAMARD,
+                                                                classes="auto", embeddings="float32"),
     "gptq+trellis8+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 8},
                                             allocation="model_output"),
     "hadamard+gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output",
