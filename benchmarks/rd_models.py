@@ -164,7 +164,12 @@ NOTES = {
         "formula that ignored the weights' scale under per-row steps, was dropped when that formula was fixed.)",
         "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated).",
         "`+ctx`: coding.classes = auto (row × column context classes, one model each, maps counted); with one step "
-        "per matrix it saves 0.03-0.05 b/w (rows and columns keep unequal spreads in the codes).",
+        "per matrix it saves 0.03-0.05 b/w (rows and columns keep unequal spreads in the codes). The `+ctx` rows "
+        "were re-run with the faster class search of commit 1f6d7d2 (bits within ±0.002 b/w of the earlier search).",
+        "`+emb32` rows keep the word / position / token-type embeddings in float32, as the quoted peers do (DESIGN.md: "
+        "measured on the 36 block matrices only) and the GGUF/RTN rows here do: they are the like-for-like "
+        "comparison. The other pipeline rows also quantize the embeddings (step 0.0625·RMS(row)), which costs "
+        "≈ 0.0005 of cosine at the same block codes (0.9937 vs 0.9942 at step 0.17).",
     ],
     "smollm2-135m": [
         "The reference is the dequantized Q4_1 GGUF (blocks of 32, `w = d*q + m`): GGUF Q4_1 / Q5_1 / Q8_0 (and to a "

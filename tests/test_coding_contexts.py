@@ -144,3 +144,16 @@ def test_assign_grids_shares_work_but_matches_assign():
     np.testing.assert_array_equal(rows, r1)
     np.testing.assert_array_equal(cols, c1)
     assert rows.max() < R and cols.max() < C
+
+
+@pytest.mark.parametrize("case, expect_classes", [("two_way", True), ("iid", False)])
+def test_choose_grid_ranks_by_estimated_bits_and_matches_assign(case, expect_classes):
+  x = _two_way(shape=(256, 600)) if case == "two_way" else _iid(shape=(256, 600))
+  s = x - x.min()
+  grid, rows, cols = contexts.choose_grid(s, int(s.max() + 1), [(1, 1), (4, 4), (8, 8)])
+  assert (grid != (1, 1)) == expect_classes  # maps and tables only pay where spreads differ
+  r1, c1 = contexts.assign(s, int(s.max() + 1), *grid)  # the same rounds from the same start
+  np.testing.assert_array_equal(rows, r1)
+  np.testing.assert_array_equal(cols, c1)
+  with pytest.raises(ConfigError):
+    contexts.choose_grid(np.zeros((0, 4), np.int32), 2, [(2, 2)])
