@@ -133,10 +133,10 @@ class _Search:
     """``[items, n_other·A]``: each row's (``which="rows"``) or column's bucket counts, split by the class of the
     column (row) each symbol sits in; ``other``: those classes on the sampled columns (rows)."""
     b = self.by_rows if which == "rows" else self.by_cols
-    key = (which, n_other)
-    if key not in self._bases:  # item·n_other·A + bucket, fixed for the whole search on this grid side
-      self._bases[key] = np.arange(b.shape[0], dtype=np.int32)[:, None] * np.int32(n_other * _BUCKETS) + b
-    idx = self._bases[key] + (other.astype(np.int32) * _BUCKETS)[None, :]
+    if self._bases.get(which, (None,))[0] != n_other:  # item·n_other·A + bucket, kept while n_other stays
+      base = np.arange(b.shape[0], dtype=np.int32)[:, None] * np.int32(n_other * _BUCKETS) + b
+      self._bases[which] = (n_other, base)
+    idx = self._bases[which][1] + (other.astype(np.int32) * _BUCKETS)[None, :]
     return np.bincount(idx.ravel(), minlength=b.shape[0] * n_other * _BUCKETS).reshape(b.shape[0], -1)
 
   def start(self, R: int, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,4 +220,5 @@ def assign(symbols: np.ndarray, alphabet: int, row_classes: int, col_classes: in
   return assign_grids(symbols, alphabet, [(row_classes, col_classes)], rounds)[0]
 
 
-__all__ = ["MAX_CLASSES", "assign", "assign_grids", "choose_grid", "index_bits", "map_bytes", "pack", "search_cells", "unpack"]
+__all__ = ["MAX_CLASSES", "assign", "assign_grids", "choose_grid", "index_bits", "map_bytes", "pack", "search_cells",
+           "unpack"]
