@@ -142,17 +142,23 @@ class _Search:
   def start(self, R: int, C: int) -> tuple[np.ndarray, np.ndarray]:
     return _quantile_bins(self.row_spread, R), _quantile_bins(self.col_spread, C)
 
-  def round(self, R: int, C: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """One round (rows, then columns); returns the new classes and the estimated bits of the whole array under
-    them (the sampled columns' code length under their context tables, scaled up)."""
+  def bits(self, R: int, C: int, rows: np.ndarray, cols: np.ndarray) -> float:
+    """Estimated bits of the whole array under these classes: the sampled columns' code length under their context
+    tables, scaled up."""
+    hist = self._item_hist("cols", rows[::self.row_stride], R)  # [cols, R·A]
+    cost = -(hist.astype(np.float64) @ _context_log_p(hist, cols, C).T)  # [cols, C]
+    return float(cost[np.arange(cols.size), cols].sum()) * self.scale
+
+  def round(self, R: int, C: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One round: every row, then every column, moves to the class whose context tables code it in the fewest
+    bits."""
     if R > 1:
       hist = self._item_hist("rows", cols[::self.col_stride], C)  # [rows, C·A]
       rows = np.argmin(-(hist.astype(np.float64) @ _context_log_p(hist, rows, R).T), axis=1)
-    hist = self._item_hist("cols", rows[::self.row_stride], R)  # [cols, R·A]
-    cost = -(hist.astype(np.float64) @ _context_log_p(hist, cols, C).T)  # [cols, C]
     if C > 1:
-      cols = np.argmin(cost, axis=1)
-    return rows, cols, float(cost[np.arange(cols.size), cols].sum()) * self.scale
+      hist = self._item_hist("cols", rows[::self.row_stride], R)  # [cols, R·A]
+      cols = np.argmin(-(hist.astype(np.float64) @ _context_log_p(hist, cols, C).T), axis=1)
+    return rows, cols
 
 
 def assign_grids(symbols: np.ndarray, alphabet: int, grids, rounds: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -167,19 +173,20 @@ def assign_grids(symbols: np.ndarray, alphabet: int, grids, rounds: int = 3) -> 
   for R, C in grids:
     rows, cols = search.start(R, C)
     for _ in range(rounds):
-      rows, cols, _ = search.round(R, C, rows, cols)
+      rows, cols = search.round(R, C, rows, cols)
     out.append((rows.astype(np.int64), cols.astype(np.int64)))
   return out
 
 
 def choose_grid(symbols: np.ndarray, alphabet: int, grids,
                 rounds: int = 3) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
-  """The grid of ``grids`` that looks cheapest after one round of :func:`assign` each, with its classes after
-  ``rounds`` rounds: ``((R, C), row_class, col_class)``.
+  """The grid of ``grids`` that looks cheapest from its starting classes, with its classes after ``rounds`` rounds
+  of :func:`assign`: ``((R, C), row_class, col_class)``.
 
-  A grid's estimate is its sampled code length (bucketed distances from the median, see :func:`assign`) scaled to
-  the whole array, plus ~64 bits per context table and its class maps; only the chosen grid gets the later rounds.
-  The caller still compares the result with one model by real bits.
+  A grid's estimate is the code length of the sampled symbols (bucketed distances from the median, see
+  :func:`assign`) under its starting classes' context tables, scaled to the whole array, plus ~64 bits per context
+  table and its class maps; only the chosen grid is refined. The caller still compares the result with one model by
+  real bits.
   """
   grids = [_check_grid(*g) for g in grids]
   s = np.asarray(symbols)
@@ -190,13 +197,12 @@ def choose_grid(symbols: np.ndarray, alphabet: int, grids,
   best = None
   for R, C in grids:
     rows, cols = search.start(R, C)
-    rows, cols, bits = search.round(R, C, rows, cols)
-    bits += 64 * R * C + n_rows * index_bits(R) + n_cols * index_bits(C)
+    bits = search.bits(R, C, rows, cols) + 64 * R * C + n_rows * index_bits(R) + n_cols * index_bits(C)
     if best is None or bits < best[0]:
       best = (bits, (R, C), rows, cols)
   _, (R, C), rows, cols = best
-  for _ in range(rounds - 1):
-    rows, cols, _ = search.round(R, C, rows, cols)
+  for _ in range(rounds):
+    rows, cols = search.round(R, C, rows, cols)
   return (R, C), rows.astype(np.int64), cols.astype(np.int64)
 
 
