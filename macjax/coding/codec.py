@@ -309,13 +309,15 @@ class _Grid(NamedTuple):
   hists: np.ndarray  # int64[R·C, alphabet]
 
 
-def _grid(sym: np.ndarray, header: dict, grid: tuple[int, int] | None, candidates=AUTO_CLASSES) -> _Grid:
-  """The classed layout of ``grid``, or of the best-looking of ``candidates`` when ``grid`` is None."""
+def _grid(sym: np.ndarray, header: dict, grid: tuple[int, int] | None, candidates=AUTO_CLASSES,
+          counts: np.ndarray | None = None) -> _Grid:
+  """The classed layout of ``grid``, or of the best-looking of ``candidates`` when ``grid`` is None (``counts``: the
+  symbols' histogram)."""
   n_rows, n_cols = _matrix_shape(header)
   alphabet = header["alphabet"]
   s = sym.reshape(n_rows, n_cols)
   if grid is None:
-    grid, rows, cols = contexts.choose_grid(s, alphabet, candidates)
+    grid, rows, cols = contexts.choose_grid(s, alphabet, candidates, counts=counts)
   else:
     rows, cols = contexts.assign(s, alphabet, *grid)
   R, C = grid
@@ -434,7 +436,7 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
         raise ConfigError(f"coding: classes {classes} on codes of shape {arr.shape} with {alphabet} symbols needs "
                           f"more than {_MAX_ASSIGN_CELLS} histogram cells; use fewer classes or a coarser quantizer")
       if grids:  # the best-looking grid gets real tables; "auto" keeps it only if it beats one model
-        g = _grid(sym, header, None, grids) if classes == "auto" else _grid(sym, header, grids[0])
+        g = _grid(sym, header, None, grids, hist) if classes == "auto" else _grid(sym, header, grids[0])
         classed = dict(header, model="classed", row_classes=int(g.grid[0]), col_classes=int(g.grid[1]))
         t = _classed_table(g, classed, model)
         w = model_weights(CodedTensor(np.zeros(0, np.uint32), t, classed))

@@ -112,20 +112,22 @@ class _Search:
   """The class search's data, shared by every grid: each row's symbols on the sampled columns and each column's on
   the sampled rows, as clipped distances from the median."""
 
-  def __init__(self, symbols: np.ndarray, alphabet: int):
+  def __init__(self, symbols: np.ndarray, alphabet: int, counts: np.ndarray | None = None):
     s = np.asarray(symbols)
     if s.ndim != 2:
       raise ConfigError(f"coding: context classes need a 2-D array, got shape {s.shape}")
     self.shape = s.shape
     n_rows, n_cols = s.shape
-    counts = np.bincount(s.ravel(), minlength=alphabet)
+    counts = np.bincount(s.ravel(), minlength=alphabet) if counts is None else np.asarray(counts)
     median = np.int32(np.searchsorted(np.cumsum(counts), (s.size + 1) // 2))  # the lower median
     self.col_stride, self.row_stride = -(-n_cols // _SAMPLE), -(-n_rows // _SAMPLE)
-    by_rows = np.abs(s[:, ::self.col_stride].astype(np.int32) - median)  # rows are judged on these columns
-    by_cols = np.abs(s[::self.row_stride].T.astype(np.int32) - median)  # columns on these rows
+    by_rows = np.subtract(s[:, ::self.col_stride], median, dtype=np.int32)  # rows are judged on these columns
+    by_cols = np.subtract(np.ascontiguousarray(s[::self.row_stride].T), median, dtype=np.int32)  # columns on these rows
+    for b in (by_rows, by_cols):
+      np.abs(b, out=b)
     self.row_spread, self.col_spread = by_rows.mean(axis=1), by_cols.mean(axis=1)
-    self.by_rows = np.ascontiguousarray(np.minimum(by_rows, _BUCKETS - 1))
-    self.by_cols = np.ascontiguousarray(np.minimum(by_cols, _BUCKETS - 1))
+    self.by_rows = np.minimum(by_rows, _BUCKETS - 1, out=by_rows)
+    self.by_cols = np.minimum(by_cols, _BUCKETS - 1, out=by_cols)
     self.scale = s.size / max(self.by_cols.size, 1)  # sampled symbols -> all symbols
     self._bases: dict = {}
 
@@ -178,21 +180,21 @@ def assign_grids(symbols: np.ndarray, alphabet: int, grids, rounds: int = 3) -> 
   return out
 
 
-def choose_grid(symbols: np.ndarray, alphabet: int, grids,
-                rounds: int = 3) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+def choose_grid(symbols: np.ndarray, alphabet: int, grids, rounds: int = 3,
+                counts: np.ndarray | None = None) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
   """The grid of ``grids`` that looks cheapest from its starting classes, with its classes after ``rounds`` rounds
   of :func:`assign`: ``((R, C), row_class, col_class)``.
 
   A grid's estimate is the code length of the sampled symbols (bucketed distances from the median, see
   :func:`assign`) under its starting classes' context tables, scaled to the whole array, plus ~64 bits per context
   table and its class maps; only the chosen grid is refined. The caller still compares the result with one model by
-  real bits.
+  real bits. ``counts``: the symbols' histogram, if the caller has it (saves a pass).
   """
   grids = [_check_grid(*g) for g in grids]
   s = np.asarray(symbols)
   if s.ndim != 2 or s.size == 0 or not grids:
     raise ConfigError(f"coding: choose_grid needs a non-empty 2-D array and at least one grid, got shape {s.shape}")
-  search = _Search(s, alphabet)
+  search = _Search(s, alphabet, counts)
   n_rows, n_cols = s.shape
   best = None
   for R, C in grids:
