@@ -370,8 +370,8 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
   With ``classes = (R, C)``, the tensor viewed as ``[shape[0], −1]`` has its rows sorted into ``R`` classes and its
   columns into ``C`` (chosen by the encoder, :func:`macjax.coding.contexts.assign`; the maps are stored) and each
   context (row class, column class) gets its own model: for matrices whose rows and columns have unequal spreads.
-  ``classes = "auto"`` ranks the grids of :data:`AUTO_CLASSES` after one round of the class search
-  (:func:`macjax.coding.contexts.choose_grid`), finishes the search for the best-looking one, and keeps it only if
+  ``classes = "auto"`` ranks the grids of :data:`AUTO_CLASSES` by the estimated bits of their starting classes
+  (:func:`macjax.coding.contexts.choose_grid`), runs the class search for the best-looking one, and keeps it only if
   its information under the stored models + tables + maps is below one model's (the coder adds only a few words).
   With ``auto`` and classes or row groups, each context's (group's) kind is chosen by estimated bits
   (:func:`macjax.coding.models.fit_tables`); with one model, by measured bits.
