@@ -321,9 +321,8 @@ def _grid(sym: np.ndarray, header: dict, grid: tuple[int, int] | None, candidate
   else:
     rows, cols = contexts.assign(s, alphabet, *grid)
   R, C = grid
-  # int32 is exact: R·C·alphabet <= _MAX_ASSIGN_CELLS
-  ctx = rows.astype(np.int32)[:, None] * np.int32(C * alphabet) + cols.astype(np.int32)[None, :] * np.int32(alphabet)
-  hists = np.bincount(ctx.ravel() + sym, minlength=R * C * alphabet).reshape(R * C, alphabet)
+  ctx = rows.astype(np.intp)[:, None] * (C * alphabet) + cols.astype(np.intp)[None, :] * alphabet  # bincount's type
+  hists = np.bincount((ctx + s).ravel(), minlength=R * C * alphabet).reshape(R * C, alphabet)
   return _Grid((R, C), np.concatenate([contexts.pack(rows, R), contexts.pack(cols, C)]), hists)
 
 

@@ -136,9 +136,9 @@ class _Search:
     column (row) each symbol sits in; ``other``: those classes on the sampled columns (rows)."""
     b = self.by_rows if which == "rows" else self.by_cols
     if self._bases.get(which, (None,))[0] != n_other:  # item·n_other·A + bucket, kept while n_other stays
-      base = np.arange(b.shape[0], dtype=np.int32)[:, None] * np.int32(n_other * _BUCKETS) + b
+      base = np.arange(b.shape[0], dtype=np.intp)[:, None] * (n_other * _BUCKETS) + b  # intp: bincount's own type
       self._bases[which] = (n_other, base)
-    idx = self._bases[which][1] + (other.astype(np.int32) * _BUCKETS)[None, :]
+    idx = self._bases[which][1] + (other.astype(np.intp) * _BUCKETS)[None, :]
     return np.bincount(idx.ravel(), minlength=b.shape[0] * n_other * _BUCKETS).reshape(b.shape[0], -1)
 
   def start(self, R: int, C: int) -> tuple[np.ndarray, np.ndarray]:
