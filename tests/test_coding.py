@@ -134,6 +134,21 @@ def test_table_is_compact():
 def test_varint_round_trip(values):
   v = np.array(values, np.int64)
   np.testing.assert_array_equal(tables.varint_decode(tables.varint_encode(v), v.size), v)
+  # the byte counts and the scalar encoder agree with the vectorized encoder, value by value
+  lengths = [tables.varint_encode(v[i:i + 1]).size for i in range(v.size)]
+  np.testing.assert_array_equal(tables.varint_lengths(v), lengths)
+  assert b"".join(tables.varint_bytes(int(x)) for x in v) == tables.varint_encode(v).tobytes()
+
+
+def test_quantize_histogram_scales_rows_as_alone():
+  rng = np.random.default_rng(0)
+  hists = np.stack([rng.integers(0, 50, 30) * (rng.random(30) < 0.7) for _ in range(4)])
+  hists[1] *= 1000  # one row above 2**table_bits, the others below
+  q = tables.quantize_histogram(hists, 12)
+  for h, row in zip(hists, q):
+    np.testing.assert_array_equal(tables.quantize_histogram(h, 12), row)
+    assert np.all((row > 0) == (h > 0))
+  assert q[1].sum() <= 2 ** 12 + 30 and np.array_equal(q[0], hists[0])
 
 
 def _coded(kind="laplace"):

@@ -141,6 +141,7 @@ class _Classes(NamedTuple):
   rows: np.ndarray  # int64[rows]
   cols: np.ndarray  # int64[cols]
   contexts: list[tuple[int, int]]  # non-empty (r, c), coding order
+  sizes: list[int]  # symbols of each of those contexts
   tables_at: int
 
 
@@ -158,7 +159,7 @@ def _classes(header: dict, table: np.ndarray) -> _Classes:
   cols = contexts.unpack(t[a:a + b], n_cols, C, "coded tensor column classes")
   used_r, used_c = np.bincount(rows, minlength=R), np.bincount(cols, minlength=C)
   ctx = [(r, c) for r in range(R) for c in range(C) if used_r[r] and used_c[c]]
-  return _Classes(rows, cols, ctx, a + b)
+  return _Classes(rows, cols, ctx, [int(used_r[r] * used_c[c]) for r, c in ctx], a + b)
 
 
 def _order(cls: _Classes) -> np.ndarray:
@@ -180,10 +181,7 @@ def _segments(header: dict, table: np.ndarray | None = None) -> list[int]:
   if header["model"] == "raw":
     return [n * RAW_CHUNKS]
   if header["model"] == "classed":
-    cls = _classes(header, table)
-    used_r, used_c = np.bincount(cls.rows, minlength=header["row_classes"]), np.bincount(
-        cls.cols, minlength=header["col_classes"])
-    return [int(used_r[r] * used_c[c]) for r, c in cls.contexts]
+    return _classes(header, table).sizes
   if header["model"] != "grouped":
     return [n]
   rows, gr = shape[0], header["group_rows"]
@@ -282,9 +280,7 @@ def _choose_table(model: str, hist: np.ndarray, offset: int, table_bits: int) ->
   if len(kinds) == 1:
     return kinds[0], fitted[0]
   w = tables.weights_from_counts(models.tables_counts(list(zip(kinds, fitted)), offset, hist.size))
-  used = hist > 0
-  bits = (hist[used] * (tables.PRECISION - np.log2(w[:, used].astype(np.float64)))).sum(axis=1)
-  best = int(np.argmin(bits + 8 * np.array([t.size for t in fitted])))
+  best = int(np.argmin(models.information(hist, w) + 8 * np.array([t.size for t in fitted])))
   return kinds[best], fitted[best]
 
 
@@ -331,12 +327,6 @@ def _classed_table(g: _Grid, header: dict, model: str) -> np.ndarray:
   used = g.hists[g.hists.sum(axis=1) > 0]
   chosen = _choose_tables(model, used, header["offset"], header["table_bits"]) if used.size else []
   return np.concatenate([g.head] + [_frame(kind, t) for kind, t in chosen])
-
-
-def _information_of(hists: np.ndarray, weights: np.ndarray) -> float:
-  """``Σ hist·(24 − log2 w)`` over segments: the information the coder's weights give the histograms."""
-  used = hists > 0
-  return float(np.sum(hists[used] * (tables.PRECISION - np.log2(weights[used].astype(np.float64)))))
 
 
 def _check_classes(classes, model: str, group_rows, ndim: int) -> None:
@@ -439,7 +429,7 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
         classed = dict(header, model="classed", row_classes=int(g.grid[0]), col_classes=int(g.grid[1]))
         t = _classed_table(g, classed, model)
         w = model_weights(CodedTensor(np.zeros(0, np.uint32), t, classed))
-        bits = _information_of(g.hists[g.hists.sum(axis=1) > 0], w) + 8 * t.size
+        bits = float(models.information(g.hists[g.hists.sum(axis=1) > 0], w).sum()) + 8 * t.size
         if classes != "auto" or bits < _table_bits(header["model"], table, hist, lo):
           header, table, weights = classed, t, w
     else:

@@ -88,13 +88,7 @@ def parametric_counts(kind: str, param_fx, mu, offset: int, alphabet: int) -> np
 
 def parametric_table(param_fx: int, mu: int) -> np.ndarray:
   """Serializes a parametric model: uint32 LE parameter, then zigzag-varint ``μ``."""
-  z, mu_bytes = zigzag(int(mu)), []
-  while True:  # one LEB128 varint (tables.varint_encode's format, scalar)
-    mu_bytes.append((z & 0x7F) | (0x80 if z >= 0x80 else 0))
-    z >>= 7
-    if not z:
-      break
-  return np.frombuffer(int(param_fx).to_bytes(4, "little") + bytes(mu_bytes), dtype=np.uint8)
+  return np.frombuffer(int(param_fx).to_bytes(4, "little") + tables.varint_bytes(zigzag(int(mu))), dtype=np.uint8)
 
 
 def parse_parametric_table(table: np.ndarray, what: str = "table") -> tuple[int, int]:
@@ -143,11 +137,17 @@ def tables_counts(parts, offset: int, alphabet: int, what: str = "table") -> np.
   return out
 
 
+def information(hists: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """``Σ_s hist[s]·(24 − log2 w[s])`` along the last axis: the information the coder's integer weights give each
+  histogram (float64, one per row; broadcasting allowed)."""
+  h, w = np.broadcast_arrays(np.asarray(hists), np.asarray(weights))
+  bits = np.where(h > 0, tables.PRECISION - np.log2(np.maximum(w, 1).astype(np.float64)), 0.0)
+  return (h * bits).sum(axis=-1)
+
+
 def bits_under(hist: np.ndarray, counts: np.ndarray) -> float:
-  """``Σ_s hist[s]·(24 − log2 w[s])`` with ``w = weights_from_counts(counts)``: the information a table gives."""
-  w = tables.weights_from_counts(counts)
-  used = hist > 0
-  return float(np.sum(hist[used] * (tables.PRECISION - np.log2(w[used].astype(np.float64)))))
+  """:func:`information` of ``hist`` under the table whose integer counts are ``counts``."""
+  return float(information(hist, tables.weights_from_counts(counts)))
 
 
 def _to_fx(x: float) -> int:
@@ -179,17 +179,12 @@ def fit_tables(kind: str, hists: np.ndarray, offset: int, table_bits: int) -> tu
   n = hists.sum(axis=1)
   log2_floor = -float(tables.PRECISION)  # the coder's floor: one weight in 2**24
   if kind == "histogram":
-    limit = 1 << table_bits
-    scaled = (hists * (2 * limit) + n[:, None]) // np.maximum(2 * n[:, None], 1)
-    q = np.where(n[:, None] <= limit, hists, np.where(hists > 0, np.maximum(scaled, 1), 0))
+    q = tables.quantize_histogram(hists, table_bits)
     with np.errstate(divide="ignore"):
       log_p = np.maximum(np.log2(q / np.maximum(q.sum(axis=1, keepdims=True), 1)), log2_floor)
-    n_bytes = np.ones_like(q)
-    for b in range(1, tables.MAX_VARINT_BYTES):
-      n_bytes += q >= (1 << (7 * b))
     info = -np.where(hists > 0, hists * log_p, 0.0).sum(axis=1)
-    ends = np.cumsum(n_bytes.sum(axis=1))
-    return np.split(tables.varint_encode(q), ends[:-1]), info + 8.0 * n_bytes.sum(axis=1)
+    n_bytes = tables.varint_lengths(q).sum(axis=1)
+    return np.split(tables.varint_encode(q), np.cumsum(n_bytes)[:-1]), info + 8.0 * n_bytes
   if kind not in PARAMETRIC:
     raise ArtifactError(f"probability table: unknown kind {kind!r}, expected one of {KINDS}")
   k = offset + np.arange(alphabet, dtype=np.int64)

@@ -26,6 +26,16 @@ MAX_ALPHABET = 1 << 20
 MAX_VARINT_BYTES = 5  # a uint32 count
 
 
+def varint_lengths(values: np.ndarray) -> np.ndarray:
+  """Bytes of each value's unsigned LEB128 varint (int64, same shape): 1 + the number of 7-bit groups above the
+  first."""
+  v = np.asarray(values, dtype=np.uint64)
+  n_bytes = np.ones(v.shape, dtype=np.int64)
+  for k in range(1, MAX_VARINT_BYTES):
+    n_bytes += v >= (np.uint64(1) << np.uint64(7 * k))
+  return n_bytes
+
+
 def varint_encode(values: np.ndarray) -> np.ndarray:
   """Unsigned LEB128 of non-negative ints < 2**35, vectorized: returns uint8[Σ bytes].
 
@@ -34,9 +44,7 @@ def varint_encode(values: np.ndarray) -> np.ndarray:
     [0, 1, 172, 2]
   """
   v = np.asarray(values, dtype=np.uint64).ravel()
-  n_bytes = np.ones(v.shape, dtype=np.int64)
-  for k in range(1, MAX_VARINT_BYTES):
-    n_bytes += v >= (np.uint64(1) << np.uint64(7 * k))
+  n_bytes = varint_lengths(v)
   ends = np.cumsum(n_bytes)
   out = np.empty(int(ends[-1]) if v.size else 0, dtype=np.uint8)
   starts = ends - n_bytes
@@ -46,6 +54,21 @@ def varint_encode(values: np.ndarray) -> np.ndarray:
     more = (n_bytes[sel] > k + 1).astype(np.uint64) << np.uint64(7)
     out[starts[sel] + k] = (byte | more).astype(np.uint8)
   return out
+
+
+def varint_bytes(value: int) -> bytes:
+  """:func:`varint_encode` of one int, without numpy (for the few-byte tables built once per context).
+
+  Example:
+    >>> list(varint_bytes(300))
+    [172, 2]
+  """
+  v, out = int(value), []
+  while True:
+    out.append((v & 0x7F) | (0x80 if v >= 0x80 else 0))
+    v >>= 7
+    if not v:
+      return bytes(out)
 
 
 def varint_decode(data: np.ndarray, count: int, *, what: str = "table") -> np.ndarray:
@@ -77,15 +100,14 @@ def varint_decode(data: np.ndarray, count: int, *, what: str = "table") -> np.nd
 def quantize_histogram(hist: np.ndarray, table_bits: int) -> np.ndarray:
   """Scales a histogram to total ≈ ``2**table_bits`` (exact when it is already smaller); observed symbols stay ≥ 1.
 
-  ``c[s] = max(1, round(h[s] · 2**table_bits / N))`` for ``h[s] > 0``, else 0, where ``N = Σ h``.
+  ``c[s] = max(1, round(h[s] · 2**table_bits / N))`` for ``h[s] > 0``, else 0, where ``N = Σ h``. A 2-D ``hist``
+  is scaled row by row.
   """
   hist = np.asarray(hist, dtype=np.int64)
-  n = int(hist.sum())
+  n = hist.sum(axis=-1, keepdims=True)
   limit = 1 << table_bits
-  if n <= limit:
-    return hist
-  scaled = (hist * (2 * limit) + n) // (2 * n)
-  return np.where(hist > 0, np.maximum(scaled, 1), 0)
+  scaled = (hist * (2 * limit) + n) // np.maximum(2 * n, 1)
+  return np.where(n <= limit, hist, np.where(hist > 0, np.maximum(scaled, 1), 0))
 
 
 def weights_from_counts(counts: np.ndarray) -> np.ndarray:
