@@ -79,6 +79,30 @@ def bare_constriction(coded) -> tuple:
   return enc, lambda: constriction.stream.stack.AnsCoder(words).decode(model, symbols.size)
 
 
+def measure(source: str, arrays: list[np.ndarray], model: str, group_rows, classes, repeats: int) -> dict:
+  """One table row: ``arrays`` coded one call each (checked bit-exact), timed together, best of ``repeats``."""
+  n = sum(x.size for x in arrays)
+  kwargs = {"model": model, "group_rows": group_rows, "classes": classes}
+  coded = [encode(x, **kwargs) for x in arrays]
+  assert all(np.array_equal(decode(k), x) for k, x in zip(coded, arrays))
+  t_enc = best_time(lambda: [encode(x, **kwargs) for x in arrays], repeats)
+  t_dec = best_time(lambda: [decode(k) for k in coded], repeats)
+  bits = [coded_bits(k) for k in coded]
+  row = {}
+  if all(k.header["model"] not in ("grouped", "classed") for k in coded):  # one stored model each: a baseline
+    bare = [bare_constriction(k) for k in coded]
+    row = {"constriction_encode_msym_s": n / best_time(lambda: [e() for e, _ in bare], repeats) / 1e6,
+           "constriction_decode_msym_s": n / best_time(lambda: [d() for _, d in bare], repeats) / 1e6}
+  stored = sorted({k.header["model"] + (f" {k.header['row_classes']}x{k.header['col_classes']}"
+                                        if k.header["model"] == "classed" else "") for k in coded})
+  return row | {
+      "source": source, "model": model, "group_rows": group_rows, "classes": classes,
+      "stored_model": " / ".join(stored), "symbols": int(n),
+      "bits_per_symbol": sum(b["total"] for b in bits) / n, "table_bits_per_symbol": sum(b["table"] for b in bits) / n,
+      "encode_msym_s": n / t_enc / 1e6, "decode_msym_s": n / t_dec / 1e6,
+  }
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--symbols", type=int, default=4_000_000)
@@ -88,49 +112,11 @@ def main(argv=None) -> None:
 
   configs = [("histogram", None, None), ("laplace", None, None), ("auto", None, None), ("auto", 64, None),
              ("auto", None, "auto")]
-  rows = []
-  for name, x in sources(args.symbols).items():
-    for model, group_rows, classes in configs:
-      coded = encode(x, model=model, group_rows=group_rows, classes=classes)
-      assert np.array_equal(decode(coded), x)
-      t_enc = best_time(lambda: encode(x, model=model, group_rows=group_rows, classes=classes), args.repeats)
-      t_dec = best_time(lambda: decode(coded), args.repeats)
-      bits = coded_bits(coded)
-      base = {}
-      if coded.header["model"] not in ("grouped", "classed"):
-        b_enc, b_dec = bare_constriction(coded)
-        base = {"constriction_encode_msym_s": x.size / best_time(b_enc, args.repeats) / 1e6,
-                "constriction_decode_msym_s": x.size / best_time(b_dec, args.repeats) / 1e6}
-      rows.append(base | {
-          "source": name, "model": model, "group_rows": group_rows, "classes": classes,
-          "stored_model": coded.header["model"] + (f" {coded.header['row_classes']}x{coded.header['col_classes']}"
-                                                   if coded.header["model"] == "classed" else ""),
-          "symbols": int(x.size), "bits_per_symbol": bits["total"] / x.size,
-          "table_bits_per_symbol": bits["table"] / x.size,
-          "encode_msym_s": x.size / t_enc / 1e6, "decode_msym_s": x.size / t_dec / 1e6,
-      })
+  rows = [measure(name, [x], model, group_rows, classes, args.repeats)
+          for name, x in sources(args.symbols).items() for model, group_rows, classes in configs]
   codes = minilm_codes()
-  n_real = sum(c.size for c in codes)
-  for model, group_rows, classes in (("auto", None, None), ("auto", None, "auto")):
-    coded = [encode(c, model=model, classes=classes) for c in codes]
-    assert all(np.array_equal(decode(k), c) for k, c in zip(coded, codes))
-    t_enc = best_time(lambda: [encode(c, model=model, classes=classes) for c in codes], args.repeats)
-    t_dec = best_time(lambda: [decode(k) for k in coded], args.repeats)
-    bits = [coded_bits(k) for k in coded]
-    base = {}
-    if classes is None:
-      bare = [bare_constriction(k) for k in coded]
-      base = {"constriction_encode_msym_s": n_real / best_time(lambda: [e() for e, _ in bare], args.repeats) / 1e6,
-              "constriction_decode_msym_s": n_real / best_time(lambda: [d() for _, d in bare], args.repeats) / 1e6}
-    stored = sorted({k.header["model"] + (f" {k.header['row_classes']}x{k.header['col_classes']}"
-                                          if k.header["model"] == "classed" else "") for k in coded})
-    rows.append(base | {
-        "source": f"MiniLM trellis codes ({len(codes)} matrices)", "model": model, "group_rows": group_rows,
-        "classes": classes, "stored_model": " / ".join(stored), "symbols": int(n_real),
-        "bits_per_symbol": sum(b["total"] for b in bits) / n_real,
-        "table_bits_per_symbol": sum(b["table"] for b in bits) / n_real,
-        "encode_msym_s": n_real / t_enc / 1e6, "decode_msym_s": n_real / t_dec / 1e6,
-    })
+  rows += [measure(f"MiniLM trellis codes ({len(codes)} matrices)", codes, "auto", None, classes, args.repeats)
+           for classes in (None, "auto")]
   lines = ["| source | model | groups / classes | bits/symbol (table) | encode M sym/s (bare constriction) | "
            "decode M sym/s (bare constriction) |", "|---|---|---|---|---|---|"]
   for r in rows:
