@@ -11,7 +11,7 @@ Dependence between weights beyond their spreads (low rank, shared structure acro
 
 ``h`` is estimated by a fine histogram, ``h ≈ H(round(x/δ)) + log2 δ`` with ``δ = σ/64``
 (:func:`macjax.diagnose.stats.code_entropy` at ``step_rel = 1/64``; plug-in, so biased slightly low on small
-matrices: the bound stays a lower bound). References points: uniform scalar quantization
+matrices: the bound stays a lower bound). Reference points: uniform scalar quantization
 with ideal entropy coding sits ``≈ 0.254`` bit above the bound at high rate (``½·log2(πe/6)``); a trellis
 (4–32 states) recovers 1.0–1.2 dB of it (≈ 0.17–0.2 bit).
 
