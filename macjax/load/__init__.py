@@ -10,8 +10,9 @@ Example:
 from __future__ import annotations
 
 from macjax.load.layout import FAMILIES, MATRIX_ROLES, MatrixInfo, Model, ModelLayout
-from macjax.load.loader import check_finite, check_params, load_model
+from macjax.load.lazy import LazyTensors
+from macjax.load.loader import check_finite, check_params, load_model, open_model
 from macjax.load.registry import MODEL_ALIASES
 
-__all__ = ["FAMILIES", "MATRIX_ROLES", "MODEL_ALIASES", "MatrixInfo", "Model", "ModelLayout", "check_finite",
-           "check_params", "load_model"]
+__all__ = ["FAMILIES", "MATRIX_ROLES", "MODEL_ALIASES", "LazyTensors", "MatrixInfo", "Model", "ModelLayout",
+           "check_finite", "check_params", "load_model", "open_model"]

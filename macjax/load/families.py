@@ -23,6 +23,7 @@ from typing import Mapping
 import numpy as np
 
 from macjax.errors import ModelLoadError, ShapeError
+from macjax.load.lazy import shape_of
 from macjax.load.layout import MATRIX_ROLES, MatrixInfo, ModelLayout
 
 # model_type in config.json -> family name of ModelLayout.
@@ -243,17 +244,17 @@ def check_tensors(params: Mapping[str, np.ndarray], spec: FamilySpec, where: str
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     raise ModelLoadError(f"{where}: missing {len(missing)} tensor(s) that a {spec.family} model with this config "
                          f"needs: {shown}")
-  for name, array in params.items():
+  for name in params:
     expected = spec.expected_shape(name)
+    shape = shape_of(params, name)  # (from the file header when params are lazy: nothing is read)
     if expected is None:
       if spec.is_base(name) and not spec.is_buffer(name):
-        raise ModelLoadError(f"{where}: unexpected tensor {name!r} with shape {tuple(np.shape(array))} in a "
+        raise ModelLoadError(f"{where}: unexpected tensor {name!r} with shape {shape} in a "
                              f"{spec.family} checkpoint; it is not part of the {spec.family} model this config "
                              "describes")
       continue
-    if tuple(np.shape(array)) != tuple(expected):
-      raise ShapeError(f"{where}: tensor {name!r} has shape {tuple(np.shape(array))}; the config implies "
-                       f"{tuple(expected)}")
+    if shape != tuple(expected):
+      raise ShapeError(f"{where}: tensor {name!r} has shape {shape}; the config implies {tuple(expected)}")
 
 
 def build_layout(spec: FamilySpec, config: Mapping[str, object]) -> ModelLayout:

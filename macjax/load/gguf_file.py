@@ -1,6 +1,7 @@
 """Read a GGUF file of architecture ``llama`` into Hugging Face ``LlamaForCausalLM`` names, layout and config.
 
-Every tensor is dequantized to float32 with ``gguf.quants.dequantize``. GGUF lists shapes innermost-first
+Every tensor is dequantized to float32 with ``gguf.quants.dequantize`` when it is accessed (the file is
+memory-mapped by ``gguf.GGUFReader``; nothing is read up front but the header). GGUF lists shapes innermost-first
 (``[in, out]``); the dequantized numpy array is ``(out, in)``, the Hugging Face layout, and that is checked.
 llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` (rotary pairs interleaved per head); the inverse,
 with ``n = head_count`` for q and ``head_count_kv`` for k, is
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 import types
@@ -24,6 +26,7 @@ import numpy as np
 
 from macjax.errors import ModelLoadError, ShapeError
 from macjax.load.gguf_tokenizer import tokenizer_files_from_gguf
+from macjax.load.lazy import LazyTensors
 from macjax.load.raw import RawCheckpoint
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -171,7 +174,9 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
   """Read a llama GGUF file: dequantized float32 weights in HF names/layout, HF config, tokenizer files.
 
   Returns:
-    A :class:`RawCheckpoint`; ``source_dtypes`` holds each tensor's GGUF type (``"Q4_1"``, ``"Q8_0"``, ``"F32"``).
+    A :class:`RawCheckpoint` whose params are a :class:`~macjax.load.lazy.LazyTensors` over the file's map (each
+    tensor dequantized when it is accessed); ``source_dtypes`` holds each tensor's GGUF type (``"Q4_1"``,
+    ``"Q8_0"``, ``"F32"``).
 
   Raises:
     ModelLoadError: not a GGUF file, truncated or corrupt, another architecture, an unknown tensor name, a
@@ -208,37 +213,43 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
   n_heads = {"q_proj": _meta(metadata, "llama.attention.head_count", where, int)}
   n_heads["k_proj"] = _meta(metadata, "llama.attention.head_count_kv", where, int, default=n_heads["q_proj"])
 
-  params: dict[str, np.ndarray] = {}
-  dtypes: dict[str, str] = {}
+  readers, shapes, dtypes = {}, {}, {}
   for tensor in reader.tensors:
     name = hf_name(tensor.name)
     if name is None:
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} has no Hugging Face LLaMA equivalent; known: "
                            f"{', '.join(GLOBAL_NAMES)}, blk.N.{{{', '.join(BLOCK_NAMES)}}}")
-    if name in params:
+    if name in readers:
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
-    expected = tuple(int(d) for d in reversed(tensor.shape))
-    try:
-      array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-      if np.shares_memory(array, tensor.data):  # F32 comes back as a view of the read-only file map
-        array = array.copy()
-    except NotImplementedError as e:
-      raise ModelLoadError(f"{where}: tensor {tensor.name!r} has quantization {tensor.tensor_type.name}, which "
-                           f"gguf cannot dequantize ({e})") from e
-    except (ValueError, AssertionError) as e:
-      raise ModelLoadError(f"{where}: tensor {tensor.name!r} ({tensor.tensor_type.name}, GGUF shape "
-                           f"{list(map(int, tensor.shape))}) cannot be dequantized: {e}") from e
-    if array.shape != expected:
-      raise ShapeError(f"{where}: tensor {tensor.name!r} dequantized to shape {array.shape}; its GGUF shape "
-                       f"{list(map(int, tensor.shape))} reversed is {expected}")
-    module = name.split(".")[-2]
-    if module in n_heads:
-      try:
-        array = unpermute_rows(array, n_heads[module])
-      except ShapeError as e:
-        raise ShapeError(f"{where}: tensor {tensor.name!r} of shape {array.shape}: {e}") from e
-    params[name] = array
+    readers[name] = functools.partial(_dequantized, tensor, where, n_heads.get(name.split(".")[-2]))
+    shapes[name] = tuple(int(d) for d in reversed(tensor.shape))
     dtypes[name] = tensor.tensor_type.name
+  params = LazyTensors(readers, shapes, dtypes, where=where, keep_open=(reader,))
   config = llama_config(metadata, has_output="lm_head.weight" in params, where=where)
   return RawCheckpoint(params=params, config=config, tokenizer_files=tokenizer_files_from_gguf(metadata, where),
                        source_dtypes=dtypes)
+
+
+def _dequantized(tensor, where: str, n_head: int | None) -> np.ndarray:
+  """One GGUF tensor as a fresh float32 array in Hugging Face layout (q/k rows un-permuted when ``n_head``)."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  expected = tuple(int(d) for d in reversed(tensor.shape))
+  try:
+    array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    if np.shares_memory(array, tensor.data):  # F32 comes back as a view of the read-only file map
+      array = array.copy()
+  except NotImplementedError as e:
+    raise ModelLoadError(f"{where}: tensor {tensor.name!r} has quantization {tensor.tensor_type.name}, which "
+                         f"gguf cannot dequantize ({e})") from e
+  except (ValueError, AssertionError) as e:
+    raise ModelLoadError(f"{where}: tensor {tensor.name!r} ({tensor.tensor_type.name}, GGUF shape "
+                         f"{list(map(int, tensor.shape))}) cannot be dequantized: {e}") from e
+  if array.shape != expected:
+    raise ShapeError(f"{where}: tensor {tensor.name!r} dequantized to shape {array.shape}; its GGUF shape "
+                     f"{list(map(int, tensor.shape))} reversed is {expected}")
+  if n_head is not None:
+    try:
+      array = unpermute_rows(array, n_head)
+    except ShapeError as e:
+      raise ShapeError(f"{where}: tensor {tensor.name!r} of shape {array.shape}: {e}") from e
+  return array

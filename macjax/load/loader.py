@@ -1,9 +1,11 @@
-"""``load_model``: an alias, a Hugging Face folder or a GGUF file -> a checked :class:`Model`.
+"""``load_model`` / ``open_model``: an alias, a Hugging Face folder or a GGUF file -> a checked :class:`Model`.
 
 Example:
   >>> model = load_model("minilm-l6")  # doctest: +SKIP
   >>> model.layout.family, model.layout.num_layers, len(model.layout.matrices)  # doctest: +SKIP
   ('bert', 6, 36)
+
+``open_model`` gives the same model with its weights left on disk (read one tensor at a time on access).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from macjax.errors import ModelLoadError, NonFiniteError
 from macjax.load import families, gguf_file, hf_folder, registry
 from macjax.load.layout import Model
+from macjax.load.lazy import INTEGER_DTYPES, LazyTensors
 
 
 def check_finite(params: Mapping[str, np.ndarray], where: str) -> None:
@@ -33,12 +36,13 @@ def check_finite(params: Mapping[str, np.ndarray], where: str) -> None:
                            f"first at index {tuple(int(i) for i in bad[0])}; expected finite weights")
 
 
-def check_params(params: dict[str, np.ndarray], config: Mapping[str, object], where: str
-                 ) -> tuple[dict[str, np.ndarray], families.FamilySpec]:
-  """Drop derived buffers, then check names, shapes, dtypes and finiteness against the config's family.
+def check_params(params: Mapping[str, np.ndarray], config: Mapping[str, object], where: str
+                 ) -> tuple[Mapping[str, np.ndarray], families.FamilySpec]:
+  """Drop derived buffers, then check names, shapes and dtypes against the config's family (and finiteness, for
+  params in memory; a :class:`LazyTensors` checks each tensor when it is read).
 
   Returns:
-    ``(params without buffers, family spec)``.
+    ``(params without buffers, family spec)``; lazy params stay lazy (nothing is read).
 
   Raises:
     ModelLoadError, ShapeError, NonFiniteError: see :func:`families.check_tensors` and :func:`check_finite`.
@@ -47,12 +51,17 @@ def check_params(params: dict[str, np.ndarray], config: Mapping[str, object], wh
     >>> params, spec = check_params(params, config, "model/")  # doctest: +SKIP
   """
   spec = families.family_spec(config, where, names=frozenset(params))
-  params = {n: a for n, a in params.items() if not spec.is_buffer(n)}
+  kept = [n for n in params if not spec.is_buffer(n)]
+  lazy = isinstance(params, LazyTensors)
+  params = params.select(kept) if lazy else {n: params[n] for n in kept}
   families.check_tensors(params, spec, where)
-  for name, array in params.items():
-    if array.dtype != np.float32:
-      raise ModelLoadError(f"{where}: tensor {name!r} has dtype {array.dtype}; expected a floating-point weight")
-  check_finite(params, where)
+  for name in params:
+    floating = params.dtype(name) not in INTEGER_DTYPES if lazy else params[name].dtype == np.float32
+    if not floating:
+      stored = params.dtype(name) if lazy else params[name].dtype
+      raise ModelLoadError(f"{where}: tensor {name!r} has dtype {stored}; expected a floating-point weight")
+  if not lazy:
+    check_finite(params, where)
   return params, spec
 
 
@@ -67,29 +76,24 @@ def _resolve(source: str) -> pathlib.Path:
   return path
 
 
-def load_model(source: str) -> Model:
-  """Load a model as ``{HF name: float32 array}`` plus its layout and tokenizer files.
+def open_model(source: str) -> Model:
+  """Open a model without reading its weights: ``Model.params`` is a :class:`LazyTensors` over the files.
+
+  What :func:`load_model` checks up front that needs no weight data (the family, every tensor's name, shape and
+  stored dtype against the config) is checked here; each tensor is read (and checked finite) when it is accessed,
+  so a pass over the model one layer at a time holds one layer. This is how ``macjax compress`` reads a model.
 
   Args:
-    source: a model alias (:data:`registry.MODEL_ALIASES`: ``smollm2-135m``, ``minilm-l6``), a Hugging Face
-      folder (``config.json`` + ``model.safetensors`` or ``model.safetensors.index.json``; model_type ``llama``
-      or ``bert``), or a ``.gguf`` file of architecture ``llama`` (dequantized to float32).
-
-  Returns:
-    A :class:`Model` whose params are float32 numpy arrays in Hugging Face names and ``(out, in)`` layout,
-    checked against the config: every tensor present with the implied shape, all finite. Derived buffers
-    (``rotary_emb.inv_freq``, ``embeddings.position_ids``) are dropped.
+    source: as for :func:`load_model`.
 
   Raises:
-    ModelLoadError: a missing path, an unrecognised path, an unsupported model type or architecture, a missing or
-      unexpected tensor, a truncated or corrupt file.
-    ShapeError: a tensor's shape disagrees with the config.
-    NonFiniteError: a weight holds NaN or infinity.
+    ModelLoadError, ShapeError: as for :func:`load_model`; NonFiniteError is raised later, by the access that reads
+    the bad tensor.
 
   Example:
-    >>> model = load_model("smollm2-135m")  # doctest: +SKIP
-    >>> len(model.layout.matrices), model.layout.matrices[0].name  # doctest: +SKIP
-    (210, 'model.layers.0.self_attn.q_proj.weight')
+    >>> model = open_model("smollm2-135m")  # doctest: +SKIP
+    >>> model.params.shape("model.embed_tokens.weight")  # doctest: +SKIP
+    (49152, 576)
   """
   source = os.fspath(source)
   path = _resolve(source)
@@ -107,3 +111,33 @@ def load_model(source: str) -> Model:
   return Model(params=params, layout=families.build_layout(spec, raw.config), source=source,
                tokenizer_files=raw.tokenizer_files,
                source_dtypes={n: raw.source_dtypes[n] for n in params if n in raw.source_dtypes})
+
+
+def load_model(source: str) -> Model:
+  """Load a model as ``{HF name: float32 array}`` plus its layout and tokenizer files.
+
+  Args:
+    source: a model alias (:data:`registry.MODEL_ALIASES`: ``smollm2-135m``, ``minilm-l6``), a Hugging Face
+      folder (``config.json`` + ``model.safetensors`` or ``model.safetensors.index.json``; model_type ``llama``
+      or ``bert``), or a ``.gguf`` file of architecture ``llama`` (dequantized to float32).
+
+  Returns:
+    A :class:`Model` whose params are float32 numpy arrays in memory, in Hugging Face names and ``(out, in)``
+    layout, checked against the config: every tensor present with the implied shape, all finite. Derived buffers
+    (``rotary_emb.inv_freq``, ``embeddings.position_ids``) are dropped. (:func:`open_model` gives the same model
+    without reading it into memory.)
+
+  Raises:
+    ModelLoadError: a missing path, an unrecognised path, an unsupported model type or architecture, a missing or
+      unexpected tensor, a truncated or corrupt file.
+    ShapeError: a tensor's shape disagrees with the config.
+    NonFiniteError: a weight holds NaN or infinity.
+
+  Example:
+    >>> model = load_model("smollm2-135m")  # doctest: +SKIP
+    >>> len(model.layout.matrices), model.layout.matrices[0].name  # doctest: +SKIP
+    (210, 'model.layers.0.self_attn.q_proj.weight')
+  """
+  model = open_model(source)
+  model.params = model.params.materialize()
+  return model
