@@ -51,7 +51,7 @@ import numpy as np
 from macjax import artifact
 from macjax.evaluate import Evaluator
 from macjax.load import load_model
-from macjax.pipeline import codec
+from macjax.pipeline import compression
 from macjax.pipeline.config import from_dict
 from macjax.pipeline.job import run_compress
 
@@ -121,7 +121,7 @@ def run_point(source: str, reference, evaluator: Evaluator, step: float, transfo
   out = work / f"{transform}_{variant}_{step}"
   report = run_compress(source, config_for(step, transform, fit), out, overwrite=True)
   t_compress = time.perf_counter() - t0
-  decoded = codec.decompress(*artifact.load(out))
+  decoded = compression.decompress(*artifact.load(out))
   quality = evaluator(decoded)
   a = report["artifact"]
   parts = a["block_bits_per_weight_parts"]

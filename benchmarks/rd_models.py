@@ -3,7 +3,7 @@
 Run: ``nice -n 5 .venv/bin/python benchmarks/rd_models.py --model minilm-l6 [--methods ...] [--steps ...] [--quick]``
 
 For every point this script builds a :class:`macjax.pipeline.config.PipelineConfig`, runs
-:func:`macjax.pipeline.codec.compress` (the same code ``macjax compress`` runs), and reads the figures off the
+:func:`macjax.pipeline.compression.compress` (the same code ``macjax compress`` runs), and reads the figures off the
 manifest it returns:
 
 * ``block_bits_per_weight``: codes + probability tables + quantizer scales (+ transform state, θ) of the
@@ -23,7 +23,7 @@ float32 — a small advantage to the peers on quality.
 
 Calibration statistics are deterministic for a given model and calibration size; ``compress`` computes them on
 every call unless given them. This script computes them once per calibration size with
-:func:`macjax.pipeline.codec.calibration_stats` (the arrays ``compress`` would compute) and passes them as its
+:func:`macjax.pipeline.plan.calibration_stats` (the arrays ``compress`` would compute) and passes them as its
 ``stats``, so a curve pays for them once.
 
 Results are merged into ``benchmarks/results/rd_models_<model>.json`` after every point (re-running a point
@@ -43,7 +43,7 @@ from macjax import diagnose
 from macjax.evaluate import Evaluator
 from macjax.evaluate import metrics
 from macjax.load import load_model
-from macjax.pipeline import codec
+from macjax.pipeline import compression, plan as pipeline_plan
 from macjax.pipeline import config as pconfig
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -227,12 +227,12 @@ def peer_quantize(name: str, W: np.ndarray) -> tuple[np.ndarray, float]:
 
 def stats_for(model, cfg, cache: dict):
   """Calibration statistics for ``cfg`` (None when no stage reads them), computed once per calibration size."""
-  if not codec.needs_calibration(cfg):
+  if not pipeline_plan.needs_calibration(cfg):
     return None
   key = tuple(sorted(cfg.calibration.sizes().items()))
   if key not in cache:
     t0 = time.perf_counter()
-    cache[key] = codec.calibration_stats(model, cfg)
+    cache[key] = pipeline_plan.calibration_stats(model, cfg)
     print(f"  calibration statistics computed once: {time.perf_counter() - t0:.0f} s", flush=True)
   return cache[key]
 
@@ -267,7 +267,7 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
     data["calibration"] = dict(calib)
     data["evaluate"] = {"enabled": False}
     cfg = pconfig.from_dict(data)
-    out = codec.compress(model, cfg, stats=stats_for(model, cfg, stats_cache))
+    out = compression.compress(model, cfg, stats=stats_for(model, cfg, stats_cache))
     params = out.reconstruction
     row = manifest_bits(out.manifest)
     row["config"] = pconfig.to_dict(cfg)["quantize"] | {"allocation": data.get("allocation", {}),

@@ -1,7 +1,7 @@
 """Does one PCA basis per role pay? Per-matrix vs role-shared input-side PCA (weight source) on MiniLM, by rate.
 
-For each quantizer step, three configs go through :func:`macjax.pipeline.codec.compress` (decode checked
-bit-exact in memory with :func:`~macjax.pipeline.codec.decompress`):
+For each quantizer step, three configs go through :func:`macjax.pipeline.compression.compress` (decode checked
+bit-exact in memory with :func:`~macjax.pipeline.compression.decompress`):
 
 * ``none``: no transform (the reference rate);
 * ``pca-matrix``: ``[[transform]] pca side = "input"``, one float16 ``in×in`` basis per block matrix;
@@ -25,7 +25,7 @@ import os
 import time
 
 from macjax.load import load_model
-from macjax.pipeline import codec, config as config_lib, job
+from macjax.pipeline import compression, config as config_lib, job
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {
@@ -52,8 +52,8 @@ def run(model_name: str, steps: list[float]) -> list[dict]:
     for variant, extra in VARIANTS.items():
       cfg = config_lib.from_dict({**extra, "quantize": {"step": step}, "evaluate": {"enabled": False}})
       t0 = time.perf_counter()
-      compressed = codec.compress(model, cfg)
-      decoded = codec.decompress(compressed.buckets, compressed.manifest)  # verifies every tensor's SHA-256
+      compressed = compression.compress(model, cfg)
+      decoded = compression.decompress(compressed.units, compressed.manifest)  # verifies every tensor's SHA-256
       parts = block_bits(compressed.manifest)
       err = job.weight_errors(compressed.reference, decoded, compressed.manifest)["block"]
       row = {"model": model_name, "step": step, "variant": variant, "block_bpw": sum(parts.values()),

@@ -309,7 +309,7 @@ def run_part_b(model_name: str, plan: list[tuple[str, float, bool]], args, resul
   """Part B for one model: compresses each ``(chain, step, evaluate)`` point of ``plan`` not yet in the results."""
   from macjax import artifact
   from macjax.evaluate import Evaluator
-  from macjax.pipeline import codec
+  from macjax.pipeline import compression
   from macjax.pipeline.config import from_dict
   from macjax.pipeline.job import run_compress
 
@@ -343,7 +343,7 @@ def run_part_b(model_name: str, plan: list[tuple[str, float, bool]], args, resul
           evaluator = Evaluator(model, **sizes)
         buckets, manifest = artifact.load(out)
         t1 = time.perf_counter()
-        rec["quality"] = evaluator(codec.decompress(buckets, manifest, verify=True))
+        rec["quality"] = evaluator(compression.decompress(buckets, manifest, verify=True))
         rec["timings"]["evaluate"] = time.perf_counter() - t1
       shutil.rmtree(out, ignore_errors=True)
       rec["seconds"] = time.perf_counter() - t0

@@ -1,11 +1,14 @@
 """``macjax`` command line: a thin shell over :mod:`macjax.pipeline.job`.
 
-    macjax compress MODEL [--config FILE] [--set section.key=value ...] [--out DIR] [--overwrite] [--no-eval]
-    macjax decompress ARTIFACT --out DIR [--overwrite] [--dtype float32|float16]
+    macjax compress MODEL [--config FILE] [--set section.key=value ...] [--out DIR] [--overwrite] [--restart]
+                    [--no-eval] [--no-verify]
+    macjax decompress ARTIFACT --out DIR [--overwrite] [--dtype float32|float16] [--max-shard-mb N]
     macjax info ARTIFACT [--json]
 
 MODEL is an alias (``smollm2-135m``, ``minilm-l6``) or a path (a Hugging Face folder or a ``.gguf`` file).
 User errors (:class:`~macjax.errors.MacjaxError`) print one line, ``macjax: error: ...``, and exit with status 2.
+A ``compress`` that was interrupted (Ctrl-C, ``kill -9``, a crash) resumes from its last finished layer when the
+same command is run again.
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
   c.add_argument("--out", help="artifact folder to write (default: artifacts/<model name>)")
   c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+  c.add_argument("--restart", action="store_true",
+                 help="discard an unfinished earlier compression into --out instead of resuming it")
   c.add_argument("--no-eval", action="store_true", help="skip the model-quality evaluation")
+  c.add_argument("--no-verify", action="store_true",
+                 help="skip reading the artifact back and decoding it (no weight errors in the report)")
   c.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
   d = sub.add_parser("decompress", help="decode an artifact into a Hugging Face folder")
   d.add_argument("artifact")
   d.add_argument("--out", required=True, help="folder to write (must not exist, or be empty, unless --overwrite)")
   d.add_argument("--overwrite", action="store_true")
   d.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+  d.add_argument("--max-shard-mb", type=int, default=1024, help="the most MiB of tensors per safetensors shard")
   i = sub.add_parser("info", help="print an artifact's bit accounting")
   i.add_argument("artifact")
   i.add_argument("--json", action="store_true")
@@ -48,6 +56,11 @@ def _default_out(model: str) -> pathlib.Path:
   return pathlib.Path("artifacts") / name
 
 
+def _progress():
+  from macjax.pipeline.progress import Progress  # pylint: disable=g-import-not-at-top
+  return Progress(say=lambda msg: print(f"[macjax] {msg}", file=sys.stderr, flush=True), bars=True)
+
+
 def _run(args) -> int:
   # Imported here so that `macjax --help` and argument errors answer at once.
   from macjax.pipeline import config as config_lib, job, report  # pylint: disable=g-import-not-at-top
@@ -55,14 +68,14 @@ def _run(args) -> int:
     cfg = config_lib.load(args.config) if args.config else config_lib.PipelineConfig()
     cfg = config_lib.with_overrides(cfg, args.set)
     out = pathlib.Path(args.out) if args.out else _default_out(args.model)
-    progress = (lambda msg: print(f"[macjax] {msg}", file=sys.stderr, flush=True))
-    rep = job.run_compress(args.model, cfg, out, overwrite=args.overwrite, evaluate=not args.no_eval,
-                           progress=progress)
+    rep = job.run_compress(args.model, cfg, out, overwrite=args.overwrite, restart=args.restart,
+                           evaluate=not args.no_eval, verify=not args.no_verify, progress=_progress())
     print(json.dumps(rep, indent=1) if args.json else report.format_report(rep))
     if not args.json:
       print(f"report written to {rep['report_path']}")
   elif args.command == "decompress":
-    path = job.run_decompress(args.artifact, args.out, overwrite=args.overwrite, dtype=args.dtype)
+    path = job.run_decompress(args.artifact, args.out, overwrite=args.overwrite, dtype=args.dtype,
+                              max_shard_bytes=args.max_shard_mb << 20, progress=_progress())
     print(f"wrote Hugging Face folder {path}")
   elif args.command == "info":
     rep = job.run_info(args.artifact)

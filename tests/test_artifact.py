@@ -28,13 +28,22 @@ def _parts(seed=0):
   }
 
 
+def _units():
+  """Two units of parts, as the pipeline writes them: ``{unit: (buckets, index, records)}``."""
+  out = {}
+  for u, unit in enumerate(("layer.00000", "globals")):
+    p = artifact.Packer()
+    for (t, part, kind), a in _parts(seed=u).items():
+      p.add(f"{unit}/{t}", part, kind, a)
+    buckets, index = p.finish()
+    out[unit] = (buckets, index, {f"{unit}/a": {"unit": unit}})
+  return out
+
+
 def _save(tmp_path, name="art", **kw):
-  p = artifact.Packer()
-  for (t, part, kind), a in _parts().items():
-    p.add(t, part, kind, a)
-  buckets, index = p.finish()
-  path = artifact.save(tmp_path / name, buckets, {"index": index, "note": "test"}, assets=ASSETS, **kw)
-  return path, buckets, index
+  units = _units()
+  path = artifact.save(tmp_path / name, units, {"note": "test"}, assets=ASSETS, **kw)
+  return path, {u: b for u, (b, _, _) in units.items()}, {u: i for u, (_, i, _) in units.items()}
 
 
 def test_pack_unpack_round_trip():
@@ -60,25 +69,28 @@ def test_pack_rejects_unknown_kind_and_duplicates():
 
 
 def test_save_load_round_trip_bit_exact(tmp_path):
-  path, buckets, index = _save(tmp_path)
+  path, units, index = _save(tmp_path)
   restored, manifest = artifact.load(path)
   assert manifest["note"] == "test" and manifest["format"] == artifact.FORMAT
-  assert set(restored) == set(buckets)
-  for k in buckets:
-    assert restored[k].dtype == buckets[k].dtype
-    np.testing.assert_array_equal(restored[k], buckets[k])
+  assert set(restored) == set(units)
+  for u, buckets in units.items():
+    assert manifest["units"][u]["index"] == index[u]
+    assert set(restored[u]) == set(buckets)
+    for k in buckets:
+      assert restored[u][k].dtype == buckets[k].dtype
+      np.testing.assert_array_equal(restored[u][k], buckets[k])
   assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
   assert artifact.load_assets(path, manifest) == ASSETS
 
 
 def test_size_breakdown_equals_bytes_on_disk(tmp_path):
-  path, buckets, _ = _save(tmp_path)
+  path, units, _ = _save(tmp_path)
   sizes = artifact.size_breakdown(path)
   on_disk = sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
   assert sizes["total"] == on_disk
   assert sizes["total"] == (sum(sizes[k] for k in artifact.KINDS) + sizes["assets"] + sizes["manifest"]
                             + sizes["container"])
-  assert sizes["codes"] == sum(a.nbytes for k, a in buckets.items() if k.startswith("codes__"))
+  assert sizes["codes"] == sum(a.nbytes for b in units.values() for k, a in b.items() if k.startswith("codes__"))
   assert sizes["assets"] == sum(len(b) for b in ASSETS.values())
 
 
@@ -90,10 +102,12 @@ def test_refuses_to_overwrite(tmp_path):
   artifact.load(path)
 
 
-def test_failed_save_leaves_nothing(tmp_path):
+def test_failed_save_leaves_nothing_that_looks_finished(tmp_path):
   with pytest.raises(ArtifactError, match="JSON"):
-    artifact.save(tmp_path / "x", {"raw__float32": np.zeros(3, np.float32)}, {"bad": object()})
-  assert list(tmp_path.iterdir()) == []
+    artifact.save(tmp_path / "x", _units(), {"bad": object()})
+  assert not (tmp_path / "x").exists()
+  with pytest.raises(ArtifactError, match="does not exist.*unfinished compression"):
+    artifact.read_manifest(tmp_path / "x")
 
 
 def _data_files(path):
@@ -104,7 +118,7 @@ def _data_files(path):
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete"])
 def test_damaged_data_is_refused(tmp_path, damage):
   path, _, _ = _save(tmp_path)
-  target = _data_files(path)[-1]  # the largest chunk file holds the codes
+  target = _data_files(path / "units" / "globals")[-1]  # the largest chunk file holds the codes
   if damage == "flip_byte":
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -114,22 +128,24 @@ def test_damaged_data_is_refused(tmp_path, damage):
       f.truncate(target.stat().st_size // 3)
   else:
     target.unlink()
-  with pytest.raises(ArtifactError):
+  with pytest.raises(ArtifactError, match="globals"):
     artifact.load(path)
+  manifest = artifact.read_manifest(path)
+  assert artifact.load_unit(path, manifest, "layer.00000")  # the other unit is intact and loads alone
 
 
 def test_altered_manifest_hash_is_refused(tmp_path):
   path, _, _ = _save(tmp_path)
-  meta = pathlib.Path(path) / "_CHECKPOINT_METADATA"
+  meta = pathlib.Path(path) / "manifest.json"
   d = json.loads(meta.read_text())
-  name = sorted(d["custom_metadata"]["buckets"])[0]
-  d["custom_metadata"]["buckets"][name]["sha256"] = "0" * 64
+  name = sorted(d["units"]["globals"]["buckets"])[0]
+  d["units"]["globals"]["buckets"][name]["sha256"] = "0" * 64
   meta.write_text(json.dumps(d))
   with pytest.raises(ArtifactError, match="altered"):
     artifact.load(path)
 
 
-@pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "not_macjax", "future_version"])
+@pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "not_macjax", "future_version", "format_1"])
 def test_not_an_artifact(tmp_path, case):
   if case == "missing":
     path = tmp_path / "nope"
@@ -142,16 +158,21 @@ def test_not_an_artifact(tmp_path, case):
     path = tmp_path / "d"
     path.mkdir()
     match = "not a macjax artifact"
+  elif case == "format_1":  # an Orbax checkpoint at the top, as format 1 wrote it
+    path = tmp_path / "old"
+    path.mkdir()
+    (path / "_CHECKPOINT_METADATA").write_text("{}")
+    match = "format 1.*reads format 2"
   else:
     path, _, _ = _save(tmp_path)
-    meta = pathlib.Path(path) / "_CHECKPOINT_METADATA"
+    meta = pathlib.Path(path) / "manifest.json"
     d = json.loads(meta.read_text())
     if case == "not_macjax":
-      d["custom_metadata"] = {"something": "else"}
+      d = {"something": "else"}
       match = "not a macjax artifact"
     else:
-      d["custom_metadata"]["format_version"] = 999
-      match = "version 999"
+      d["format_version"] = 999
+      match = "format 999"
     meta.write_text(json.dumps(d))
   with pytest.raises(ArtifactError, match=match):
     artifact.load(path)
@@ -175,5 +196,62 @@ def test_damaged_asset_is_refused(tmp_path, damage):
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden"])
 def test_asset_names_cannot_escape(tmp_path, name):
   with pytest.raises(ArtifactError, match="not allowed"):
-    artifact.save(tmp_path / "x", {"raw__float32": np.zeros(3, np.float32)}, {}, assets={name: b"x"})
+    artifact.save(tmp_path / "x", _units(), {}, assets={name: b"x"})
   assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("unit", ["../x", "Layer", "a/b", "", "x" * 65])
+def test_unit_names_cannot_escape(tmp_path, unit):
+  w = artifact.ArtifactWriter(tmp_path / "x", {"run": 1})
+  with pytest.raises(ArtifactError, match="unit name"):
+    w.write_unit(unit, {"raw__float32": np.zeros(3, np.float32)}, {}, {})
+  w.close()
+
+
+def _write(writer, units):
+  for unit, (buckets, index, records) in units.items():
+    writer.write_unit(unit, buckets, index, records)
+
+
+def test_writer_resumes_with_the_same_fingerprint_and_refuses_another(tmp_path):
+  units = _units()
+  first = artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  assert not first.resumed
+  first.write_unit("layer.00000", *units["layer.00000"])
+  with pytest.raises(ArtifactError, match="another process is writing"):
+    artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  first.close()  # as if the run were killed here
+  assert not (tmp_path / "a").exists()
+  with pytest.raises(ArtifactError, match=r"another run.*differs in: run.*--restart"):
+    artifact.ArtifactWriter(tmp_path / "a", {"run": 2})
+  again = artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  assert again.resumed and list(again.done_units()) == ["layer.00000"]
+  again.write_unit("globals", *units["globals"])
+  path = again.finish({"note": "resumed"}, assets=ASSETS)
+  restored, manifest = artifact.load(path)
+  whole, _, _ = _save(tmp_path, "whole")
+  assert artifact.read_manifest(whole)["units"] == manifest["units"]  # the same buckets as one uninterrupted save
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "whole"]  # no partial folder, no lock left
+
+
+def test_writer_restart_discards_an_unfinished_run(tmp_path):
+  units = _units()
+  w = artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  w.write_unit("layer.00000", *units["layer.00000"])
+  w.close()
+  w = artifact.ArtifactWriter(tmp_path / "a", {"run": 2}, restart=True)
+  assert not w.resumed and w.done_units() == {}
+  w.close()
+
+
+def test_unit_without_its_record_is_not_finished(tmp_path):
+  """A kill between the Orbax save of a unit and its record leaves a unit that a resume encodes again."""
+  units = _units()
+  w = artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  w.write_unit("layer.00000", *units["layer.00000"])
+  w.close()
+  (artifact.partial_path(tmp_path / "a") / "units" / "layer.00000.json").unlink()
+  w = artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  assert w.resumed and w.done_units() == {}
+  _write(w, units)
+  artifact.load(w.finish({}))

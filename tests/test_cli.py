@@ -94,7 +94,7 @@ def test_damaged_artifact(capsys, tiny_llama_dir, tmp_path, damage):
     with open(big, "r+b") as f:
       f.truncate(big.stat().st_size // 2)
   else:
-    (art / "_CHECKPOINT_METADATA").write_text("{not json")
+    (art / "manifest.json").write_text("{not json")
   code, _, err = _run(capsys, "decompress", art, "--out", tmp_path / "hf")
   _assert_user_error(code, err, str(art))
   assert not (tmp_path / "hf").exists()
@@ -110,7 +110,7 @@ def test_relative_paths(capsys, tiny_llama_dir, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   model = tiny_llama_dir.relative_to(tmp_path)
   assert _run(capsys, "compress", model, "--no-eval")[0] == 0
-  assert (tmp_path / "artifacts" / model.name / "_CHECKPOINT_METADATA").is_file()
+  assert (tmp_path / "artifacts" / model.name / "manifest.json").is_file()
   assert _run(capsys, "info", pathlib.Path("artifacts") / model.name)[0] == 0
   assert _run(capsys, "decompress", pathlib.Path("artifacts") / model.name, "--out", "hf")[0] == 0
   assert (tmp_path / "hf" / "config.json").is_file()

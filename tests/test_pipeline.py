@@ -12,7 +12,7 @@ import pytest
 from macjax import artifact
 from macjax.errors import ArtifactError, ConfigError
 from macjax.load import load_model
-from macjax.pipeline import PipelineConfig, codec, components, job
+from macjax.pipeline import PipelineConfig, components, compression, job, plan
 from macjax.pipeline import config as config_lib
 
 NO_EVAL = config_lib.from_dict({"evaluate": {"enabled": False}})
@@ -36,19 +36,19 @@ def _params_equal(a: dict, b: dict):
 def test_round_trip_is_bit_exact(tiny_llama_dir, tmp_path, overrides):
   cfg = config_lib.with_overrides(NO_EVAL, overrides)
   model = load_model(str(tiny_llama_dir))
-  compressed = codec.compress(model, cfg)
+  compressed = compression.compress(model, cfg)
   # In memory, and through the artifact on disk.
-  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
-  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest, assets=compressed.assets)
+  _params_equal(compression.decompress(compressed.units, compressed.manifest), compressed.reconstruction)
+  path = compression.save(tmp_path / "a", compressed)
   buckets, manifest = artifact.load(path)
-  _params_equal(codec.decompress(buckets, manifest), compressed.reconstruction)
+  _params_equal(compression.decompress(buckets, manifest), compressed.reconstruction)
 
 
 @pytest.mark.parametrize("step", [0.05, 0.2, 1.0])
 def test_quantized_error_is_bounded_by_half_a_step(tiny_llama_dir, step):
   model = load_model(str(tiny_llama_dir))
   cfg = config_lib.with_overrides(NO_EVAL, [f"quantize.step={step}", f"embeddings.step={step}"])
-  rec = codec.compress(model, cfg).reconstruction
+  rec = compression.compress(model, cfg).reconstruction
   for name, W in model.params.items():
     if W.ndim == 2:
       rms = np.sqrt(np.mean(W.astype(np.float64) ** 2, axis=1, keepdims=True))
@@ -74,18 +74,18 @@ def test_report_accounts_for_every_byte(tiny_llama_dir, tmp_path):
 
 
 def test_decode_detects_a_wrong_reconstruction(tiny_llama_dir):
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), NO_EVAL)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), NO_EVAL)
   name = next(n for n, r in compressed.manifest["tensors"].items() if r["treatment"] == "quantize")
   compressed.manifest["tensors"][name]["sha256"] = "0" * 64
   with pytest.raises(ArtifactError, match=name):
-    codec.decompress(compressed.buckets, compressed.manifest)
+    compression.decompress(compressed.units, compressed.manifest)
 
 
 def test_nan_weight_is_refused(tiny_llama_dir):
   model = load_model(str(tiny_llama_dir))
   model.params["model.layers.1.mlp.up_proj.weight"][3, 5] = np.nan
   with pytest.raises(Exception, match="model.layers.1.mlp.up_proj.weight"):
-    codec.compress(model, NO_EVAL)
+    compression.compress(model, NO_EVAL)
 
 
 def test_minilm_end_to_end(tmp_path):
@@ -100,7 +100,7 @@ def test_minilm_end_to_end(tmp_path):
   out = job.run_decompress(tmp_path / "art", tmp_path / "hf")
   exported = load_model(str(out))
   buckets, manifest = artifact.load(tmp_path / "art")
-  _params_equal(exported.params, codec.decompress(buckets, manifest))
+  _params_equal(exported.params, compression.decompress(buckets, manifest))
   original = load_model("minilm-l6")
   assert exported.layout == original.layout
   assert exported.tokenizer_files == original.tokenizer_files
@@ -116,13 +116,13 @@ def test_minilm_end_to_end(tmp_path):
 def test_transform_chain_round_trip_and_accounting(tiny_llama_dir, tmp_path, chain):
   cfg = config_lib.from_dict({"transform": chain, "evaluate": {"enabled": False}})
   model = load_model(str(tiny_llama_dir))
-  compressed = codec.compress(model, cfg)
-  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest)
+  compressed = compression.compress(model, cfg)
+  path = compression.save(tmp_path / "a", compressed)
   buckets, manifest = artifact.load(path)
-  _params_equal(codec.decompress(buckets, manifest), compressed.reconstruction)
+  _params_equal(compression.decompress(buckets, manifest), compressed.reconstruction)
   for name, rec in manifest["tensors"].items():
     if rec["group"] == "block":
-      stored = sum(a.nbytes for k, a in artifact.unpack(buckets, manifest["index"])[name].items()
+      stored = sum(a.nbytes for k, a in compression.unit_parts(buckets, manifest, rec["unit"])[name].items()
                    if k.startswith("transform."))
       assert rec["bits"]["transform"] == 8 * stored > 0
   # Orthogonal and PCA changes of coordinates keep the error at the quantizer's level.
@@ -135,19 +135,19 @@ def test_rewrite_preserves_function_and_round_trips(tiny_llama_dir, tmp_path):
   cfg = config_lib.from_dict({"rewrite": {"residual": "hadamard", "head_rotation": True, "untie": True},
                               "evaluate": {"enabled": False}})
   model = load_model(str(tiny_llama_dir))
-  compressed = codec.compress(model, cfg)
+  compressed = compression.compress(model, cfg)
   assert compressed.manifest["rewrite"]["untied"] and "lm_head.weight" in compressed.reconstruction
   tokens = np.arange(12, dtype=np.int32)[None] % 64
   rewritten_config = compressed.manifest["layout"]["config"]
   np.testing.assert_allclose(llama_logits(compressed.reference, rewritten_config, tokens),
                              llama_logits(model.params, model.layout.config, tokens), atol=2e-4)
-  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+  _params_equal(compression.decompress(compressed.units, compressed.manifest), compressed.reconstruction)
 
 
 def test_rewrite_of_a_tied_model_needs_untie(tiny_llama_dir):
   cfg = config_lib.from_dict({"rewrite": {"residual": "hadamard"}, "evaluate": {"enabled": False}})
   with pytest.raises(Exception, match="untie"):
-    codec.compress(load_model(str(tiny_llama_dir)), cfg)
+    compression.compress(load_model(str(tiny_llama_dir)), cfg)
 
 
 @pytest.mark.parametrize("fit_cfg, chain", [
@@ -164,20 +164,20 @@ def test_functional_fit_round_trip_and_accounting(tiny_llama_dir, tmp_path, fit_
   fits = {n: r for n, r in manifest["tensors"].items() if r["group"] == "fit"}
   roles = fit_cfg.get("roles") or ["q", "k", "v", "o", "gate", "up", "down"]
   assert sorted(r["role"] for r in fits.values()) == sorted(roles)
-  buckets, _ = artifact.load(tmp_path / "art")
-  theta_bytes = sum(a.nbytes for k, a in buckets.items() if k.startswith("theta__"))
+  units, _ = artifact.load(tmp_path / "art")
+  theta_bytes = sum(a.nbytes for u in units.values() for k, a in u.items() if k.startswith("theta__"))
   assert sum(r["bits"]["theta"] for r in fits.values()) == 8 * theta_bytes > 0
   assert set(rep["artifact"]["fit"]) == set(roles)
   # Params are counted once: θ records do not add weights.
   model = load_model(str(tiny_llama_dir))
   assert rep["artifact"]["params"] == model.num_params
   # Decode from disk is bit-exact (checked by hash inside) and the error stays at the quantizer's level.
-  decoded = codec.decompress(*artifact.load(tmp_path / "art"))
+  decoded = compression.decompress(*artifact.load(tmp_path / "art"))
   assert job.weight_errors(model.params, decoded, manifest)["block"] < 0.05
 
 
 def test_quantizer_steps_are_stored_as_float16(tiny_llama_dir):
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), NO_EVAL)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), NO_EVAL)
   rec = compressed.manifest["tensors"]["model.layers.0.mlp.down_proj.weight"]
   assert rec["bits"]["scales"] == 16 * rec["shape"][0]  # one float16 step per row
 
@@ -195,10 +195,10 @@ CALIBRATION = {"n_seq": 4, "seq_len": 32}
 def test_calibrated_stages_round_trip(tiny_llama_dir, tmp_path, overrides):
   cfg = config_lib.from_dict({**overrides, "calibration": CALIBRATION, "evaluate": {"enabled": False}})
   model = load_model(str(tiny_llama_dir))
-  compressed = codec.compress(model, cfg)
+  compressed = compression.compress(model, cfg)
   assert "calibrate" in compressed.timings
-  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest)
-  _params_equal(codec.decompress(*artifact.load(path)), compressed.reconstruction)
+  path = compression.save(tmp_path / "a", compressed)
+  _params_equal(compression.decompress(*artifact.load(path)), compressed.reconstruction)
 
 
 def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
@@ -206,12 +206,12 @@ def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
   model = load_model(str(tiny_llama_dir))
   stats = calibrate.input_statistics(model, **CALIBRATION)
   base = {"calibration": CALIBRATION, "evaluate": {"enabled": False}, "quantize": {"step": 0.5}}
-  plain = codec.compress(model, config_lib.from_dict(base)).reconstruction
+  plain = compression.compress(model, config_lib.from_dict(base)).reconstruction
   gptq_cfg = config_lib.from_dict({**base, "quantize": {"step": 0.5, "gptq": True}})
-  assert codec.needs_calibration(gptq_cfg) and not codec.needs_calibration(config_lib.from_dict(base))
-  gptq = codec.compress(model, gptq_cfg, stats=stats).reconstruction  # precomputed statistics are reused
+  assert plan.needs_calibration(gptq_cfg) and not plan.needs_calibration(config_lib.from_dict(base))
+  gptq = compression.compress(model, gptq_cfg, stats=stats).reconstruction  # precomputed statistics are reused
   # ... and give the same result as statistics computed inside compress.
-  _params_equal(gptq, codec.compress(model, gptq_cfg).reconstruction)
+  _params_equal(gptq, compression.compress(model, gptq_cfg).reconstruction)
 
   def output_error(rec):  # Σ_matrices tr(ΔW H ΔWᵀ): the squared output error on calibration inputs
     return sum(float(np.trace((model.params[m.name] - rec[m.name]) @ stats[m.name].second_moment
@@ -222,7 +222,7 @@ def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
 
 def test_target_bits_hits_the_rate(tiny_llama_dir):
   cfg = config_lib.from_dict({"allocation": {"target_bits": 3.0}, "evaluate": {"enabled": False}})
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), cfg)
   block = [r for r in compressed.manifest["tensors"].values() if r["group"] == "block"]
   info = sum(r["information_bits"] for r in block) / sum(int(np.prod(r["shape"])) for r in block)
   assert abs(info - 3.0) < 0.1  # the entropy of the codes under their stored tables
@@ -241,7 +241,7 @@ def test_sensitivity_allocation_is_equal_slope(tiny_llama_dir, allocation):
   transform = [{"name": "hadamard", "side": "input"}] if rewrite else []  # probes see the model's coordinates
   cfg = config_lib.from_dict({"allocation": allocation, "calibration": CALIBRATION, "quantize": {"step": 0.5},
                               "rewrite": rewrite, "transform": transform, "evaluate": {"enabled": False}})
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), cfg)
   rec = compressed.manifest["allocation"]
   scales, d = rec["step_scales"], rec["unit_distortion"]
   sizes = {m: int(np.prod(r["shape"])) for m, r in compressed.manifest["tensors"].items() if m in d}
@@ -252,13 +252,13 @@ def test_sensitivity_allocation_is_equal_slope(tiny_llama_dir, allocation):
   if allocation["sensitivity"] == "model_output":
     assert set(rec["probe_by_role"]) == {"q", "k", "v", "o", "gate", "up", "down"}
     assert ("probe_by_layer" in rec) == (allocation.get("probe_groups", "role_layer") == "role_layer")
-  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+  _params_equal(compression.decompress(compressed.units, compressed.manifest), compressed.reconstruction)
 
 
 def test_layer_output_allocation_gives_finer_steps_to_louder_inputs(tiny_llama_dir):
   cfg = config_lib.from_dict({"allocation": {"sensitivity": "input_energy"}, "calibration": CALIBRATION,
                               "evaluate": {"enabled": False}})  # the older name of layer_output
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), cfg)
   rec = compressed.manifest["allocation"]
   assert rec["sensitivity"] == "layer_output"
   tensors = compressed.manifest["tensors"]
@@ -294,24 +294,24 @@ def test_role_shared_pca_round_trip_and_accounting(tiny_llama_dir, tmp_path):
   assert a["params"] == sum(v.size for v in model.params.values())
   assert sum(sum(r["bits"].values()) for r in tensors.values()) == 8 * sum(a["bytes"][k] for k in artifact.KINDS)
   # Fewer transform bits than a basis per matrix.
-  per_matrix = codec.compress(model, _shared_cfg(SHARED_PCA, share="none"))
+  per_matrix = compression.compress(model, _shared_cfg(SHARED_PCA, share="none"))
   assert expected < sum(r["bits"].get("transform", 0) for r in per_matrix.manifest["tensors"].values())
-  assert job.weight_errors(model.params, codec.decompress(buckets, manifest), manifest)["block"] < 0.05
+  assert job.weight_errors(model.params, compression.decompress(buckets, manifest), manifest)["block"] < 0.05
 
 
 @pytest.mark.parametrize("chain", [SHARED_PCA, [{"name": "pca", "scope": "head", "block_size": 8},
                                                 {"name": "hadamard", "side": "input"}]], ids=["pca", "pca-head+hadamard"])
 def test_role_shared_state_is_the_chain_fitted_on_stacked_rows(tiny_llama_dir, chain):
   model = load_model(str(tiny_llama_dir))
-  compressed = codec.compress(model, _shared_cfg(chain))
-  parts = artifact.unpack(compressed.buckets, compressed.manifest["index"])
+  compressed = compression.compress(model, _shared_cfg(chain))
+  parts = compression.unit_parts(compressed.units, compressed.manifest, "shared")
   t = components.build_chain([(c["name"], {k: v for k, v in c.items() if k != "name"}) for c in chain])
   for role in sorted({m.role for m in model.layout.matrices}):
     fam = model.layout.by_role(role)
     pooled = np.concatenate([model.params[m.name] for m in fam], axis=0)
     rec = compressed.manifest["tensors"][f"transform:{role}"]
     assert rec["pooled_shape"] == list(pooled.shape) and rec["members"] == [m.name for m in fam]
-    want = jax.tree_util.tree_leaves(t.init(pooled, key=codec._role_key(0, role)))  # pylint: disable=protected-access
+    want = jax.tree_util.tree_leaves(t.init(pooled, key=plan.role_key(0, role)))  # pylint: disable=protected-access
     stored = [parts[f"transform:{role}"][f"transform.{i}"] for i in range(len(want))]
     for w, s in zip(want, stored):
       np.testing.assert_array_equal(np.asarray(w), s.astype(np.asarray(w).dtype), err_msg=role)
@@ -323,13 +323,13 @@ def test_role_shared_activation_pca_round_trip(tiny_llama_dir, tmp_path, extra):
   model = load_model(str(tiny_llama_dir))
   stats = calibrate.input_statistics(model, **CALIBRATION)
   cfg = _shared_cfg([{"name": "pca", "source": "activations"}], calibration=CALIBRATION, **extra)
-  compressed = codec.compress(model, cfg, stats=stats)
-  path = artifact.save(tmp_path / "a", compressed.buckets, compressed.manifest)
-  _params_equal(codec.decompress(*artifact.load(path)), compressed.reconstruction)
+  compressed = compression.compress(model, cfg, stats=stats)
+  path = compression.save(tmp_path / "a", compressed)
+  _params_equal(compression.decompress(*artifact.load(path)), compressed.reconstruction)
   # The down role's basis diagonalizes its layers' pooled input second moment (count-weighted mean).
   fam = model.layout.by_role("down")
   S = sum(stats[m.name].count * stats[m.name].second_moment.astype(np.float64) for m in fam)
-  V = artifact.unpack(compressed.buckets, compressed.manifest["index"])["transform:down"]["transform.0"]
+  V = compression.unit_parts(compressed.units, compressed.manifest, "shared")["transform:down"]["transform.0"]
   V = np.asarray(V, np.float64).reshape(S.shape)
   D = V.T @ S @ V
   off = D - np.diag(np.diag(D))
@@ -342,25 +342,25 @@ def test_role_shared_activation_pca_round_trip(tiny_llama_dir, tmp_path, extra):
                          ids=["output-pca", "input-pca+both"])
 def test_role_sharing_refuses_output_side_members(tiny_llama_dir, chain):
   with pytest.raises(ConfigError, match="input-side"):
-    codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(chain))
+    compression.compress(load_model(str(tiny_llama_dir)), _shared_cfg(chain))
 
 
 def test_role_shared_state_missing_from_the_artifact_is_named(tiny_llama_dir):
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA))
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA))
   del compressed.manifest["tensors"]["transform:up"]
   with pytest.raises(ArtifactError, match="transform:up"):
-    codec.decompress(compressed.buckets, compressed.manifest)
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA))
+    compression.decompress(compressed.units, compressed.manifest)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA))
   compressed.manifest["tensors"]["transform:q"]["pooled_shape"] = [3, 3]
   with pytest.raises(ArtifactError, match="transform:q"):
-    codec.decompress(compressed.buckets, compressed.manifest)
+    compression.decompress(compressed.units, compressed.manifest)
 
 
 def test_manifest_without_transform_state_section_decodes(tiny_llama_dir):
   """Artifacts written before [transform_state] existed still decode (the section takes its defaults)."""
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA, share="none"))
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), _shared_cfg(SHARED_PCA, share="none"))
   del compressed.manifest["config"]["transform_state"]
-  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+  _params_equal(compression.decompress(compressed.units, compressed.manifest), compressed.reconstruction)
 
 
 def test_fit_that_does_not_pay_is_dropped(tiny_llama_dir, tmp_path):
@@ -371,7 +371,7 @@ def test_fit_that_does_not_pay_is_dropped(tiny_llama_dir, tmp_path):
   decision = rep["artifact"]["fit_decisions"]["q"]
   assert not decision["kept"] and decision["code_bits_saved"] < decision["theta_bits"]
   assert not rep["artifact"]["fit"]  # nothing stored
-  assert not [k for k in artifact.load(tmp_path / "art")[0] if k.startswith("theta__")]
+  assert not [k for u in artifact.load(tmp_path / "art")[0].values() for k in u if k.startswith("theta__")]
 
 
 def test_theta_size_is_chosen_by_the_rate_budget(tiny_llama_dir, tmp_path):
@@ -381,7 +381,7 @@ def test_theta_size_is_chosen_by_the_rate_budget(tiny_llama_dir, tmp_path):
                                       "options": {"depth": 1, "n_fourier": 2, "steps": 20, "batch": 256, "chunk": 10}},
                               "evaluate": {"enabled": False}})
   lines = []
-  compressed = codec.compress(load_model(str(tiny_llama_dir)), cfg, progress=lines.append)
+  compressed = compression.compress(load_model(str(tiny_llama_dir)), cfg, progress=lines.append)
   assert any("step 20/20" in l for l in lines)  # progress of the fit is shown
   for role in ("gate", "down"):
     rec = compressed.manifest["tensors"][f"fit:{role}"]
@@ -390,4 +390,4 @@ def test_theta_size_is_chosen_by_the_rate_budget(tiny_llama_dir, tmp_path):
     wider = dict(rec["options"], width=rec["options"]["width"] + 1)
     from macjax import fit
     assert fit.functional_fit(**wider).bits(tuple(rec["shape"])) > budget * n  # the largest width that fits
-  _params_equal(codec.decompress(compressed.buckets, compressed.manifest), compressed.reconstruction)
+  _params_equal(compression.decompress(compressed.units, compressed.manifest), compressed.reconstruction)

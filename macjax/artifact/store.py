@@ -1,27 +1,40 @@
-"""Saving and restoring artifacts with Orbax: the one module that touches the artifact's files.
+"""Saving and restoring artifacts: the one module that touches the artifact's files.
 
-An artifact is an Orbax checkpoint folder holding
+An artifact (format 2) is a folder written one *unit* at a time, so that neither side ever holds the whole model::
 
-* a pytree ``{bucket name: flat numpy array}`` (see :mod:`macjax.artifact.pack`), and
-* a JSON *manifest* in Orbax's custom metadata: format name and version, the pipeline config, the source model,
-  the model layout, the per-tensor index and headers, per-tensor bit counts, and a SHA-256 of every bucket.
+    ARTIFACT/
+      manifest.json        JSON: format, version, config, source, layout, per-tensor records, and per unit the
+                           index of its parts and the shape, dtype and SHA-256 of each of its buckets
+      units/<unit>/        an Orbax pytree checkpoint {bucket name: flat array} (see macjax.artifact.pack)
+      assets/<file>        tokenizer files, plain bytes
+
+A unit is what the pipeline writes at once: one transformer layer (``layer.00012``), the tensors outside the
+blocks (``globals``), or the states shared by many matrices (``shared``: θ of f_θ, role-shared transforms).
 
 Guarantees:
 
-* **Atomic.** The folder is written under a temporary sibling name and renamed at the end: a failed save leaves
-  nothing that looks like an artifact. An existing artifact is never overwritten unless asked.
-* **Verified.** :func:`load` checks the format and version, restores against the abstract tree described by the
-  manifest (shape and dtype of every bucket), and compares each bucket's SHA-256 with the manifest's; any
-  difference, missing file or unreadable container raises :class:`~macjax.errors.ArtifactError`.
-* **No pickle.** Orbax stores arrays with TensorStore and the manifest as JSON.
+* **Atomic, and resumable.** :class:`ArtifactWriter` builds the artifact in a sibling folder
+  ``.<name>.partial`` (one process at a time: an exclusive lock), each unit saved atomically by Orbax and then
+  marked finished by its own small JSON record. A run killed at any point leaves that folder, never one that looks
+  like an artifact; a new writer with the same *fingerprint* (source, config, version) resumes it (the finished
+  units are kept), one with another fingerprint is refused with an error that names what differs.
+  :meth:`ArtifactWriter.finish` writes ``manifest.json`` and renames the folder into place.
+* **Verified.** :func:`read_manifest` checks the format and version; :func:`load_unit` restores a unit against
+  the abstract tree the manifest describes and compares every bucket's SHA-256; any difference, missing file or
+  unreadable container raises :class:`~macjax.errors.ArtifactError`.
+* **No pickle.** Orbax stores arrays with TensorStore; everything else is JSON.
 
 Example:
-  >>> save("/tmp/a", {"codes__uint32": np.arange(4, dtype=np.uint32)}, {"hello": 1})  # doctest: +SKIP
-  >>> buckets, manifest = load("/tmp/a")  # doctest: +SKIP
+  >>> w = ArtifactWriter("/tmp/a", {"model": "x"})  # doctest: +SKIP
+  >>> w.write_unit("layer.00000", {"codes__uint32": np.arange(4, dtype=np.uint32)}, {}, {})  # doctest: +SKIP
+  >>> w.finish({"hello": 1})  # doctest: +SKIP
+  >>> load_unit("/tmp/a", read_manifest("/tmp/a"), "layer.00000")["codes__uint32"]  # doctest: +SKIP
+  array([0, 1, 2, 3], dtype=uint32)
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,15 +43,20 @@ import re
 import shutil
 import uuid
 import warnings
+from typing import Mapping
 
 import numpy as np
 
 from macjax.errors import ArtifactError
 
 FORMAT = "macjax-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+UNITS_DIR = "units"
 ASSETS_DIR = "assets"
+FINGERPRINT = "fingerprint.json"
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_UNIT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 
 def _check_asset_name(name: str) -> None:
@@ -47,7 +65,15 @@ def _check_asset_name(name: str) -> None:
                         "(no folders)")
 
 
-def _sha256(array: np.ndarray) -> str:
+def check_unit_name(name: str) -> None:
+  """Unit names become folder names: lower-case letters, digits, ``.``, ``_``, ``-``, starting with a letter."""
+  if not isinstance(name, str) or not _UNIT_NAME.match(name):
+    raise ArtifactError(f"unit name {name!r} is not allowed: expected lower-case letters, digits, '.', '_', '-', "
+                        "starting with a letter")
+
+
+def sha256_of(array: np.ndarray) -> str:
+  """SHA-256 of an array's bytes (C order)."""
   return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
@@ -59,125 +85,269 @@ def _ocp():
   return ocp1
 
 
-def save(path: str | os.PathLike, buckets: dict[str, np.ndarray], manifest: dict, *,
-         assets: dict[str, bytes] | None = None, overwrite: bool = False) -> pathlib.Path:
-  """Writes an artifact folder atomically.
+def partial_path(path: str | os.PathLike) -> pathlib.Path:
+  """Where :class:`ArtifactWriter` builds the artifact ``path`` until it is finished."""
+  path = pathlib.Path(path).absolute()
+  return path.parent / f".{path.name}.partial"
+
+
+def bucket_table(buckets: Mapping[str, np.ndarray]) -> dict[str, dict]:
+  """``{bucket: {shape, dtype, sha256}}``: what the manifest records of a unit's buckets."""
+  return {name: {"shape": list(a.shape), "dtype": a.dtype.name, "sha256": sha256_of(a)}
+          for name, a in sorted(buckets.items())}
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+  """Writes JSON atomically (a temporary sibling, flushed, renamed)."""
+  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ArtifactError(f"{path}: the {what} cannot be read ({type(e).__name__}: {e})") from e
+  if not isinstance(value, dict):
+    raise ArtifactError(f"{path}: the {what} is not a JSON object")
+  return value
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+  keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  return ", ".join(keys) or "nothing"
+
+
+class ArtifactWriter:
+  """Builds an artifact one unit at a time, in a resumable partial folder (see the module docstring).
 
   Args:
-    path: the folder to create.
-    buckets: ``{name: flat numpy array}``.
-    manifest: JSON-serializable dict; ``format``, ``format_version``, ``buckets`` (shape, dtype, SHA-256 of each
-      bucket) and ``assets`` (size and SHA-256 of each asset file) are added here.
-    assets: ``{file name: bytes}`` stored as plain files under ``assets/`` (tokenizer files: needed to export a
-      usable folder, not to decode weights; plain files so that their bytes on disk are exactly their size).
-    overwrite: replace an existing folder at ``path``.
+    path: the artifact folder to create.
+    fingerprint: a JSON-able dict that identifies the run (source digests, config, macjax version): a partial
+      folder left by a run with another fingerprint is refused.
+    overwrite: allow :meth:`finish` to replace an existing artifact at ``path``.
+    restart: discard a partial folder left by an earlier run instead of resuming or refusing it.
 
-  Returns:
-    The artifact's path.
+  Attributes:
+    resumed: whether a partial folder with the same fingerprint was found (its finished units are kept).
 
   Raises:
-    ArtifactError: if ``path`` exists and ``overwrite`` is false, or the manifest is not JSON-serializable.
+    ArtifactError: ``path`` exists and ``overwrite`` is false; another process is writing the same artifact; a
+      partial folder with another fingerprint exists and ``restart`` is false.
   """
-  path = pathlib.Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise ArtifactError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
-  manifest = dict(manifest)
-  manifest["format"] = FORMAT
-  manifest["format_version"] = FORMAT_VERSION
-  manifest["buckets"] = {
-      name: {"shape": list(a.shape), "dtype": a.dtype.name, "sha256": _sha256(a)} for name, a in buckets.items()
-  }
-  assets = dict(assets or {})
-  for name in assets:
-    _check_asset_name(name)
-  manifest["assets"] = {name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                        for name, b in sorted(assets.items())}
-  try:
-    json.dumps(manifest)
-  except TypeError as e:
-    raise ArtifactError(f"artifact manifest is not JSON-serializable: {e}") from e
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-  try:
+
+  def __init__(self, path: str | os.PathLike, fingerprint: dict, *, overwrite: bool = False,
+               restart: bool = False):
+    self.path = pathlib.Path(path).absolute()
+    self.partial = partial_path(self.path)
+    self.overwrite = overwrite
+    if self.path.exists() and not overwrite:
+      raise ArtifactError(f"{self.path} already exists; choose another path or pass overwrite=True (--overwrite)")
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.partial.mkdir(exist_ok=True)
+    self._lock = open(self.partial / "lock", "a+")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      self._lock.close()
+      raise ArtifactError(f"{self.path}: another process is writing this artifact (its lock {self.partial}/lock "
+                          "is held); wait for it to finish or choose another --out") from e
+    fingerprint = json.loads(json.dumps(fingerprint))
+    found = self.partial / FINGERPRINT
+    self.resumed = False
+    if found.is_file():
+      old = _read_json(found, "fingerprint of an earlier, unfinished run")
+      if old == fingerprint and not restart:
+        self.resumed = True
+      elif not restart:
+        self.close()
+        raise ArtifactError(
+            f"{self.path}: an unfinished compression of another run is in {self.partial} (it differs in: "
+            f"{_describe_difference(old, fingerprint)}); resuming it would mix two runs. Delete that folder, or pass "
+            "restart=True (--restart) to discard it")
+    if not self.resumed:
+      for child in self.partial.iterdir():
+        if child.name != "lock":
+          shutil.rmtree(child) if child.is_dir() else child.unlink()
+      (self.partial / UNITS_DIR).mkdir()
+      _write_json(found, fingerprint)
+
+  def close(self) -> None:
+    """Releases the lock (the partial folder stays, for a later resume)."""
+    if not self._lock.closed:
+      fcntl.flock(self._lock, fcntl.LOCK_UN)
+      self._lock.close()
+
+  def done_units(self) -> dict[str, dict]:
+    """``{unit: record}`` of the units finished by this or an earlier run (their Orbax data is complete)."""
+    out = {}
+    for f in sorted((self.partial / UNITS_DIR).glob("*.json")):
+      unit = f.name[:-len(".json")]
+      if (self.partial / UNITS_DIR / unit).is_dir():
+        out[unit] = _read_json(f, f"record of unit {unit}")
+    return out
+
+  def write_unit(self, unit: str, buckets: Mapping[str, np.ndarray], index: dict, records: dict) -> dict:
+    """Saves one unit's buckets (Orbax, atomically) and then its record; returns the record.
+
+    Args:
+      unit: the unit's name (see :func:`check_unit_name`).
+      buckets: ``{bucket: flat array}`` from :meth:`~macjax.artifact.Packer.finish`.
+      index: ``{tensor: {part: location}}`` of the same packer.
+      records: the unit's per-tensor manifest records (JSON-able).
+    """
+    check_unit_name(unit)
+    folder = self.partial / UNITS_DIR / unit
+    if folder.exists():  # left by a run killed between the Orbax save and the record
+      shutil.rmtree(folder)
+    record = {"buckets": bucket_table(buckets), "index": index, "tensors": records}
+    try:
+      json.dumps(record)
+    except TypeError as e:
+      raise ArtifactError(f"unit {unit}: its record is not JSON-serializable: {e}") from e
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      _ocp().save_pytree(tmp, {k: np.ascontiguousarray(v) for k, v in buckets.items()}, custom_metadata=manifest)
+      _ocp().save_pytree(folder, {k: np.ascontiguousarray(v) for k, v in buckets.items()})
+    _write_json(self.partial / UNITS_DIR / f"{unit}.json", record)
+    return record
+
+  def finish(self, manifest: dict, assets: Mapping[str, bytes] | None = None) -> pathlib.Path:
+    """Writes the manifest (with the ``units`` table of every finished unit) and the assets, and moves the
+    artifact into place. ``format``, ``format_version``, ``units`` and ``assets`` are set here.
+
+    Raises:
+      ArtifactError: the manifest is not JSON-serializable, an asset name is not allowed, or ``path`` appeared
+        meanwhile and ``overwrite`` is false.
+    """
+    manifest = dict(manifest)
+    manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
+    units = self.done_units()
+    manifest["units"] = {u: {"buckets": r["buckets"], "index": r["index"]} for u, r in units.items()}
+    assets = dict(assets or {})
+    for name in assets:
+      _check_asset_name(name)
+    manifest["assets"] = {name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                          for name, b in sorted(assets.items())}
+    try:
+      json.dumps(manifest)
+    except TypeError as e:
+      raise ArtifactError(f"artifact manifest is not JSON-serializable: {e}") from e
     if assets:
-      (tmp / ASSETS_DIR).mkdir()
+      (self.partial / ASSETS_DIR).mkdir(exist_ok=True)
       for name, content in assets.items():
-        (tmp / ASSETS_DIR / name).write_bytes(content)
-    if path.exists():
-      shutil.rmtree(path)
-    os.replace(tmp, path)
+        (self.partial / ASSETS_DIR / name).write_bytes(content)
+    for unit in units:  # the records now live in the manifest
+      (self.partial / UNITS_DIR / f"{unit}.json").unlink()
+    (self.partial / FINGERPRINT).unlink()
+    _write_json(self.partial / MANIFEST, manifest)
+    self.close()
+    (self.partial / "lock").unlink()
+    if self.path.exists():
+      if not self.overwrite:
+        raise ArtifactError(f"{self.path} appeared while it was being written; the new artifact is left in "
+                            f"{self.partial}")
+      shutil.rmtree(self.path)
+    os.replace(self.partial, self.path)
+    return self.path
+
+
+def save(path: str | os.PathLike, units: Mapping[str, tuple[Mapping[str, np.ndarray], dict, dict]],
+         manifest: dict, *, assets: dict[str, bytes] | None = None, overwrite: bool = False) -> pathlib.Path:
+  """Writes a whole artifact at once: ``units`` maps a unit name to ``(buckets, index, records)``.
+
+  Raises:
+    ArtifactError: as :class:`ArtifactWriter` and :meth:`ArtifactWriter.finish`.
+  """
+  writer = ArtifactWriter(path, {"save": uuid.uuid4().hex}, overwrite=overwrite, restart=True)
+  try:
+    for unit, (buckets, index, records) in units.items():
+      writer.write_unit(unit, buckets, index, records)
+    return writer.finish(manifest, assets)
   finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return path
+    writer.close()
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
   """Reads and checks an artifact's manifest without loading its arrays.
 
   Raises:
-    ArtifactError: missing folder, not an Orbax checkpoint, not a macjax artifact, or an unsupported version.
+    ArtifactError: missing folder, an unfinished (partial) artifact, not a macjax artifact, or an unsupported
+      format version.
   """
-  path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
+  path = pathlib.Path(path).absolute()
   if not path.exists():
-    raise ArtifactError(f"artifact {path} does not exist")
+    hint = (f" (an unfinished compression is in {partial_path(path)}: run the same command again to resume it)"
+            if partial_path(path).is_dir() else "")
+    raise ArtifactError(f"artifact {path} does not exist{hint}")
   if not path.is_dir():
     raise ArtifactError(f"artifact {path} is not a folder (an artifact is the folder `macjax compress` writes)")
-  meta_file = path / "_CHECKPOINT_METADATA"
-  if not meta_file.is_file():
-    raise ArtifactError(f"{path} is not a macjax artifact: it has no Orbax checkpoint metadata (_CHECKPOINT_METADATA)")
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      manifest = _ocp().pytree_metadata(path).custom_metadata
-  except Exception as e:  # Orbax raises many types for a damaged folder.
-    raise ArtifactError(f"{path}: the Orbax checkpoint metadata cannot be read ({type(e).__name__}: {e})") from e
-  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-    raise ArtifactError(f"{path} is an Orbax checkpoint but not a macjax artifact (no '{FORMAT}' manifest)")
+  if not (path / MANIFEST).is_file():
+    if (path / "_CHECKPOINT_METADATA").is_file():
+      raise ArtifactError(f"{path}: written by artifact format 1 (an older macjax), this macjax reads format "
+                          f"{FORMAT_VERSION}; compress the model again")
+    raise ArtifactError(f"{path} is not a macjax artifact: it has no {MANIFEST}")
+  manifest = _read_json(path / MANIFEST, "manifest")
+  if manifest.get("format") != FORMAT:
+    raise ArtifactError(f"{path}: {MANIFEST} is not a macjax artifact manifest (no '{FORMAT}' format)")
   version = manifest.get("format_version")
   if version != FORMAT_VERSION:
-    raise ArtifactError(
-        f"{path}: artifact format version {version!r} is not supported by this macjax (reads version {FORMAT_VERSION})")
-  if not isinstance(manifest.get("buckets"), dict):
-    raise ArtifactError(f"{path}: manifest has no bucket table")
+    raise ArtifactError(f"{path}: written by artifact format {version!r}, this macjax reads format "
+                        f"{FORMAT_VERSION}")
+  if not isinstance(manifest.get("units"), dict):
+    raise ArtifactError(f"{path}: manifest has no unit table")
   return manifest
 
 
-def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-  """Restores ``(buckets, manifest)`` and verifies every bucket's shape, dtype and SHA-256.
+def load_unit(path: str | os.PathLike, manifest: dict, unit: str) -> dict[str, np.ndarray]:
+  """Restores one unit's buckets and verifies each one's shape, dtype and SHA-256 against the manifest.
+
+  Raises:
+    ArtifactError: for any missing, truncated or altered part of the unit.
+  """
+  path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
+  try:
+    table = manifest["units"][unit]["buckets"]
+    abstract = {name: np.empty([int(s) for s in b["shape"]], np.dtype(b["dtype"])) for name, b in table.items()}
+  except (KeyError, TypeError, ValueError) as e:
+    raise ArtifactError(f"{path}: malformed bucket table of unit {unit!r} in the manifest ({e})") from e
+  check_unit_name(unit)
+  if not abstract:
+    return {}
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      restored = _ocp().load_pytree(path / UNITS_DIR / unit, abstract)
+  except Exception as e:  # TensorStore / Orbax errors for missing or truncated chunks.
+    raise ArtifactError(f"{path}: unit {unit} cannot be restored, it is truncated or damaged "
+                        f"({type(e).__name__}: {str(e)[:300]})") from e
+  buckets = {}
+  for name, b in table.items():
+    if name not in restored:
+      raise ArtifactError(f"{path}: bucket {name!r} of unit {unit} is listed in the manifest but missing")
+    a = np.asarray(restored[name])
+    if list(a.shape) != list(b["shape"]) or a.dtype.name != b["dtype"]:
+      raise ArtifactError(f"{path}: bucket {name!r} of unit {unit} has shape {a.shape} {a.dtype}, manifest says "
+                          f"{b['shape']} {b['dtype']}")
+    if sha256_of(a) != b["sha256"]:
+      raise ArtifactError(f"{path}: bucket {name!r} of unit {unit} does not match its SHA-256 in the manifest: "
+                          "the artifact was altered")
+    buckets[name] = a
+  return buckets
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+  """Restores ``({unit: buckets}, manifest)``, every bucket verified (the whole artifact in memory: for small
+  models; :func:`load_unit` reads one unit at a time).
 
   Raises:
     ArtifactError: for any missing, truncated or altered part of the artifact.
   """
-  path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
   manifest = read_manifest(path)
-  try:
-    abstract = {
-        name: np.empty([int(s) for s in b["shape"]], np.dtype(b["dtype"])) for name, b in manifest["buckets"].items()
-    }
-  except (KeyError, TypeError, ValueError) as e:
-    raise ArtifactError(f"{path}: malformed bucket table in the manifest ({e})") from e
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      restored = _ocp().load_pytree(path, abstract)
-  except Exception as e:  # TensorStore / Orbax errors for missing or truncated chunks.
-    raise ArtifactError(f"{path}: the artifact's arrays cannot be restored, it is truncated or damaged "
-                        f"({type(e).__name__}: {str(e)[:300]})") from e
-  buckets = {}
-  for name, b in manifest["buckets"].items():
-    if name not in restored:
-      raise ArtifactError(f"{path}: bucket {name!r} is listed in the manifest but missing from the checkpoint")
-    a = np.asarray(restored[name])
-    if list(a.shape) != list(b["shape"]) or a.dtype.name != b["dtype"]:
-      raise ArtifactError(f"{path}: bucket {name!r} has shape {a.shape} {a.dtype}, manifest says {b['shape']} {b['dtype']}")
-    if _sha256(a) != b["sha256"]:
-      raise ArtifactError(f"{path}: bucket {name!r} does not match its SHA-256 in the manifest: the artifact was altered")
-    buckets[name] = a
-  return buckets, manifest
+  return {unit: load_unit(path, manifest, unit) for unit in manifest["units"]}, manifest
 
 
 def load_assets(path: str | os.PathLike, manifest: dict) -> dict[str, bytes]:
@@ -196,7 +366,8 @@ def load_assets(path: str | os.PathLike, manifest: dict) -> dict[str, bytes]:
     if not f.is_file():
       raise ArtifactError(f"{path}: asset {name} is listed in the manifest but missing from {ASSETS_DIR}/")
     content = f.read_bytes()
-    if len(content) != rec.get("bytes") or hashlib.sha256(content).hexdigest() != rec.get("sha256"):
+    if not isinstance(rec, dict) or len(content) != rec.get("bytes") or (
+        hashlib.sha256(content).hexdigest() != rec.get("sha256")):
       raise ArtifactError(f"{path}: asset {name} does not match its size/SHA-256 in the manifest: it was altered")
     out[name] = content
   return out
@@ -217,5 +388,5 @@ def disk_bytes(path: str | os.PathLike) -> int:
 
 
 def manifest_bytes(path: str | os.PathLike) -> int:
-  """Size in bytes of the Orbax metadata file that carries the JSON manifest."""
-  return os.path.getsize(pathlib.Path(path) / "_CHECKPOINT_METADATA")
+  """Size in bytes of the JSON manifest file."""
+  return os.path.getsize(pathlib.Path(path) / MANIFEST)

@@ -8,6 +8,6 @@ Example:
 
 from __future__ import annotations
 
-from macjax.export.hf import EXPORT_DTYPES, ExportError, export_hf
+from macjax.export.hf import EXPORT_DTYPES, ExportError, export_hf, export_hf_stream
 
-__all__ = ["EXPORT_DTYPES", "ExportError", "export_hf"]
+__all__ = ["EXPORT_DTYPES", "ExportError", "export_hf", "export_hf_stream"]

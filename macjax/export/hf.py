@@ -21,7 +21,7 @@ import pathlib
 import shutil
 import tempfile
 import types
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import safetensors.numpy
@@ -32,27 +32,23 @@ from macjax.load.layout import ModelLayout
 
 EXPORT_DTYPES = types.MappingProxyType({"float32": np.float32, "float16": np.float16})
 RESERVED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+#: Shards of at most this many bytes of tensors (one shard is buffered in memory while it is written).
+DEFAULT_SHARD_BYTES = 1 << 30
 
 
 class ExportError(MacjaxError):
   """A model cannot be exported: inconsistent params/layout, a bad tokenizer file name, an occupied out_dir."""
 
 
-def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokenizer_files: Mapping[str, bytes],
-                  dtype: str) -> dict[str, np.ndarray]:
+def _check_dtype(dtype: str) -> None:
   if dtype not in EXPORT_DTYPES:
     raise ConfigError(f"export dtype {dtype!r} is not supported; expected one of {', '.join(EXPORT_DTYPES)}")
-  arrays = {}
-  for name, value in params.items():
-    array = np.asarray(value)
-    if array.dtype.name == "bfloat16":  # ml_dtypes (e.g. from jax): widening to float32 is exact
-      array = array.astype(np.float32)
-    if not np.issubdtype(array.dtype, np.floating):
-      raise ExportError(f"param {name!r} has dtype {array.dtype}; expected a floating-point array")
-    arrays[name] = array
-  where = "export_hf params"
+
+
+def _spec_of(layout: ModelLayout, names: frozenset[str] | None) -> families.FamilySpec:
+  """The family spec of ``layout.config``, checked against the layout itself."""
   try:
-    spec = families.family_spec(layout.config, "layout.config", names=frozenset(arrays))
+    spec = families.family_spec(layout.config, "layout.config", names=names)
   except ModelLoadError as e:  # an unsupported model_type or a bad config value
     raise ExportError(str(e)) from e
   if spec.family != layout.family or spec.num_layers != layout.num_layers or spec.matrices != tuple(
@@ -61,25 +57,46 @@ def _check_inputs(params: Mapping[str, np.ndarray], layout: ModelLayout, tokeniz
                       f"matrices, name prefix {layout.name_prefix!r}) disagrees with its own config, which implies "
                       f"family {spec.family!r}, {spec.num_layers} layers, {len(spec.matrices)} matrices, name prefix "
                       f"{spec.name_prefix!r}")
-  buffers = sorted(n for n in arrays if spec.is_buffer(n))
-  if buffers:
-    raise ExportError(f"{where}: {buffers[:3]} are derived buffers, not weights; drop them before export")
-  try:
-    families.check_tensors(arrays, spec, where)
-  except ModelLoadError as e:  # a missing or unknown tensor: for export, an inconsistency of params and layout
-    raise ExportError(str(e)) from e
-  loader.check_finite(arrays, where)
+  return spec
+
+
+def _check_tokenizer_files(tokenizer_files: Mapping[str, bytes]) -> None:
   for name, blob in tokenizer_files.items():
-    if pathlib.PurePath(name).name != name or name in ("", ".", "..") or name in RESERVED_FILES:
+    if pathlib.PurePath(name).name != name or name in ("", ".", "..") or name in RESERVED_FILES or (
+        name.startswith("model-") and name.endswith(".safetensors")):
       raise ExportError(f"tokenizer file name {name!r} is not a plain file name other than "
                         f"{', '.join(RESERVED_FILES)}")
     if not isinstance(blob, (bytes, bytearray)):
       raise ExportError(f"tokenizer file {name!r} is a {type(blob).__name__}; expected bytes")
+
+
+def _check_tensor(name: str, value, spec: families.FamilySpec, dtype: str) -> np.ndarray:
+  """One tensor checked against the spec (floating, known, its shape, finite) and cast to ``dtype``."""
+  where = "export_hf params"
+  array = np.asarray(value)
+  if array.dtype.name == "bfloat16":  # ml_dtypes (e.g. from jax): widening to float32 is exact
+    array = array.astype(np.float32)
+  if not np.issubdtype(array.dtype, np.floating):
+    raise ExportError(f"param {name!r} has dtype {array.dtype}; expected a floating-point array")
+  if spec.is_buffer(name):
+    raise ExportError(f"{where}: {name!r} is a derived buffer, not a weight; drop it before export")
+  try:
+    families.check_tensor(name, array.shape, spec, where)
+  except ModelLoadError as e:  # an unknown tensor inside the base model: params and layout disagree
+    raise ExportError(str(e)) from e
+  loader.check_finite({name: array}, where)
   with np.errstate(over="ignore"):  # an overflow is reported below, naming the tensor
-    cast = {n: np.ascontiguousarray(a, dtype=EXPORT_DTYPES[dtype]) for n, a in arrays.items()}
-  if any(a.dtype.itemsize > cast[n].dtype.itemsize for n, a in arrays.items()):
-    loader.check_finite(cast, f"{where} cast to {dtype} (a value beyond the {dtype} range)")
+    cast = np.ascontiguousarray(array, dtype=EXPORT_DTYPES[dtype])
+  if array.dtype.itemsize > cast.dtype.itemsize:
+    loader.check_finite({name: cast}, f"{where} cast to {dtype} (a value beyond the {dtype} range)")
   return cast
+
+
+def _check_missing(names: frozenset[str], spec: families.FamilySpec) -> None:
+  try:
+    families.check_required(names, spec, "export_hf params")
+  except ModelLoadError as e:
+    raise ExportError(str(e)) from e
 
 
 def _export_config(layout: ModelLayout, dtype: str) -> dict[str, object]:
@@ -98,11 +115,13 @@ def _prepare_out_dir(out: pathlib.Path, overwrite: bool) -> None:
     raise ExportError(f"out_dir {out} is not empty; pass overwrite=True to replace it")
 
 
-def export_hf(params: dict[str, np.ndarray], layout: ModelLayout, tokenizer_files: dict[str, bytes],
-              out_dir: str | os.PathLike, *, dtype: str = "float32", overwrite: bool = False) -> pathlib.Path:
+def export_hf(params: Mapping[str, np.ndarray], layout: ModelLayout, tokenizer_files: Mapping[str, bytes],
+              out_dir: str | os.PathLike, *, dtype: str = "float32", overwrite: bool = False,
+              max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> pathlib.Path:
   """Write ``params`` as a Hugging Face model folder.
 
-  Writes ``model.safetensors`` (``params`` cast to ``dtype``, metadata ``format=pt``), ``config.json``
+  Writes ``model.safetensors`` (or, above ``max_shard_bytes``, shards ``model-0000k-of-0000n.safetensors`` with
+  ``model.safetensors.index.json``; ``params`` cast to ``dtype``, metadata ``format=pt``), ``config.json``
   (``layout.config``, with ``torch_dtype`` set to ``dtype`` where it is recorded or not float32) and every
   tokenizer file unchanged. Before writing, ``params`` are checked against ``layout``: every tensor the config
   implies, with its shape (``(out, in)`` for matrices), nothing unknown inside the base model, all finite.
@@ -114,6 +133,7 @@ def export_hf(params: dict[str, np.ndarray], layout: ModelLayout, tokenizer_file
     out_dir: the folder to create (parents are created).
     dtype: ``"float32"`` (bit-exact) or ``"float16"``.
     overwrite: replace a non-empty ``out_dir``; otherwise it is refused.
+    max_shard_bytes: the most bytes of tensors per safetensors file.
 
   Returns:
     The path of the written folder.
@@ -130,7 +150,30 @@ def export_hf(params: dict[str, np.ndarray], layout: ModelLayout, tokenizer_file
     >>> load_model(str(out)).params.keys() == model.params.keys()  # doctest: +SKIP
     True
   """
-  arrays = _check_inputs(params, layout, tokenizer_files, dtype)
+  _check_dtype(dtype)
+  spec = _spec_of(layout, frozenset(params))
+  _check_missing(frozenset(params), spec)
+  return export_hf_stream(iter(params.items()), layout, tokenizer_files, out_dir, dtype=dtype, overwrite=overwrite,
+                          max_shard_bytes=max_shard_bytes, _spec=spec)
+
+
+def export_hf_stream(tensors: Iterator[tuple[str, np.ndarray]], layout: ModelLayout,
+                     tokenizer_files: Mapping[str, bytes], out_dir: str | os.PathLike, *, dtype: str = "float32",
+                     overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                     _spec: families.FamilySpec | None = None) -> pathlib.Path:
+  """:func:`export_hf` from an iterator of ``(name, array)``: each tensor is checked, cast and buffered until its
+  shard is full, so at most one shard (``max_shard_bytes``) of the model is in memory. Everything is written to a
+  temporary sibling folder and moved into place at the end: an error or a kill midway leaves nothing that looks
+  like a model folder.
+
+  Raises:
+    As :func:`export_hf` (a missing tensor is found when the iterator ends).
+  """
+  _check_dtype(dtype)
+  spec = _spec or _spec_of(layout, None)
+  _check_tokenizer_files(tokenizer_files)
+  if max_shard_bytes < 1:
+    raise ConfigError(f"max_shard_bytes = {max_shard_bytes}; expected a positive number of bytes")
   out = pathlib.Path(out_dir).expanduser().absolute()
   _prepare_out_dir(out, overwrite)
   try:
@@ -139,7 +182,7 @@ def export_hf(params: dict[str, np.ndarray], layout: ModelLayout, tokenizer_file
   except OSError as e:
     raise ExportError(f"out_dir {out}: cannot create a folder next to it ({e})") from e
   try:
-    safetensors.numpy.save_file(arrays, tmp / "model.safetensors", metadata={"format": "pt"})
+    _write_shards(tensors, spec, dtype, tmp, max_shard_bytes)
     (tmp / "config.json").write_text(json.dumps(_export_config(layout, dtype), indent=2) + "\n", encoding="utf-8")
     for name, blob in tokenizer_files.items():
       (tmp / name).write_bytes(bytes(blob))
@@ -150,6 +193,45 @@ def export_hf(params: dict[str, np.ndarray], layout: ModelLayout, tokenizer_file
   finally:
     shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move
   return out
+
+
+def _write_shards(tensors: Iterator[tuple[str, np.ndarray]], spec: families.FamilySpec, dtype: str,
+                  folder: pathlib.Path, max_shard_bytes: int) -> None:
+  """Checks and writes the tensors as shards (renamed to Hugging Face's ``-of-`` names, or to
+  ``model.safetensors`` when there is one), plus the index when there are several."""
+  shards: list[list[str]] = []
+  pending: dict[str, np.ndarray] = {}
+  seen: set[str] = set()
+  total = 0
+
+  def flush():
+    if pending:
+      safetensors.numpy.save_file(pending, folder / f"shard-{len(shards):05d}.safetensors", metadata={"format": "pt"})
+      shards.append(list(pending))
+      pending.clear()
+
+  for name, value in tensors:
+    if name in seen:
+      raise ExportError(f"export_hf params: tensor {name!r} given twice")
+    seen.add(name)
+    cast = _check_tensor(name, value, spec, dtype)
+    if pending and sum(a.nbytes for a in pending.values()) + cast.nbytes > max_shard_bytes:
+      flush()
+    pending[name] = cast
+    total += cast.nbytes
+  _check_missing(frozenset(seen), spec)
+  flush()
+  if len(shards) <= 1:
+    if shards:
+      (folder / "shard-00000.safetensors").rename(folder / "model.safetensors")
+    return
+  weight_map = {}
+  for k, names in enumerate(shards):
+    file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    (folder / f"shard-{k:05d}.safetensors").rename(folder / file)
+    weight_map.update({n: file for n in names})
+  index = {"metadata": {"total_size": int(total)}, "weight_map": dict(sorted(weight_map.items()))}
+  (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def _move_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:

@@ -225,6 +225,15 @@ def family_spec(config: Mapping[str, object], where: str = "config.json",
   return bert_spec(config, where, name_prefix=prefix)
 
 
+def check_required(names: frozenset[str], spec: FamilySpec, where: str) -> None:
+  """Raise :class:`ModelLoadError` listing the required tensors missing from ``names``."""
+  missing = [n for n in spec.required if n not in names]
+  if missing:
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    raise ModelLoadError(f"{where}: missing {len(missing)} tensor(s) that a {spec.family} model with this config "
+                         f"needs: {shown}")
+
+
 def check_tensors(params: Mapping[str, np.ndarray], spec: FamilySpec, where: str) -> None:
   """Check that ``params`` holds every required tensor with the right shape and nothing unknown in the base model.
 
@@ -239,22 +248,26 @@ def check_tensors(params: Mapping[str, np.ndarray], spec: FamilySpec, where: str
     Traceback (most recent call last):
     macjax.errors.ModelLoadError: x: missing 10 tensor(s) that a llama model with this config needs: model.norm...
   """
-  missing = [n for n in spec.required if n not in params]
-  if missing:
-    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    raise ModelLoadError(f"{where}: missing {len(missing)} tensor(s) that a {spec.family} model with this config "
-                         f"needs: {shown}")
+  check_required(frozenset(params), spec, where)
   for name in params:
-    expected = spec.expected_shape(name)
-    shape = shape_of(params, name)  # (from the file header when params are lazy: nothing is read)
-    if expected is None:
-      if spec.is_base(name) and not spec.is_buffer(name):
-        raise ModelLoadError(f"{where}: unexpected tensor {name!r} with shape {shape} in a "
-                             f"{spec.family} checkpoint; it is not part of the {spec.family} model this config "
-                             "describes")
-      continue
-    if shape != tuple(expected):
-      raise ShapeError(f"{where}: tensor {name!r} has shape {shape}; the config implies {tuple(expected)}")
+    check_tensor(name, shape_of(params, name), spec, where)  # (header shapes when lazy: nothing is read)
+
+
+def check_tensor(name: str, shape: tuple[int, ...], spec: FamilySpec, where: str) -> None:
+  """Check one tensor: known to the base model (or outside it, or a buffer) and of the shape the config implies.
+
+  Raises:
+    ModelLoadError: an unknown tensor inside the base model's namespace. ShapeError: another shape.
+  """
+  expected = spec.expected_shape(name)
+  if expected is None:
+    if spec.is_base(name) and not spec.is_buffer(name):
+      raise ModelLoadError(f"{where}: unexpected tensor {name!r} with shape {tuple(shape)} in a "
+                           f"{spec.family} checkpoint; it is not part of the {spec.family} model this config "
+                           "describes")
+    return
+  if tuple(shape) != tuple(expected):
+    raise ShapeError(f"{where}: tensor {name!r} has shape {tuple(shape)}; the config implies {tuple(expected)}")
 
 
 def build_layout(spec: FamilySpec, config: Mapping[str, object]) -> ModelLayout:

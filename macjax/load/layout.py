@@ -62,6 +62,26 @@ class ModelLayout:
   def matrix_names(self) -> frozenset[str]:
     return frozenset(m.name for m in self.matrices)
 
+  @property
+  def block_prefix(self) -> str:
+    """The name prefix of transformer block ``N``'s tensors, without the ``N.``: ``model.layers.`` (LLaMA),
+    ``encoder.layer.`` (BERT, after :attr:`name_prefix`)."""
+    return {"llama": "model.layers.", "bert": f"{self.name_prefix}encoder.layer."}[self.family]
+
+  def layer_of(self, name: str) -> int | None:
+    """The transformer block a tensor belongs to (its matrices, norms, biases), or None for tensors outside the
+    blocks (embeddings, final norm, LM head, task heads).
+
+    Example:
+      >>> ModelLayout("llama", 2, (), {}).layer_of("model.layers.1.input_layernorm.weight")
+      1
+    """
+    prefix = self.block_prefix
+    if not name.startswith(prefix):
+      return None
+    head = name[len(prefix):].split(".", 1)[0]
+    return int(head) if head.isdigit() and int(head) < self.num_layers else None
+
   def to_json(self) -> dict:
     """A JSON-able dict; :meth:`from_json` inverts it exactly."""
     d = dataclasses.asdict(self)
@@ -108,4 +128,6 @@ class Model:
 
   @property
   def num_params(self) -> int:
-    return int(sum(a.size for a in self.params.values()))
+    """Every parameter of the checkpoint (from the headers when the params are lazy: nothing is read)."""
+    from macjax.load.lazy import shape_of  # pylint: disable=g-import-not-at-top
+    return int(sum(int(np.prod(shape_of(self.params, n), dtype=np.int64)) for n in self.params))

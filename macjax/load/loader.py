@@ -65,7 +65,8 @@ def check_params(params: Mapping[str, np.ndarray], config: Mapping[str, object],
   return params, spec
 
 
-def _resolve(source: str) -> pathlib.Path:
+def resolve_source(source: str) -> pathlib.Path:
+  """The local path of a model alias or path (see :func:`load_model`)."""
   if registry.is_alias(source):
     return registry.resolve_alias(source)
   path = pathlib.Path(source).expanduser()
@@ -96,7 +97,7 @@ def open_model(source: str) -> Model:
     (49152, 576)
   """
   source = os.fspath(source)
-  path = _resolve(source)
+  path = resolve_source(source)
   where = str(path)
   if path.is_dir():
     if not (path / "config.json").is_file():

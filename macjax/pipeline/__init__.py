@@ -1,6 +1,7 @@
-"""The pipeline: typed config, compress / decompress (the only place that knows the stage order), jobs, reports."""
+"""The pipeline: typed config, the whole-model plan, per-tensor stages, compress / decompress (the only place that
+knows the stage order), jobs, reports."""
 
-from macjax.pipeline.codec import Compressed, compress, decompress
+from macjax.pipeline.compression import Compressed, compress, decompress, iter_decompress
 from macjax.pipeline.config import PipelineConfig
 
-__all__ = ["Compressed", "PipelineConfig", "compress", "decompress"]
+__all__ = ["Compressed", "PipelineConfig", "compress", "decompress", "iter_decompress"]

@@ -1,87 +1,171 @@
 """The main jobs, end to end: what ``macjax compress / decompress / info`` run.
 
-``run_compress``: load → compress → save the artifact → restore it from disk and decode (verifying every tensor is
-bit-identical to the encoder's reconstruction) → evaluate the decoded model against the reference → report.
-The report's figures come from the artifact as written on disk, not from in-memory estimates.
+``run_compress``: open the model (weights stay on disk) → plan → encode one unit at a time into a resumable partial
+artifact → finish it → read it back from disk one unit at a time and decode it (verifying every tensor is
+bit-identical to the encoder's reconstruction, and measuring the weight error against the source) → evaluate the
+decoded model against the reference → report. The report's figures come from the artifact as written on disk, not
+from in-memory estimates. Killed and started again with the same arguments, it resumes from the last finished unit.
+
+``run_decompress``: decode an artifact one unit at a time into a sharded Hugging Face folder.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
+import resource
+import sys
 import time
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import macjax
 from macjax import artifact
-from macjax.load import load_model
-from macjax.pipeline import codec
-from macjax.pipeline.config import PipelineConfig
+from macjax.load import open_model
+from macjax.load.digest import source_fingerprint
+from macjax.load.loader import resolve_source
+from macjax.pipeline import compression
+from macjax.pipeline.config import PipelineConfig, to_dict
+from macjax.pipeline.progress import Progress
 from macjax.pipeline.report import artifact_report
 
 
-def weight_errors(reference: dict[str, np.ndarray], decoded: dict[str, np.ndarray], manifest: dict) -> dict:
-  """Aggregate relative weight error ``sqrt(Σ‖W−Ŵ‖²) / sqrt(Σ‖W‖²)`` over the block matrices and over the other
-  2-D tensors, plus the per-tensor ``‖W−Ŵ‖/‖W‖`` of the block matrices."""
-  from macjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
-  out = {"per_tensor": {}}
-  for group in ("block", "other"):
-    names = [n for n, r in manifest["tensors"].items() if r.get("group") == group]  # ("fit" records hold θ only)
-    if not names:
-      out[group] = None
-      continue
-    out[group] = float(metrics.aggregate_rel_weight_error(reference, decoded, names))
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory so far (``getrusage``; kilobytes on Linux, bytes on macOS)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class WeightErrors:
+  """Accumulates ``Σ‖W−Ŵ‖²`` and ``Σ‖W‖²`` per group (float64) as tensors stream by, and each block matrix's
+  ``‖W−Ŵ‖/‖W‖``: the aggregate relative weight error ``sqrt(Σ‖W−Ŵ‖²)/sqrt(Σ‖W‖²)`` without holding the model."""
+
+  def __init__(self):
+    self.sums: dict[str, list[float]] = {}
+    self.per_tensor: dict[str, float] = {}
+
+  def add(self, name: str, group: str, reference: np.ndarray, decoded: np.ndarray) -> None:
+    ref = np.asarray(reference, np.float64)
+    err = float(np.sum(np.square(ref - np.asarray(decoded, np.float64))))
+    energy = float(np.sum(np.square(ref)))
+    s = self.sums.setdefault(group, [0.0, 0.0])
+    s[0] += err
+    s[1] += energy
     if group == "block":
-      out["per_tensor"] = {n: float(metrics.rel_weight_error(reference[n], decoded[n])) for n in names}
-  return out
+      self.per_tensor[name] = float(np.sqrt(err / energy)) if energy else 0.0
+
+  def result(self) -> dict:
+    out: dict[str, Any] = {"per_tensor": dict(self.per_tensor)}
+    for group in ("block", "other"):
+      s = self.sums.get(group)
+      out[group] = float(np.sqrt(s[0] / s[1])) if s and s[1] else None
+    return out
+
+
+def weight_errors(reference, decoded: dict[str, np.ndarray], manifest: dict) -> dict:
+  """Aggregate relative weight error ``sqrt(Σ‖W−Ŵ‖²)/sqrt(Σ‖W‖²)`` over the block matrices and over the other
+  2-D tensors, plus the per-tensor ``‖W−Ŵ‖/‖W‖`` of the block matrices (models in memory)."""
+  errors = WeightErrors()
+  for name, rec in manifest["tensors"].items():
+    if rec.get("group") in ("block", "other"):
+      errors.add(name, rec["group"], reference[name], decoded[name])
+  return errors.result()
+
+
+def fingerprint(source: str, config: PipelineConfig) -> dict:
+  """What a resumed compression must find unchanged: the source files, the config, the macjax version."""
+  return {"macjax_version": macjax.__version__, "config": to_dict(config),
+          "source": source_fingerprint(resolve_source(source))}
+
+
+class _Stages:
+  """Wall time, throughput and peak memory per stage of a job."""
+
+  def __init__(self, params: int):
+    self.params = params
+    self.timings: dict[str, float] = {}
+    self.table: dict[str, dict] = {}
+
+  def record(self, name: str, seconds: float) -> None:
+    self.timings[name] = seconds
+    self.table[name] = {"seconds": seconds, "params_per_s": self.params / seconds if seconds > 0 else None,
+                        "peak_rss_bytes": peak_rss_bytes()}
 
 
 def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *, overwrite: bool = False,
-                 evaluate: bool | None = None, progress: Callable[[str], None] | None = None) -> dict:
+                 restart: bool = False, evaluate: bool | None = None, verify: bool = True,
+                 progress: Progress | Callable[[str], None] | None = None,
+                 devices: Sequence[Any] | None = None) -> dict:
   """Compresses ``source`` into the artifact folder ``out`` and returns the report.
 
   The report (also written as JSON to ``<out>.report.json``) holds the artifact's bit accounting (see
-  :func:`~macjax.pipeline.report.artifact_report`), relative weight errors, model quality before and after
-  (unless ``evaluate`` is false or ``config.evaluate.enabled`` is off), and wall time per stage.
+  :func:`~macjax.pipeline.report.artifact_report`), relative weight errors (when ``verify``), model quality before
+  and after (unless ``evaluate`` is false or ``config.evaluate.enabled`` is off), the device count, and wall time,
+  params/s and peak resident memory per stage.
+
+  Args:
+    restart: discard an unfinished earlier run into ``out`` instead of resuming it (a run with another source,
+      config or macjax version is refused unless this is set).
+    verify: read the artifact back from disk, decode it and check every tensor (and measure the weight error).
+    devices: where to run (default ``jax.devices()``).
   """
-  say = progress or (lambda _: None)
+  import jax  # pylint: disable=g-import-not-at-top
+  progress = progress if isinstance(progress, Progress) else Progress(say=progress)
   out = pathlib.Path(out)
-  timings: dict[str, float] = {}
   t0 = time.perf_counter()
-  say(f"load {source}")
-  model = load_model(source)
-  timings["load"] = time.perf_counter() - t0
+  progress.say(f"open {source}")
+  model = open_model(source)
+  stages = _Stages(model.num_params)
+  writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart)
+  stages.record("open", time.perf_counter() - t0)
+  if writer.resumed:
+    progress.say(f"resuming the unfinished compression in {writer.partial}")
+  try:
+    records, plan, timings = compression.encode_units(model, config, writer, devices=devices, progress=progress)
+    for name, seconds in timings.items():
+      stages.record(name, seconds)
+    t0 = time.perf_counter()
+    progress.say(f"save {out}")
+    writer.finish(compression.make_manifest(model, config, plan, records), assets=model.tokenizer_files)
+    stages.record("save", time.perf_counter() - t0)
+  finally:
+    writer.close()
 
-  compressed = codec.compress(model, config, progress=say)
-  timings.update(compressed.timings)
-
-  t0 = time.perf_counter()
-  say(f"save {out}")
-  artifact.save(out, compressed.buckets, compressed.manifest, assets=compressed.assets, overwrite=overwrite)
-  timings["save"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  say("restore from disk and decode (checking bit-exactness)")
-  buckets, manifest = artifact.load(out)
-  decoded = codec.decompress(buckets, manifest, verify=True)
-  timings["restore+decode"] = time.perf_counter() - t0
-
-  report = {"path": str(out), "artifact": artifact_report(out, manifest)}
-  # Weight errors against what was compressed (the rewritten model, if a rewrite ran); quality against the original.
-  report["weight_error"] = weight_errors(compressed.reference, decoded, manifest)
-  report["rewrite"] = manifest.get("rewrite")
+  manifest = artifact.read_manifest(out)
+  report: dict[str, Any] = {"path": str(out), "artifact": artifact_report(out, manifest),
+                            "devices": len(devices) if devices is not None else jax.device_count()}
   do_eval = config.evaluate.enabled if evaluate is None else evaluate
+  decoded = {} if do_eval else None
+  if verify or do_eval:
+    t0 = time.perf_counter()
+    progress.say("restore from disk and decode (checking bit-exactness)")
+    errors = WeightErrors()
+    groups = {n: r.get("group") for n, r in manifest["tensors"].items()}
+    load = functools.partial(artifact.load_unit, out, manifest)
+    units = compression.iter_decompress(manifest, load, verify=True)
+    for _, tensors in progress.bar(units, desc="verify", unit="unit"):
+      for name, W in tensors.items():
+        # Weight errors against what was compressed (the rewritten model, if a rewrite ran).
+        errors.add(name, groups[name], plan.model.params[name], W)
+        if decoded is not None:
+          decoded[name] = W
+    stages.record("restore+decode", time.perf_counter() - t0)
+    report["weight_error"] = errors.result()
+  report["rewrite"] = manifest.get("rewrite")
   if do_eval:
     from macjax.evaluate import quality  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
-    say("evaluate reference vs decoded model on held-out text")
+    progress.say("evaluate reference vs decoded model on held-out text")
     sizes = {k: v for k, v in (("n_seq", config.evaluate.n_seq), ("seq_len", config.evaluate.seq_len),
                                 ("n_sentences", config.evaluate.n_sentences)) if v}
     report["quality"] = quality(model, decoded, **sizes)
-    timings["evaluate"] = time.perf_counter() - t0
-  report["timings"] = timings
+    stages.record("evaluate", time.perf_counter() - t0)
+  report["timings"] = stages.timings
+  report["stages"] = stages.table
+  report["peak_rss_bytes"] = peak_rss_bytes()
   report["config"] = manifest["config"]
   report_path = out.with_name(out.name + ".report.json")
   report_path.write_text(json.dumps(report, indent=1))
@@ -90,13 +174,19 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
 
 
 def run_decompress(path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                   dtype: str = "float32") -> pathlib.Path:
-  """Decodes an artifact and writes a Hugging Face folder that ``transformers`` loads."""
-  from macjax.export import export_hf  # pylint: disable=g-import-not-at-top
-  buckets, manifest = artifact.load(path)
-  params = codec.decompress(buckets, manifest, verify=True)
-  layout = codec.layout_from_json(manifest["layout"])
-  return export_hf(params, layout, artifact.load_assets(path, manifest), out_dir, dtype=dtype, overwrite=overwrite)
+                   dtype: str = "float32", max_shard_bytes: int | None = None,
+                   progress: Progress | None = None) -> pathlib.Path:
+  """Decodes an artifact one unit at a time into a Hugging Face folder (sharded safetensors + index, config,
+  tokenizer) that ``transformers`` loads; the whole decoded model is never in memory."""
+  from macjax.export import export_hf_stream  # pylint: disable=g-import-not-at-top
+  progress = progress or Progress()
+  manifest = artifact.read_manifest(path)
+  layout = compression.layout_from_json(manifest["layout"])
+  assets = artifact.load_assets(path, manifest)
+  units = compression.iter_decompress(manifest, functools.partial(artifact.load_unit, path, manifest), verify=True)
+  tensors = (item for _, unit in progress.bar(units, desc="decompress", unit="unit") for item in unit.items())
+  kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+  return export_hf_stream(tensors, layout, assets, out_dir, dtype=dtype, overwrite=overwrite, **kwargs)
 
 
 def run_info(path: str | os.PathLike) -> dict:

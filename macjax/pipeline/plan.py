@@ -1,0 +1,405 @@
+"""What must be known about the whole model before its tensors are encoded one layer at a time.
+
+A config whose stages are all per-matrix (the default: quantize + code; per-matrix transforms) needs nothing here
+and streams. These stages look across matrices and so need a pass over the model first:
+
+* **rewrite** (``[rewrite]``): a function-preserving model rewrite (LLaMA residual/value rotations);
+* **calibrate** (GPTQ, activation-aware transforms, layer-output allocation): input statistics of every matrix;
+* **shared transform states** (``[transform_state] share = "role"``): one state per role, fitted on the role's
+  layers stacked by rows, stored once in a ``transform:{role}`` record;
+* **f_θ** (``[fit]``): per family (role) across layers, ``W' = f_θ(α) + r``; θ stored in a ``fit:{role}`` record;
+* **allocation** (``[allocation]``): per-matrix step multipliers from a measured distortion or a target rate.
+
+:func:`make_plan` runs those that the config asks for and returns a :class:`Plan`: the per-matrix facts
+(:meth:`Plan.context`) the stages of :mod:`macjax.pipeline.stages` read, plus the records and parts of the shared
+states. The plan holds what these stages hold by nature (a role's stack for f_θ, every matrix's probe for the
+allocation), which is why those configs need memory in proportion to the model while the default config does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from macjax import fit, transforms
+from macjax.errors import ConfigError, MacjaxError
+from macjax.load.layout import MATRIX_ROLES, MatrixInfo, Model
+from macjax.pipeline import components
+from macjax.pipeline.config import PipelineConfig, to_dict
+from macjax.pipeline.stages import (MatrixContext, Parts, TransformChain, leaves_parts, quantizer, residual_step_scale,
+                                    transform_chain)
+
+#: Manifest record groups that hold a state shared by several block matrices (θ of f_θ, a role's transform state),
+#: not a tensor of the model: they have no ``shape``/``sha256`` and are not decoded as tensors.
+STATE_GROUPS = ("fit", "transform")
+
+
+@dataclasses.dataclass
+class Plan:
+  """The whole-model facts for one compression (see the module docstring).
+
+  Attributes:
+    model: the model to encode (the rewritten one when ``[rewrite]`` ran).
+    stats: calibration statistics per block matrix, or None.
+    states: per-matrix transform states fitted ahead (shared by a role, or fitted for f_θ / the allocation).
+    shared_roles: roles whose state is shared (stored once in ``transform:{role}``).
+    predictions: ``f_θ(α)`` per block matrix (families whose fit was kept).
+    fit_roles: block matrix -> the role of its kept fit.
+    step_scales: per block matrix step multiplier (allocation), 1 when off.
+    records: manifest records of the shared states (``transform:{role}``, ``fit:{role}``).
+    parts: their parts, ``{record name: parts}``.
+    rewrite, allocation, fit_decisions: what the manifest says about those stages (None when off).
+    timings: seconds per stage.
+    gptq: whether the quantizer takes the calibration Hessian (then the contexts carry it).
+  """
+
+  model: Model
+  stats: dict | None = None
+  states: dict[str, Any] = dataclasses.field(default_factory=dict)
+  shared_roles: frozenset = frozenset()
+  predictions: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+  fit_roles: dict[str, str] = dataclasses.field(default_factory=dict)
+  step_scales: dict[str, float] = dataclasses.field(default_factory=dict)
+  records: dict[str, dict] = dataclasses.field(default_factory=dict)
+  parts: dict[str, Parts] = dataclasses.field(default_factory=dict)
+  rewrite: dict | None = None
+  allocation: dict | None = None
+  fit_decisions: dict | None = None
+  timings: dict[str, float] = dataclasses.field(default_factory=dict)
+  gptq: bool = False
+
+  def context(self, info: MatrixInfo, index: int, seed: int, device=None) -> MatrixContext:
+    """The :class:`MatrixContext` of block matrix ``info`` (``index``: its position in the layout)."""
+    stats = self.stats[info.name] if self.stats is not None else None
+    hessian = None
+    if stats is not None and self.gptq:
+      hessian = jax.device_put(jnp.asarray(stats.second_moment, jnp.float32), device)
+    return MatrixContext(
+        name=info.name, shape=tuple(info.shape), role=info.role, key=matrix_key(seed, index), stats=stats,
+        hessian=hessian, transform_state=self.states.get(info.name),
+        transform_shared=info.role if info.role in self.shared_roles else None,
+        prediction=self.predictions.get(info.name), fit_role=self.fit_roles.get(info.name),
+        step_scale=jnp.float32(self.step_scales.get(info.name, 1.0)), device=device)
+
+
+def matrix_key(seed: int, index: int) -> jax.Array:
+  """The PRNG key of the ``index``-th block matrix."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
+def role_key(seed: int, role: str) -> jax.Array:
+  """The key of a role's shared transform state (apart from the per-matrix keys and the fit's)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 20_000 + MATRIX_ROLES.index(role))
+
+
+def fit_key(seed: int, role_index: int) -> jax.Array:
+  """The key of the ``role_index``-th fitted family's f_θ."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 10_000 + role_index)
+
+
+def needs_calibration(config: PipelineConfig) -> bool:
+  """Whether some stage of ``config`` reads calibration statistics (GPTQ, layer-output allocation, a transform
+  fitted to input activations); :func:`make_plan` computes them only then."""
+  return bool(config.quantize.gptq or config.allocation.sensitivity in ("layer_output", "input_energy")
+              or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
+
+
+def streams(config: PipelineConfig) -> bool:
+  """Whether ``config`` needs no whole-model pass (then compression holds one layer at a time)."""
+  return not (config.rewrite.active or needs_calibration(config) or config.transform_state.share == "role"
+              or config.fit.enabled or config.allocation.sensitivity != "none" or config.allocation.target_bits)
+
+
+def calibration_stats(model: Model, config: PipelineConfig) -> dict:
+  """The calibration statistics :func:`make_plan` computes for ``config`` (pass them back as its ``stats`` to
+  share one calibration pass across configs with the same ``[calibration]``; with ``[rewrite]`` on, ``model``
+  must be the rewritten model)."""
+  from macjax import calibrate  # pylint: disable=g-import-not-at-top
+  return calibrate.input_statistics(model, **config.calibration.sizes())
+
+
+def rewrite_model(model: Model, config: PipelineConfig) -> tuple[Model, dict]:
+  """Applies the config's function-preserving model rewrite (LLaMA: fold norms, rotate the residual stream and value
+  heads); returns the rewritten model and a record of what it cost (e.g. untied LM-head weights).
+
+  Raises:
+    ConfigError: the model's family has no such rewrite, or a tied model would need ``rewrite.untie``.
+  """
+  if model.layout.family != "llama":
+    raise ConfigError(f"rewrite: the computational-invariance rewrite is implemented for the LLaMA family; "
+                      f"{model.source} is {model.layout.family} (BERT's post-LayerNorm blocks re-normalize the "
+                      "residual stream after each sub-layer, so a residual rotation cannot be absorbed)")
+  rw = transforms.rotate_llama(dict(model.params), model.layout.config, key=jax.random.PRNGKey(config.seed),
+                               residual=config.rewrite.residual, head_rotation=config.rewrite.head_rotation,
+                               untie=config.rewrite.untie)
+  layout = dataclasses.replace(model.layout, config=dict(rw.config))
+  rewritten = dataclasses.replace(model, params=dict(rw.params), layout=layout)
+  return rewritten, {"residual": rw.residual, "head_rotation": rw.head_rotation, "untied": rw.untied,
+                     "extra_params": int(rw.extra_params)}
+
+
+def pooled_stats(members: list) -> Any:
+  """The :class:`~macjax.calibrate.InputStats` of the row-stacked inputs of several matrices: the count-weighted
+  mean of the second moments (``Σ_l n_l S_l / Σ_l n_l``), the max of the absolute maxima, the sum of the counts."""
+  from macjax.calibrate import InputStats  # pylint: disable=g-import-not-at-top
+  counts = np.array([float(s.count) for s in members])
+  weights = counts / counts.sum() if counts.sum() > 0 else np.full(len(members), 1.0 / len(members))
+  second = sum(w * np.asarray(s.second_moment, np.float64) for w, s in zip(weights, members))
+  absmax = np.max(np.stack([np.asarray(s.absmax, np.float32) for s in members]), axis=0)
+  return InputStats(second.astype(np.float32), absmax, int(counts.sum()))
+
+
+def _check_chain(config: PipelineConfig, chain: TransformChain | None) -> None:
+  if config.quantize.gptq and chain is not None and not chain.input_side_only():
+    raise ConfigError("quantize.gptq with a transform acting on the output side: GPTQ's Hessian lives in the input "
+                      "coordinates; use input-side transforms (side = \"input\") with GPTQ")
+  if config.transform_state.share == "role" and chain is not None and not chain.input_side_only():
+    raise ConfigError("transform_state.share = \"role\" with a transform acting on the output side: sharing pools "
+                      "a role's layers by stacking their rows, which only input-side transforms (side = "
+                      "\"input\") allow; use input-side members or share = \"none\"")
+
+
+def _shared_states(plan: Plan, config: PipelineConfig, chain: TransformChain, say) -> None:
+  """One input-side chain state per role: ``chain.init`` on the members' rows stacked, ``[W_1; …; W_L]``, with
+  their pooled calibration statistics."""
+  model = plan.model
+  roles = []
+  for role in MATRIX_ROLES:
+    fam = model.layout.by_role(role)
+    if not fam:
+      continue
+    say(f"transform: one state for the {len(fam)} '{role}' matrices")
+    pooled = jnp.concatenate([jnp.asarray(model.params[m.name], jnp.float32) for m in fam], axis=0)
+    s = (chain.stats_for(pooled_stats([plan.stats[m.name] for m in fam]))
+         if plan.stats is not None and chain.needs_stats() else None)
+    try:
+      state = chain.init(pooled, role_key(config.seed, role), s)
+    except MacjaxError as e:
+      raise type(e)(f"shared transform of role '{role}' ({len(fam)} matrices): {e}") from e
+    name = f"transform:{role}"
+    plan.parts[name] = leaves_parts("transform", "transform", state)
+    plan.records[name] = {
+        "group": "transform", "role": role, "members": [m.name for m in fam],
+        "pooled_shape": [int(pooled.shape[0]), int(fam[0].shape[1])],
+        "bits": {"transform": int(sum(a.nbytes for _, a in plan.parts[name].values()) * 8)}}
+    for m in fam:
+      plan.states[m.name] = state
+    roles.append(role)
+  plan.shared_roles = frozenset(roles)
+
+
+def _coords(plan: Plan, config: PipelineConfig, chain: TransformChain | None) -> dict[str, jax.Array]:
+  """Every block matrix in its transformed coordinates (states fitted here are kept in the plan)."""
+  out = {}
+  for i, m in enumerate(plan.model.layout.matrices):
+    W = jnp.asarray(plan.model.params[m.name], jnp.float32)
+    if chain is not None:
+      if m.name not in plan.states:
+        s = chain.stats_for(plan.stats[m.name]) if plan.stats is not None else None
+        try:
+          plan.states[m.name] = chain.init(W, matrix_key(config.seed, i), s)
+        except MacjaxError as e:
+          raise type(e)(f"transform of {m.name}: {e}") from e
+      W = chain.apply(W, plan.states[m.name])
+    out[m.name] = W
+  return out
+
+
+@functools.lru_cache(maxsize=8)
+def fitter(options: tuple) -> fit.FunctionalFit:
+  """The f_θ fitter of ``[fit.options]`` (a sorted item tuple, so that it is cached)."""
+  return fit.functional_fit(**dict(options))
+
+
+def family_fit_options(cfg: dict, shape: tuple[int, int, int]) -> dict[str, Any]:
+  """A family's f_θ options: ``[fit.options]``, with the width chosen by ``fit.theta_bits_per_weight`` if set."""
+  options = dict(cfg["fit"]["options"])
+  budget = cfg["fit"]["theta_bits_per_weight"]
+  if budget:
+    options["width"] = fit.width_for_budget(int(budget * np.prod(shape)), shape, **options)
+  return options
+
+
+def _plain_quantizer(cfg: dict):
+  q = cfg["quantize"]
+  return quantizer(q["method"], q["step"], q["group_size"], tuple(sorted(q["options"].items())), None)
+
+
+def _fit_code_bits_saved(cfg: dict, stack: jax.Array, pred: jax.Array) -> float:
+  """Entropy of a family's codes without f_θ minus with it, at the same steps (what the fit buys in code bits)."""
+  from macjax.quantize.allocation import empirical_bits  # pylint: disable=g-import-not-at-top
+  q = cfg["quantize"]
+  plain = _plain_quantizer(cfg)
+  saved = 0.0
+  for W, P in zip(stack, pred):
+    saved += empirical_bits(plain.quantize(W, 1.0)[0])
+    scale = residual_step_scale(q["options"].get("scope", "row"), q["group_size"] or None, W, W - P)
+    saved -= empirical_bits(plain.quantize(W - P, scale)[0])
+  return float(saved)
+
+
+def _fits(plan: Plan, cfg: dict, coords: dict[str, jax.Array], seed: int, say) -> None:
+  """f_θ per family (role) in the transformed coordinates; kept when it pays (or ``fit.keep = "always"``)."""
+  layout = plan.model.layout
+  wanted = cfg["fit"]["roles"] or list(MATRIX_ROLES)
+  decisions = {}
+  for r_idx, role in enumerate(r for r in MATRIX_ROLES if r in wanted and layout.by_role(r)):
+    fam = layout.by_role(role)
+    stack = jnp.stack([coords[m.name] for m in fam])
+    options = family_fit_options(cfg, tuple(stack.shape))
+    ff = fitter(tuple(sorted(options.items())))
+    say(f"fit f_θ (width {ff.config.width}) for {len(fam)} '{role}' matrices {tuple(stack.shape)}")
+    callback = lambda p, role=role: say(f"  f_θ '{role}' step {p.step}/{p.steps}: unexplained energy "
+                                        f"{float(np.mean(p.loss)):.4f}")
+    theta = ff.fit(stack, key=fit_key(seed, r_idx), callback=callback)
+    pred = ff.predict(theta, tuple(stack.shape))
+    energy = fit.explained_energy(stack, pred)
+    arrays = fit.to_numpy(theta)
+    theta_bits = int(sum(a.nbytes for a in arrays.values()) * 8)
+    saved = _fit_code_bits_saved(cfg, stack, pred)
+    decisions[role] = {"explained_energy": float(energy.total), "theta_bits": theta_bits,
+                       "code_bits_saved": saved, "kept": saved > theta_bits or cfg["fit"]["keep"] == "always"}
+    if not decisions[role]["kept"]:
+      say(f"  f_θ '{role}' dropped: saves {saved:,.0f} code bits, costs {theta_bits:,} θ bits")
+      continue
+    name = f"fit:{role}"
+    plan.parts[name] = {f"theta.{k}": ("theta", a) for k, a in sorted(arrays.items())}
+    plan.records[name] = {
+        "group": "fit", "role": role, "shape": list(stack.shape), "theta_keys": sorted(arrays), "options": options,
+        "bits": {"theta": theta_bits}, "explained_energy": float(energy.total),
+        "explained_energy_per_layer": [float(x) for x in np.asarray(energy.per_layer)]}
+    for li, m in enumerate(fam):
+      plan.predictions[m.name] = pred[li]
+      plan.fit_roles[m.name] = role
+  plan.fit_decisions = decisions or None
+
+
+def _unit_distortions(plan: Plan, config: PipelineConfig, targets: dict[str, jax.Array],
+                      reconstruct: Callable[[str, jax.Array], jax.Array], say) -> tuple[dict, dict]:
+  """``d_i``: the distortion matrix ``i`` adds on its own when quantized plainly at ``quantize.step`` (see
+  :class:`~macjax.pipeline.config.AllocationConfig`), and what to record about how it was measured."""
+  from macjax import calibrate  # pylint: disable=g-import-not-at-top
+  model = plan.model
+  plain = _plain_quantizer(to_dict(config))
+  kind = {"input_energy": "layer_output"}.get(config.allocation.sensitivity, config.allocation.sensitivity)
+  d, record, probes = {}, {"sensitivity": kind}, {}
+  for name, target in targets.items():
+    T_hat = plain.dequantize(*plain.quantize(target))
+    if kind == "weight":
+      d[name] = float(jnp.sum(jnp.square(target - T_hat)))
+    else:
+      probes[name] = np.asarray(reconstruct(name, T_hat), np.float32)
+      if kind == "layer_output":
+        d[name] = calibrate.output_energy(plan.stats[name], np.asarray(model.params[name], np.float32) - probes[name])
+  if kind == "model_output":
+    from macjax.calibrate import probe  # pylint: disable=g-import-not-at-top
+    from macjax.evaluate import Evaluator  # pylint: disable=g-import-not-at-top
+    a = config.allocation
+    ev = Evaluator(model, split="calibration", n_seq=a.probe_n_seq, seq_len=a.probe_seq_len,
+                   n_sentences=a.probe_n_sentences)
+    members = {m.name: (m.role, m.layer) for m in model.layout.matrices if m.name in targets}
+    roles = {r: [n for n, (rr, _) in members.items() if rr == r] for r in sorted({r for r, _ in members.values()})}
+    say(f"  probe {len(roles)} roles at the model output on calibration text")
+    by_role = probe.output_distortion(ev, model.params, probes, roles)
+    record["probe_by_role"] = by_role
+    if a.probe_groups == "role_layer":
+      layers = {l: [n for n, (_, ll) in members.items() if ll == l] for l in sorted({l for _, l in members.values()})}
+      say(f"  probe {len(layers)} layers at the model output on calibration text")
+      by_layer = probe.output_distortion(ev, model.params, probes, layers)
+      record["probe_by_layer"] = {str(l): v for l, v in by_layer.items()}
+      d = probe.separable(by_role, by_layer, members)
+    else:  # a role's matrices share its per-weight sensitivity
+      d = probe.by_size(by_role, roles, {n: int(targets[n].size) for n in members})
+  return d, record
+
+
+def _allocate(plan: Plan, config: PipelineConfig, coords: dict[str, jax.Array], chain: TransformChain | None,
+              say) -> None:
+  """Per-matrix step multipliers from ``[allocation]``."""
+  from macjax.quantize import allocation  # pylint: disable=g-import-not-at-top
+  cfg = to_dict(config)
+  targets = {n: W - plan.predictions[n] if n in plan.predictions else W for n, W in coords.items()}
+
+  def reconstruct(name: str, T_hat: jax.Array) -> jax.Array:  # quantized target -> model coordinates
+    W_hat = plan.predictions[name] + T_hat if name in plan.predictions else T_hat
+    return chain.inverse(W_hat, plan.states[name]) if chain is not None else W_hat
+
+  say("allocate: per-matrix step multipliers" + (f" for {config.allocation.target_bits} bits/weight"
+                                                 if config.allocation.target_bits else ""))
+  scales = {n: 1.0 for n in targets}
+  record: dict[str, Any] = {}
+  sizes = {n: int(t.size) for n, t in targets.items()}
+  if config.allocation.sensitivity != "none":
+    d, record = _unit_distortions(plan, config, targets, reconstruct, say)
+    floor = 1e-6 * max(max(d.values()), 1e-30)  # a matrix quantized exactly (all zeros) is not infinitely cheap
+    sens = {n: max(v, floor) / sizes[n] for n, v in d.items()}
+    scales = allocation.equal_slope_scales(sens, sizes)
+    record["unit_distortion"] = d
+  if config.allocation.target_bits:
+    q = cfg["quantize"]
+    plain = components.build_quantizer(q["method"], q["step"], q["group_size"], dict(q["options"]))
+    base = allocation.base_step_for_rate(plain, {n: np.asarray(t) for n, t in targets.items()},
+                                         config.allocation.target_bits, scales)
+    scales = {n: base * c for n, c in scales.items()}
+    record["base_step_scale"] = base
+  record["step_scales"] = scales
+  plan.step_scales = scales
+  plan.allocation = record
+
+
+def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None,
+              say: Callable[[str], None] = lambda _: None) -> Plan:
+  """Runs the whole-model stages ``config`` asks for (module docstring), in order.
+
+  Args:
+    model: the loaded (or opened) model.
+    config: the pipeline config.
+    stats: precomputed calibration statistics (of the rewritten model when ``[rewrite]`` is on), to share one
+      calibration pass across configs; computed here when a stage needs them and this is None.
+    say: progress lines.
+
+  Raises:
+    ConfigError: a stage cannot run on this model with this config (named in the message).
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  plan = Plan(model=model, gptq=config.quantize.gptq)
+  chain = transform_chain(config.transform)
+  _check_chain(config, chain)
+  if config.rewrite.active:
+    t0 = time.perf_counter()
+    say(f"rewrite: residual rotation {config.rewrite.residual}, head rotation {config.rewrite.head_rotation}")
+    plan.model, plan.rewrite = rewrite_model(model, config)
+    plan.timings["rewrite"] = time.perf_counter() - t0
+  if stats is not None:
+    missing = sorted({m.name for m in plan.model.layout.matrices} - set(stats))
+    if missing:
+      raise ConfigError(f"compress: stats has no entry for {len(missing)} block matrices, e.g. {missing[0]}")
+    plan.stats = stats
+  elif needs_calibration(config):
+    t0 = time.perf_counter()
+    say("calibrate: input statistics of every block matrix on calibration text")
+    plan.stats = calibration_stats(plan.model, config)
+    plan.timings["calibrate"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  if config.transform_state.share == "role" and chain is not None:
+    _shared_states(plan, config, chain, say)
+  cfg = to_dict(config)
+  allocating = config.allocation.sensitivity != "none" or bool(config.allocation.target_bits)
+  if config.fit.enabled or allocating:
+    coords = _coords(plan, config, chain)
+    if chain is not None:
+      plan.timings["transform"] = time.perf_counter() - t0
+    if config.fit.enabled:
+      t0 = time.perf_counter()
+      _fits(plan, cfg, coords, config.seed, say)
+      plan.timings["fit"] = time.perf_counter() - t0
+    if allocating:
+      t0 = time.perf_counter()
+      _allocate(plan, config, coords, chain, say)
+      plan.timings["allocate"] = time.perf_counter() - t0
+  return plan
