@@ -22,8 +22,8 @@ the encoder's reconstruction. The decoder runs the stages backwards from the par
 bit-identical to what the encoder reconstructed" is verified on every decode, not assumed (on the encoder's
 backend; see the README for other backends).
 
-Devices: the tensors of a unit are spread over the given devices (``jax.devices()`` by default), the k-th on
-device ``k mod n``, and encoded concurrently; every tensor's arithmetic is the same on each device of a kind, so the
+Devices: the matrices of a unit are spread over the given devices (``jax.devices()`` by default), largest first,
+each on the device with the fewest weights assigned so far, and encoded concurrently; every tensor's arithmetic is the same on each device of a kind, so the
 artifact does not depend on the device count (tested with 8 host devices).
 
 Example:
@@ -171,11 +171,23 @@ class _Encoder:
   def __post_init__(self):
     self.layout = self.plan.model.layout
     self.info = {m.name: (i, m) for i, m in enumerate(self.layout.matrices)}
+    self._load = [0] * len(self.devices)  # weights assigned to each device so far
 
-  def tensor(self, name: str, slot: int) -> tuple[np.ndarray, stages.Parts, dict]:
+  def placement(self, names: list[str]) -> dict[str, Any]:
+    """Where each 2-D tensor of a unit runs: largest first, each on the device with the fewest elements assigned
+    so far (over the whole run): a deterministic bin-packing that keeps every device busy."""
+    params = self.plan.model.params
+    sizes = {n: int(np.prod(shape_of(params, n), dtype=np.int64)) for n in names if len(shape_of(params, n)) == 2}
+    out = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+      k = min(range(len(self.devices)), key=lambda i: (self._load[i], i))
+      self._load[k] += sizes[name]
+      out[name] = self.devices[k]
+    return out
+
+  def tensor(self, name: str, device) -> tuple[np.ndarray, stages.Parts, dict]:
     a = self.plan.model.params[name]
     check_finite_array(name, np.asarray(a), "compress")
-    device = self.devices[slot % len(self.devices)] if self.devices else None
     if name in self.info:
       index, info = self.info[name]
       ctx = self.plan.context(info, index, self.config.seed, device)
@@ -202,7 +214,8 @@ class _Encoder:
 
   def unit(self, unit: str, names: list[str], pool) -> tuple[dict, dict, dict]:
     """Encodes the tensors of one unit; returns its ``(buckets, index, records)``."""
-    jobs = [(name, k) for k, name in enumerate(names)]
+    where = self.placement(names)
+    jobs = [(name, where.get(name)) for name in names]
     results = list(pool.map(lambda job: self.tensor(*job), jobs)) if pool else [self.tensor(*j) for j in jobs]
     packer = artifact.Packer()
     records = {}
