@@ -532,22 +532,46 @@ def information_bits(codes, coded: CodedTensor) -> float:
   if header["model"] == "raw":
     symbols = _symbols(arr, header).astype(np.int64)
   else:
-    symbols = arr.ravel().astype(np.int64) - header["offset"]
+    offset = header["offset"]  # (int32 symbols when they fit: no int64 copy of a large tensor)
+    symbols = arr.ravel() - np.int32(offset) if _fits_int32(arr, offset) else arr.ravel().astype(np.int64) - offset
   if symbols.size and (symbols.min() < 0 or symbols.max() >= weights.shape[1]):
     raise ShapeError(f"codes: values of shape {arr.shape} fall outside the coded alphabet "
                      f"[{header['offset']}, {header['offset'] + weights.shape[1]})")
   segments = np.asarray(_segments(header, coded.table), dtype=np.int64)
-  segment_of = np.repeat(np.arange(segments.size), segments)
-  if header["model"] == "classed":  # into coding order, where segment_of applies
+  if header["model"] == "classed":  # into coding order, where the segments apply
     symbols = symbols[_order(_classes(header, coded.table))]
-  # Exact integer counts per (segment, symbol) on the host; the information itself in JAX.
-  counts = np.bincount(segment_of * weights.shape[1] + symbols, minlength=weights.size)
+  # Exact integer counts per (segment, symbol) on the host, a chunk of symbols at a time (a few copies of a chunk,
+  # not of the tensor); the information itself in JAX.
+  counts = _segment_counts(symbols, segments, weights.shape[1])
   # Pad to a power of two so the jitted sum compiles for a handful of lengths, not once per alphabet size; padded
   # entries have count 0 and weight 2**24 (log2 = PRECISION), so they add exactly 0.
   n = 1 << max(int(counts.size - 1).bit_length(), 4)
   counts = np.pad(counts.astype(np.float32), (0, n - counts.size))
   w = np.pad(weights.ravel().astype(np.float32), (0, n - weights.size), constant_values=float(1 << tables.PRECISION))
   return float(_information(jnp.asarray(counts), jnp.asarray(w)))
+
+
+_COUNT_CHUNK = 1 << 22
+
+
+def _fits_int32(arr: np.ndarray, offset: int) -> bool:
+  """Whether ``arr - offset`` stays inside int32."""
+  return np.iinfo(np.int32).min <= offset <= np.iinfo(np.int32).max and (arr.size == 0 or (
+      int(arr.min()) - offset >= np.iinfo(np.int32).min and int(arr.max()) - offset <= np.iinfo(np.int32).max))
+
+
+def _segment_counts(symbols: np.ndarray, segments: np.ndarray, alphabet: int) -> np.ndarray:
+  """``counts[g * alphabet + s]``: how often symbol ``s`` occurs in segment ``g`` (segments are consecutive runs of
+  ``symbols`` of the given lengths), in chunks of :data:`_COUNT_CHUNK` symbols."""
+  if segments.size == 1:
+    return np.bincount(symbols, minlength=alphabet)
+  starts = np.concatenate([[0], np.cumsum(segments)])
+  counts = np.zeros(segments.size * alphabet, np.int64)
+  for lo in range(0, symbols.size, _COUNT_CHUNK):
+    hi = min(symbols.size, lo + _COUNT_CHUNK)
+    seg = np.searchsorted(starts, np.arange(lo, hi), side="right") - 1
+    counts += np.bincount(seg * alphabet + symbols[lo:hi], minlength=counts.size)
+  return counts
 
 
 @jax.jit

@@ -1,8 +1,8 @@
 """Read a Hugging Face model folder: ``config.json``, safetensors weights (single file or sharded), tokenizer files.
 
-Weights are read by :mod:`safetensors` through a memory map (never pickle, never torch), one tensor at a time when
-it is accessed (:class:`~macjax.load.lazy.LazyTensors`), and converted to float32 numpy arrays; F16, BF16 and F64
-are converted (F16 and BF16 exactly; F64 by rounding). Integer and bool
+Weights are read from safetensors files (never pickle, never torch) one tensor at a time when it is accessed
+(:class:`~macjax.load.lazy.LazyTensors`), and converted to float32 numpy arrays; F16, BF16 and F64 are converted
+(F16 and BF16 exactly; F64 by rounding). Integer and bool
 tensors keep their dtype so that the caller can recognise buffers such as ``embeddings.position_ids``.
 
 Example:
@@ -18,9 +18,7 @@ import json
 import pathlib
 import types
 
-import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16' dtype, which safetensors returns BF16 tensors in)
 import numpy as np
-import safetensors
 
 from macjax.errors import ModelLoadError
 from macjax.load.lazy import LazyTensors
@@ -33,7 +31,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json", "chat_template.jinja",
                    "chat_template.json")
 # safetensors dtype -> how to make a numpy array of it from raw little-endian bytes.
-_FLOAT_DTYPES = types.MappingProxyType({"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np.float64})
+_FLOAT_DTYPES = types.MappingProxyType({"F32": np.float32, "F16": np.float16, "F64": np.float64})
 _OTHER_DTYPES = types.MappingProxyType({
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16,
     "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_})
@@ -50,25 +48,76 @@ def read_json(path: pathlib.Path) -> dict:
   return value
 
 
-def _read_tensor(handle, path: pathlib.Path, name: str, dtype: str) -> np.ndarray:
-  """One tensor of an open safetensors file: floats as a fresh float32 array, integers/bools as stored."""
-  if dtype not in _FLOAT_DTYPES and dtype not in _OTHER_DTYPES:
-    raise ModelLoadError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of "
-                         f"{', '.join([*_FLOAT_DTYPES, *_OTHER_DTYPES])}")
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
+             "U32": 4, "U64": 8, "BOOL": 1}
+_MAX_HEADER = 100 << 20
+
+
+def _read_header(path: pathlib.Path) -> tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]:
+  """Parses and checks a safetensors header: ``(data start, {name: (dtype, shape, begin, end)})``.
+
+  Raises:
+    ModelLoadError: the header is unreadable, or a tensor's offsets leave the file or disagree with its shape.
+  """
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 2 <= n <= min(_MAX_HEADER, size - 8):
+      raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): header length {n}")
+    try:
+      header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): {e}") from e
+  if not isinstance(header, dict):
+    raise ModelLoadError(f"{path}: not a valid safetensors file: the header is not a JSON object")
+  start, out = 8 + n, {}
+  for name, view in header.items():
+    if name == "__metadata__":
+      continue
+    try:
+      dtype, shape, (begin, end) = str(view["dtype"]), tuple(int(d) for d in view["shape"]), view["data_offsets"]
+      begin, end = int(begin), int(end)
+    except (KeyError, TypeError, ValueError) as e:
+      raise ModelLoadError(f"{path}: tensor {name!r} has a malformed header entry ({e})") from e
+    if dtype not in _ITEMSIZE:
+      raise ModelLoadError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {', '.join(_ITEMSIZE)}")
+    if min(shape, default=0) < 0 or not 0 <= begin <= end <= size - start or (
+        end - begin != int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]):
+      raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): tensor {name!r} "
+                           f"{dtype} {list(shape)} claims bytes [{begin}, {end}) of {size - start}")
+    out[name] = (dtype, shape, begin, end)
+  return start, out
+
+
+def _read_tensor(path: pathlib.Path, name: str, dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
+  """One tensor read with plain file reads (floats widened to a fresh float32 array, integers/bools as stored)."""
+  count = int(np.prod(shape, dtype=np.int64))
   try:
-    array = handle.get_tensor(name)
-  except Exception as e:  # safetensors raises SafetensorError, OSError ... for a file changed under it
-    raise ModelLoadError(f"{path}: tensor {name!r} cannot be read ({type(e).__name__}: {e})") from e
-  if dtype in _FLOAT_DTYPES:  # BF16 comes back as ml_dtypes.bfloat16: widening to float32 is exact
-    return np.array(array, dtype=np.float32, copy=True)
-  return np.asarray(array, dtype=_OTHER_DTYPES[dtype])
+    if dtype == "BF16":  # the upper 16 bits of a float32: widening is exact
+      raw = np.fromfile(path, dtype="<u2", count=count, offset=offset)
+      array = (raw.astype(np.uint32) << 16).view(np.float32)
+    elif dtype in _FLOAT_DTYPES:
+      array = np.fromfile(path, dtype=np.dtype(_FLOAT_DTYPES[dtype]).newbyteorder("<"), count=count,
+                          offset=offset).astype(np.float32)
+    else:
+      array = np.fromfile(path, dtype=np.dtype(_OTHER_DTYPES[dtype]).newbyteorder("<"), count=count,
+                          offset=offset).astype(_OTHER_DTYPES[dtype])
+  except OSError as e:
+    raise ModelLoadError(f"{path}: tensor {name!r} cannot be read ({e})") from e
+  if array.size != count:
+    raise ModelLoadError(f"{path}: tensor {name!r} is truncated: read {array.size} of {count} values")
+  return array.reshape(shape)
 
 
 def open_safetensors(path: pathlib.Path) -> LazyTensors:
-  """The tensors of one safetensors file, memory-mapped and read on access (:class:`LazyTensors`).
+  """The tensors of one safetensors file, read on access (:class:`LazyTensors`).
 
-  Only the header is parsed here; each access reads one tensor (floats widened to float32, which is exact for
-  F16/BF16, rounding for F64).
+  Only the header is parsed here (and checked: every tensor's bytes inside the file and matching its shape). Each
+  access reads one tensor with plain file reads rather than through a memory map, so the pages of tensors already
+  read do not stay in this process's resident memory: a pass over a model larger than RAM holds what it is
+  working on, nothing more (the layout is safetensors' documented one: an 8-byte header length, a JSON header of
+  dtype / shape / data offsets, the data).
 
   Raises:
     ModelLoadError: the file is missing, truncated, or not a valid safetensors file.
@@ -80,16 +129,11 @@ def open_safetensors(path: pathlib.Path) -> LazyTensors:
   """
   if not path.is_file():
     raise ModelLoadError(f"{path}: cannot read safetensors file (no such file)")
-  try:
-    handle = safetensors.safe_open(str(path), framework="numpy")
-    slices = {name: handle.get_slice(name) for name in handle.keys()}
-    shapes = {name: tuple(s.get_shape()) for name, s in slices.items()}
-    dtypes = {name: str(s.get_dtype()) for name, s in slices.items()}
-  except Exception as e:  # SafetensorError for a bad header, OSError for an unreadable file
-    raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({path.stat().st_size} bytes): "
-                         f"{type(e).__name__}: {e}") from e
-  readers = {name: functools.partial(_read_tensor, handle, path, name, dtypes[name]) for name in shapes}
-  return LazyTensors(readers, shapes, dtypes, where=str(path), keep_open=(handle,))
+  start, header = _read_header(path)
+  readers = {name: functools.partial(_read_tensor, path, name, dtype, shape, start + begin)
+             for name, (dtype, shape, begin, _) in header.items()}
+  return LazyTensors(readers, {n: h[1] for n, h in header.items()}, {n: h[0] for n, h in header.items()},
+                     where=str(path))
 
 
 def read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
