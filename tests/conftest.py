@@ -93,3 +93,10 @@ def write_hf_folder(folder: pathlib.Path, params: dict[str, np.ndarray], config:
 def tiny_llama_dir(tmp_path) -> pathlib.Path:
   """A tiny LLaMA Hugging Face folder (config.json + model.safetensors)."""
   return write_hf_folder(tmp_path / "tiny-llama", tiny_llama_params(), TINY_LLAMA_CONFIG)
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path) -> pathlib.Path:
+  """A tiny BERT Hugging Face folder (positions for 256 tokens, so calibration passages fit)."""
+  config = dict(TINY_BERT, max_position_embeddings=256)
+  return write_hf_folder(tmp_path / "tiny-bert", tiny_bert_params(config), config)

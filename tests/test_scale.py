@@ -67,8 +67,11 @@ def test_same_input_config_and_seed_give_the_same_artifact(synthetic_dir, tmp_pa
   assert _payload(tmp_path / "a") == _payload(tmp_path / "b")
 
 
-def test_interrupted_compress_resumes_to_the_same_artifact(synthetic_dir, tmp_path, monkeypatch, capsys):
-  job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "whole", verify=False)
+@pytest.mark.parametrize("config", [NO_EVAL, GPTQ], ids=["default", "gptq-sequential"])
+def test_interrupted_compress_resumes_to_the_same_artifact(synthetic_dir, tmp_path, monkeypatch, config):
+  """Resuming rebuilds what the finished layers left behind (sequential calibration: the next layer's inputs, by
+  replaying the finished layers forward from their decoded weights) and writes the identical artifact."""
+  job.run_compress(str(synthetic_dir), config, tmp_path / "whole", verify=False)
   real, calls = artifact.ArtifactWriter.write_unit, []
 
   def crash_after_three(self, *args):
@@ -79,14 +82,15 @@ def test_interrupted_compress_resumes_to_the_same_artifact(synthetic_dir, tmp_pa
 
   monkeypatch.setattr(artifact.ArtifactWriter, "write_unit", crash_after_three)
   with pytest.raises(KeyboardInterrupt):
-    job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "art")
+    job.run_compress(str(synthetic_dir), config, tmp_path / "art")
   monkeypatch.undo()
   assert not (tmp_path / "art").exists() and artifact.partial_path(tmp_path / "art").is_dir()
   with pytest.raises(ArtifactError, match="unfinished compression"):
     artifact.read_manifest(tmp_path / "art")  # an unfinished run never looks like an artifact
   lines = []
-  job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "art", progress=lines.append)
+  job.run_compress(str(synthetic_dir), config, tmp_path / "art", progress=lines.append)
   assert any("resuming: 3 of 7 units already written (layers 0–2); continuing at layer.00003" in l for l in lines)
+  assert any("replaying layers 0–2" in l for l in lines) == (config is GPTQ)
   assert _payload(tmp_path / "art") == _payload(tmp_path / "whole")
   assert not artifact.partial_path(tmp_path / "art").exists()
 

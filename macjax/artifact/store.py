@@ -191,6 +191,13 @@ class ArtifactWriter:
         out[unit] = _read_json(f, f"record of unit {unit}")
     return out
 
+  def load_unit(self, unit: str) -> dict[str, np.ndarray]:
+    """The buckets of a finished unit of the partial folder (verified, as :func:`load_unit`)."""
+    record = self.done_units().get(unit)
+    if record is None:
+      raise ArtifactError(f"{self.partial}: unit {unit!r} is not finished")
+    return load_unit(self.partial, {"units": {unit: record}}, unit)
+
   def write_unit(self, unit: str, buckets: Mapping[str, np.ndarray], index: dict, records: dict) -> dict:
     """Saves one unit's buckets (Orbax, atomically) and then its record; returns the record.
 

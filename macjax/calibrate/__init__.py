@@ -7,6 +7,8 @@ absolute maximum ``max_t |X_tj|`` (``f32[in]``) and ``n``. Consumers: GPTQ (``H 
 activation-aware PCA (``S``), SmoothQuant scaling (``absmax``), bit allocation (``diag S``, ``tr S``), and
 output-space errors (:func:`output_energy`, :func:`relative_output_error`). :mod:`macjax.calibrate.probe`
 measures sensitivity where it finally matters, at the model's output on calibration text (for bit allocation).
+:class:`SequentialCalibration` measures each layer's statistics on the outputs of the layers already compressed,
+holding one layer at a time.
 
 Example:
   >>> from macjax.load import load_model                                            # doctest: +SKIP
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 from macjax.calibrate import probe
 from macjax.calibrate.sensitivity import hessian, output_energy, relative_output_error
+from macjax.calibrate.sequential import SequentialCalibration
 from macjax.calibrate.statistics import (SITE_OF_ROLE, SITES, InputStats, accumulate_statistics, by_matrix,
                                          input_statistics)
 
-__all__ = ["probe", "InputStats", "input_statistics", "accumulate_statistics", "by_matrix", "SITE_OF_ROLE", "SITES",
+__all__ = ["probe", "InputStats", "SequentialCalibration", "input_statistics", "accumulate_statistics", "by_matrix", "SITE_OF_ROLE", "SITES",
            "hessian", "output_energy", "relative_output_error"]

@@ -74,7 +74,7 @@ class InputStats(NamedTuple):
   count: int
 
 
-def _moments(inputs, mask):
+def block_moments(inputs, mask):
   """Per site: ``(XᵀX, max_t |X_t|)`` of one batch with padded rows zeroed (traced inside the layer scan)."""
   weight = mask.astype(jnp.float32)[..., None]
   out = {}
@@ -124,10 +124,10 @@ def accumulate_statistics(family: str, params: Any, config: Mapping[str, Any],
       if mask is not None and not np.all(np.asarray(mask)):
         raise ShapeError("calibrate: a LLaMA batch came with a mask holding zeros; expected None or all ones "
                          "(causal windows have no padding)")
-      per_layer = llama.reduce_block_inputs(params, config, tokens, _moments)
+      per_layer = llama.reduce_block_inputs(params, config, tokens, block_moments)
       count += int(np.asarray(tokens).size)
     else:
-      per_layer = bert.reduce_block_inputs(params, config, tokens, _moments, mask)
+      per_layer = bert.reduce_block_inputs(params, config, tokens, block_moments, mask)
       count += int(np.asarray(tokens).size if mask is None else np.count_nonzero(np.asarray(mask)))
     for site, (xtx, amax) in per_layer.items():
       xtx, amax = np.asarray(xtx), np.asarray(amax)
@@ -156,7 +156,7 @@ def accumulate_statistics(family: str, params: Any, config: Mapping[str, Any],
   return out
 
 
-def _length_buckets(tokens: np.ndarray, mask: np.ndarray, chunk: int, multiple: int = 32):
+def length_buckets(tokens: np.ndarray, mask: np.ndarray, chunk: int, multiple: int = 32):
   """Sentences sorted by length, in chunks of ``chunk`` padded to a multiple of ``multiple`` (few compiled shapes)."""
   lengths = mask.sum(axis=1)
   order = np.argsort(lengths, kind="stable")
@@ -224,7 +224,7 @@ def input_statistics(model, *, n_seq: int = DEFAULT_N_SEQ, seq_len: int = DEFAUL
     batches = ((windows[i:i + batch_size], None) for i in range(0, n_seq, batch_size))
   elif layout.family == "bert":
     tokens, mask = text.sentence_batch(tokenizer, text.sentences("calibration", n_sentences))
-    batches = _length_buckets(tokens, mask, sentence_chunk)
+    batches = length_buckets(tokens, mask, sentence_chunk)
   else:
     raise ConfigError(f"calibrate: model family {layout.family!r} is not supported; expected 'llama' or 'bert'")
   per_site = accumulate_statistics(layout.family, params, config, batches)

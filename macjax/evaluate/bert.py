@@ -374,3 +374,52 @@ def reduce_block_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: A
   dims = BertDims.from_config(config)
   weights = params if isinstance(params, BertWeights) else prepare_bert(params, config)
   return _reduce_inputs(weights, *_inputs(tokens, mask, token_types, dims), dims, reduce)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One layer at a time (sequential calibration: the layers are run one by one as they are compressed).
+
+
+def layer_params(params: Mapping[str, Any], config: Mapping[str, Any], layer: int) -> dict[str, jax.Array]:
+  """Layer ``layer``'s tensors as the scanned forward's per-layer slice (``{field: array}``, float32, checked)."""
+  dims = BertDims.from_config(config)
+  pre = "bert." if any(n.startswith("bert.encoder.") for n in params) else ""  # (the layer's tensors alone will do)
+  h, f = dims.hidden, dims.intermediate
+  shapes = {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "up": (f, h), "down": (h, f), "up_bias": (f,)}
+  out = {}
+  for field, suffix in _LAYER_TENSORS.items():
+    name, shape = f"{pre}encoder.layer.{layer}.{suffix}", shapes.get(field, (h,))
+    if name not in params:
+      raise ModelLoadError(f"BERT params: missing tensor {name!r} (expected shape {shape})")
+    array = np.asarray(params[name], dtype=np.float32)
+    if array.shape != shape:
+      raise ShapeError(f"BERT params: tensor {name!r} has shape {array.shape}; expected {shape}")
+    out[field] = jnp.asarray(array)
+  return out
+
+
+def embed(params: Mapping[str, Any], config: Mapping[str, Any], tokens: Any, mask: Any = None,
+          token_types: Optional[Any] = None) -> jax.Array:
+  """The layers' input: word + position + token-type embeddings, LayerNorm-ed; ``float32[batch, seq, hidden]``."""
+  dims = BertDims.from_config(config)
+  pre = _prefix(params)
+  get = lambda n: jnp.asarray(np.asarray(params[pre + n], np.float32))
+  weights = BertWeights(word=get("embeddings.word_embeddings.weight"), position=get("embeddings.position_embeddings.weight"),
+                        token_type=get("embeddings.token_type_embeddings.weight"), emb_ln=get("embeddings.LayerNorm.weight"),
+                        emb_ln_bias=get("embeddings.LayerNorm.bias"), layers={})
+  tokens, _, token_types = _inputs(tokens, mask, token_types, dims)
+  return _embed(weights, tokens, token_types, dims)
+
+
+@functools.partial(jax.jit, static_argnames=("dims", "reduce"))
+def _layer_step(x, p, mask, dims: BertDims, reduce):
+  out, inputs = _layer_and_inputs(x, p, mask, dims)
+  return out, (reduce(inputs, mask) if reduce is not None else None)
+
+
+def block_step(p: dict[str, jax.Array], config: Mapping[str, Any], x: jax.Array, reduce=None,
+               mask: Any = None) -> tuple[jax.Array, Any]:
+  """One layer on ``x`` (``mask``: ``[batch, seq]``, 1 = token): its output and, when ``reduce`` is given,
+  ``reduce(BlockInputs, mask)`` of its linear layers' inputs."""
+  mask = jnp.ones(x.shape[:2], bool) if mask is None else jnp.asarray(mask) != 0
+  return _layer_step(x, p, mask, BertDims.from_config(config), reduce)

@@ -410,3 +410,46 @@ def reduce_block_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: A
   """
   dims = LlamaDims.from_config(config)
   return _reduce_inputs(_weights(params, config), _check_tokens(tokens, dims.vocab), dims, reduce)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One block at a time (sequential calibration: the blocks are run one by one as they are compressed).
+
+
+def layer_params(params: Mapping[str, Any], config: Mapping[str, Any], layer: int) -> dict[str, jax.Array]:
+  """Block ``layer``'s tensors as the scanned forward's per-layer slice (``{field: array}``, float32, checked).
+
+  Example:
+    >>> p = layer_params(model.params, model.layout.config, 3)   # doctest: +SKIP
+  """
+  dims = LlamaDims.from_config(config)
+  h, f, hd = dims.hidden, dims.intermediate, dims.head_dim
+  shapes = {"q": (dims.num_heads * hd, h), "k": (dims.num_kv_heads * hd, h), "v": (dims.num_kv_heads * hd, h),
+            "o": (h, dims.num_heads * hd), "gate": (f, h), "up": (f, h), "down": (h, f), "input_norm": (h,),
+            "post_norm": (h,)}
+  return {field: jnp.asarray(_get(params, f"model.layers.{layer}.{suffix}", shapes[field]))
+          for field, suffix in _BLOCK_TENSORS.items()}
+
+
+def embed(params: Mapping[str, Any], config: Mapping[str, Any], tokens: Any) -> jax.Array:
+  """The blocks' input ``x_0 = E[t]``: ``float32[batch, seq, hidden]``."""
+  dims = LlamaDims.from_config(config)
+  E = _get(params, "model.embed_tokens.weight", (dims.vocab, dims.hidden))
+  return jnp.take(jnp.asarray(E), _check_tokens(tokens, dims.vocab), axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("dims", "reduce"))
+def _layer_step(x: jax.Array, p: dict[str, jax.Array], dims: LlamaDims, reduce):
+  cos, sin = rope_angles(x.shape[1], dims.head_dim, dims.rope_theta)
+  out, inputs = _block_and_inputs(x, p, cos, sin, dims)
+  return out, (reduce(inputs, jnp.ones(x.shape[:2], dtype=bool)) if reduce is not None else None)
+
+
+def block_step(p: dict[str, jax.Array], config: Mapping[str, Any], x: jax.Array, reduce=None) -> tuple[jax.Array, Any]:
+  """One block on ``x``: its output and, when ``reduce`` is given, ``reduce(BlockInputs, mask)`` of its linear
+  layers' inputs (as :func:`reduce_block_inputs` does for every block at once).
+
+  Example:
+    >>> x1, _ = block_step(layer_params(params, config, 0), config, embed(params, config, tokens))  # doctest: +SKIP
+  """
+  return _layer_step(x, p, LlamaDims.from_config(config), reduce)

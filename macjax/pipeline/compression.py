@@ -96,6 +96,9 @@ class MemorySink:
   def done_units(self) -> dict[str, dict]:
     return dict(self._records)
 
+  def load_unit(self, unit: str) -> dict[str, np.ndarray]:
+    return self.units[unit]
+
   def write_unit(self, unit: str, buckets, index, records) -> dict:
     self.units[unit] = dict(buckets)
     self._records[unit] = {"buckets": artifact.bucket_table(buckets), "index": index, "tensors": records}
@@ -212,8 +215,8 @@ class _Encoder:
     rec["shape"] = list(np.shape(a))
     return W_hat, parts, rec
 
-  def unit(self, unit: str, names: list[str], pool) -> tuple[dict, dict, dict]:
-    """Encodes the tensors of one unit; returns its ``(buckets, index, records)``."""
+  def unit(self, unit: str, names: list[str], pool) -> tuple[dict, dict, dict, dict]:
+    """Encodes the tensors of one unit; returns its ``(buckets, index, records, reconstructions)``."""
     where = self.placement(names)
     jobs = [(name, where.get(name)) for name in names]
     results = list(pool.map(lambda job: self.tensor(*job), jobs)) if pool else [self.tensor(*j) for j in jobs]
@@ -225,7 +228,7 @@ class _Encoder:
       rec["unit"] = unit
       records[name] = TensorRecord.from_json(name, rec).to_json()  # checked as the decoder will check it
     buckets, index = packer.finish()
-    return buckets, index, records
+    return buckets, index, records, {name: W_hat for name, (W_hat, _, _) in zip(names, results)}
 
 
 def _shared_unit(plan: Plan) -> tuple[dict, dict, dict]:
@@ -274,17 +277,48 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
     progress.say(f"resuming: {len(done)} of {len(units)} units already written ({', '.join(_span(done))}); "
                  f"continuing at {first}")
   t0 = time.perf_counter()
+  if plan.sequential is not None:
+    _replay(plan, config, sink, done, progress)
   workers = len(devices) if len(devices) > 1 else 0
   with concurrent.futures.ThreadPoolExecutor(workers) if workers else _no_pool() as pool:
     for unit, names in progress.bar(todo, desc="compress", unit="unit"):
+      layer = _layer_of_unit(unit)
       if unit == SHARED_UNIT:
         buckets, index, recs = _shared_unit(plan)
       else:
-        buckets, index, recs = encoder.unit(unit, names, pool)
+        if plan.sequential is not None and layer is not None:
+          plan.stats = plan.sequential.statistics(layer, plan.model.params)  # this layer's only
+        buckets, index, recs, recon = encoder.unit(unit, names, pool)
+        if plan.sequential is not None and layer is not None:
+          plan.sequential.advance(layer, recon)  # the next layer's inputs, from this layer as decoded
       sink.write_unit(unit, buckets, index, recs)
       records.update(recs)
   timings["quantize+code"] = time.perf_counter() - t0
   return records, plan, timings
+
+
+def _layer_of_unit(unit: str) -> int | None:
+  return int(unit.split(".", 1)[1]) if unit.startswith("layer.") else None
+
+
+def _replay(plan: Plan, config: PipelineConfig, sink, done: dict, progress) -> None:
+  """Sequential calibration's starting point: the embeddings, then every finished layer (a resumed run) replayed
+  forward from its decoded weights, as read back from the sink."""
+  plan.sequential.start(plan.model.params)
+  layers = sorted(l for l in map(_layer_of_unit, done) if l is not None)
+  if layers != list(range(len(layers))):
+    raise ArtifactError(f"resume: the finished layers {layers} are not the first {len(layers)} layers; the unfinished "
+                        "compression is inconsistent (restart it)")
+  if not layers:
+    return
+  progress.say(f"resume: replaying layers 0–{layers[-1]} forward to rebuild the calibration inputs")
+  decoder = _Decoder.from_plan(config, plan)
+  for layer in layers:
+    unit = layer_unit(layer)
+    parts = artifact.unpack(sink.load_unit(unit), done[unit]["index"])
+    decoded = {n: decoder.tensor(TensorRecord.from_json(n, r), parts.get(n, {}), True)
+               for n, r in done[unit]["tensors"].items()}
+    plan.sequential.advance(layer, decoded)
 
 
 class _no_pool:  # pylint: disable=invalid-name
@@ -315,6 +349,7 @@ def make_manifest(model: Model, config: PipelineConfig, plan: Plan, records: dic
       "rewrite": plan.rewrite,
       "allocation": plan.allocation,
       "fit_decisions": plan.fit_decisions,
+      "calibration": plan.calibration,
   }
 
 
@@ -392,6 +427,12 @@ class _Decoder:
   chains: Chains
   shared_states: dict[str, Any]
   predictions: dict[str, jax.Array]
+
+  @classmethod
+  def from_plan(cls, config: PipelineConfig, plan: Plan) -> "_Decoder":
+    """The decoder of what ``plan`` encodes (its shared states and predictions, without reading them back)."""
+    shared = {m.role: plan.states[m.name] for m in plan.model.layout.matrices if m.role in plan.shared_roles}
+    return cls({}, config, Chains.of(config), shared, dict(plan.predictions))
 
   def tensor(self, rec: TensorRecord, parts: dict[str, np.ndarray], verify: bool) -> np.ndarray:
     ctx = stages.MatrixContext(name=rec.name, shape=rec.shape, role=rec.role,

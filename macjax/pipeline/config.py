@@ -236,11 +236,16 @@ class CalibrationConfig:
     n_seq: calibration sequences (causal LMs).
     seq_len: tokens per sequence (causal LMs).
     n_sentences: calibration sentences (encoders).
+    sequential: measure each layer's statistics on the outputs of the layers already compressed, one layer in
+      memory at a time (:class:`~macjax.calibrate.SequentialCalibration`); false, or a stage that needs every
+      layer's statistics before the first layer is encoded (layer-output allocation, role-shared or f_θ /
+      allocation-fitted activation-aware transforms), runs the reference model once for all layers instead.
   """
 
   n_seq: int = 0
   seq_len: int = 0
   n_sentences: int = 0
+  sequential: bool = True
 
   def __post_init__(self):
     for k in ("n_seq", "seq_len", "n_sentences"):

@@ -56,6 +56,9 @@ class Plan:
     rewrite, allocation, fit_decisions: what the manifest says about those stages (None when off).
     timings: seconds per stage.
     gptq: whether the quantizer takes the calibration Hessian (then the contexts carry it).
+    sequential: a :class:`~macjax.calibrate.SequentialCalibration` when the statistics are measured layer by layer
+      during encoding (then ``stats`` holds the current layer's), else None.
+    calibration: ``"sequential"``, ``"whole_model"`` or None (no calibration), for the manifest.
   """
 
   model: Model
@@ -72,10 +75,12 @@ class Plan:
   fit_decisions: dict | None = None
   timings: dict[str, float] = dataclasses.field(default_factory=dict)
   gptq: bool = False
+  sequential: Any = None
+  calibration: str | None = None
 
   def context(self, info: MatrixInfo, index: int, seed: int, device=None) -> MatrixContext:
     """The :class:`MatrixContext` of block matrix ``info`` (``index``: its position in the layout)."""
-    stats = self.stats[info.name] if self.stats is not None else None
+    stats = self.stats.get(info.name) if self.stats is not None else None
     hessian = None
     if stats is not None and self.gptq:
       hessian = jax.device_put(jnp.asarray(stats.second_moment, jnp.float32), device)
@@ -109,9 +114,20 @@ def needs_calibration(config: PipelineConfig) -> bool:
               or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
 
 
+def _sequential_ok(config: PipelineConfig, chain: TransformChain | None) -> bool:
+  """Whether every consumer of the statistics reads one matrix's at a time, when that matrix is encoded (GPTQ,
+  per-matrix activation-aware transforms), so that they can be measured layer by layer."""
+  allocating = config.allocation.sensitivity != "none" or bool(config.allocation.target_bits)
+  if not config.calibration.sequential or config.allocation.sensitivity in ("layer_output", "input_energy"):
+    return False
+  ahead = config.transform_state.share == "role" or config.fit.enabled or allocating  # states fitted before encoding
+  return not (chain is not None and chain.needs_stats() and ahead)
+
+
 def streams(config: PipelineConfig) -> bool:
   """Whether ``config`` needs no whole-model pass (then compression holds one layer at a time)."""
-  return not (config.rewrite.active or needs_calibration(config) or config.transform_state.share == "role"
+  calibrated_ahead = needs_calibration(config) and not _sequential_ok(config, transform_chain(config.transform))
+  return not (config.rewrite.active or calibrated_ahead or config.transform_state.share == "role"
               or config.fit.enabled or config.allocation.sensitivity != "none" or config.allocation.target_bits)
 
 
@@ -379,11 +395,16 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     missing = sorted({m.name for m in plan.model.layout.matrices} - set(stats))
     if missing:
       raise ConfigError(f"compress: stats has no entry for {len(missing)} block matrices, e.g. {missing[0]}")
-    plan.stats = stats
+    plan.stats, plan.calibration = stats, "whole_model"
+  elif needs_calibration(config) and _sequential_ok(config, chain):
+    from macjax import calibrate  # pylint: disable=g-import-not-at-top
+    say("calibrate: sequentially, each layer on the outputs of the layers compressed before it")
+    plan.sequential = calibrate.SequentialCalibration(plan.model, **config.calibration.sizes())
+    plan.stats, plan.calibration = {}, "sequential"
   elif needs_calibration(config):
     t0 = time.perf_counter()
     say("calibrate: input statistics of every block matrix on calibration text")
-    plan.stats = calibration_stats(plan.model, config)
+    plan.stats, plan.calibration = calibration_stats(plan.model, config), "whole_model"
     plan.timings["calibrate"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   if config.transform_state.share == "role" and chain is not None:

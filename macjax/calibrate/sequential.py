@@ -1,0 +1,125 @@
+"""Sequential calibration: each layer's input statistics measured on the outputs of the layers already compressed.
+
+Whole-model calibration (:func:`~macjax.calibrate.input_statistics`) runs the *reference* model, so every layer's
+statistics describe inputs that the compressed model never produces, and it holds the whole model. Here the
+calibration text's hidden states are carried from layer to layer as the layers are compressed (GPTQ's and
+llm-compressor's sequential scheme):
+
+1. ``x₀`` = the embeddings of the calibration tokens (:meth:`SequentialCalibration.start`);
+2. for layer ``ℓ``: :meth:`~SequentialCalibration.statistics` runs block ``ℓ`` with its *reference* weights on the
+   carried ``x_ℓ`` and reduces its linear layers' inputs to :class:`~macjax.calibrate.InputStats` (so GPTQ and
+   activation-aware transforms see the errors the earlier layers made); the layer is compressed;
+   :meth:`~SequentialCalibration.advance` runs block ``ℓ`` with its *decoded* weights to get ``x_{ℓ+1}``.
+
+Only one layer's activations are alive at a time (``n_seq · seq_len · hidden`` floats, on the host between
+layers), and only the layer being compressed is read. A resumed compression rebuilds ``x_ℓ`` by replaying the
+finished layers forward from their decoded weights (GPTQModel's resume).
+
+Example:
+  >>> seq = SequentialCalibration(model, n_seq=8)                       # doctest: +SKIP
+  >>> seq.start(model.params)                                           # doctest: +SKIP
+  >>> stats = seq.statistics(0, model.params)  # {matrix name: InputStats} of layer 0   # doctest: +SKIP
+  >>> seq.advance(0, decoded_layer_0)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from macjax.calibrate import statistics
+from macjax.errors import ConfigError, NonFiniteError
+from macjax.evaluate import bert, llama, text
+
+_FAMILIES = {"llama": llama, "bert": bert}
+
+
+class SequentialCalibration:
+  """Calibration hidden states carried through the layers (see the module docstring).
+
+  Args:
+    model: the :class:`~macjax.load.layout.Model` (its layout, config and tokenizer files; weights are passed to
+      each call, so lazy params stay on disk).
+    n_seq, seq_len, batch_size: calibration windows (causal LMs), as :func:`~macjax.calibrate.input_statistics`.
+    n_sentences, sentence_chunk: calibration passages (encoders).
+
+  Raises:
+    ConfigError: an unsupported family or non-positive sizes.
+  """
+
+  def __init__(self, model, *, n_seq: int = statistics.DEFAULT_N_SEQ, seq_len: int = statistics.DEFAULT_SEQ_LEN,
+               n_sentences: int = statistics.DEFAULT_N_SENTENCES, batch_size: int = statistics.DEFAULT_BATCH_SIZE,
+               sentence_chunk: int = statistics.DEFAULT_SENTENCE_CHUNK):
+    layout = model.layout
+    if layout.family not in _FAMILIES:
+      raise ConfigError(f"calibrate: model family {layout.family!r} is not supported; expected one of "
+                        f"{sorted(_FAMILIES)}")
+    if min(n_seq, seq_len, n_sentences, batch_size, sentence_chunk) < 1:
+      raise ConfigError(f"calibrate: n_seq={n_seq}, seq_len={seq_len}, n_sentences={n_sentences}, "
+                        f"batch_size={batch_size}, sentence_chunk={sentence_chunk}; expected all >= 1")
+    self.layout, self.config = layout, dict(layout.config)
+    self.forward = _FAMILIES[layout.family]
+    tokenizer = text.tokenizer_for(model)
+    if layout.family == "llama":
+      windows = text.token_windows(tokenizer, "calibration", n_seq=n_seq, seq_len=seq_len)
+      self.batches = [(windows[i:i + batch_size], None) for i in range(0, n_seq, batch_size)]
+    else:
+      tokens, mask = text.sentence_batch(tokenizer, text.sentences("calibration", n_sentences))
+      self.batches = list(statistics.length_buckets(tokens, mask, sentence_chunk))
+    self.count = int(sum(np.asarray(t).size if m is None else np.count_nonzero(m) for t, m in self.batches))
+    self.hidden: list[np.ndarray] | None = None
+    self.layer = 0
+
+  def _kwargs(self, mask) -> dict:
+    return {} if self.layout.family == "llama" else {"mask": mask}
+
+  def start(self, params: Mapping[str, Any]) -> None:
+    """``x₀``: the embeddings of the calibration tokens (reads only the embedding tensors of ``params``)."""
+    self.hidden = [np.asarray(self.forward.embed(params, self.config, t, **self._kwargs(m)), np.float32)
+                   for t, m in self.batches]
+    self.layer = 0
+
+  def _check_layer(self, layer: int) -> None:
+    if self.hidden is None:
+      raise ConfigError("calibrate: SequentialCalibration.start must run before the layers")
+    if layer != self.layer:
+      raise ConfigError(f"calibrate: the carried inputs are those of layer {self.layer}, not {layer}; layers must "
+                        "be calibrated and advanced in order")
+
+  def statistics(self, layer: int, params: Mapping[str, Any]) -> dict[str, statistics.InputStats]:
+    """``{matrix name: InputStats}`` of layer ``layer``'s matrices: block ``layer`` run with ``params`` (its
+    reference weights) on the carried inputs.
+
+    Raises:
+      ConfigError: layers out of order. NonFiniteError: the statistics overflowed.
+    """
+    self._check_layer(layer)
+    p = self.forward.layer_params(params, self.config, layer)
+    sums: dict[str, np.ndarray] = {}
+    absmax: dict[str, np.ndarray] = {}
+    for x, (_, mask) in zip(self.hidden, self.batches):
+      _, moments = self.forward.block_step(p, self.config, x, statistics.block_moments, **self._kwargs(mask))
+      for site, (xtx, amax) in moments.items():
+        xtx, amax = np.asarray(xtx, np.float64), np.asarray(amax)
+        if site in sums:
+          sums[site] += xtx
+          np.maximum(absmax[site], amax, out=absmax[site])
+        else:
+          sums[site], absmax[site] = xtx, amax.copy()
+    per_site = {}
+    for site in statistics.SITES:
+      second = ((sums[site] + sums[site].T) * (0.5 / self.count)).astype(np.float32)
+      if not (np.all(np.isfinite(second)) and np.all(np.isfinite(absmax[site]))):
+        raise NonFiniteError(f"calibrate: input statistics of site {site!r} in layer {layer} hold NaN or infinity; "
+                             "expected finite activations")
+      per_site[site] = statistics.InputStats(second, absmax[site].astype(np.float32), self.count)
+    return {m.name: per_site[statistics.SITE_OF_ROLE[m.role]] for m in self.layout.matrices if m.layer == layer}
+
+  def advance(self, layer: int, params: Mapping[str, Any]) -> None:
+    """Replaces the carried inputs by block ``layer``'s outputs with ``params`` (its decoded weights)."""
+    self._check_layer(layer)
+    p = self.forward.layer_params(params, self.config, layer)
+    self.hidden = [np.asarray(self.forward.block_step(p, self.config, x, **self._kwargs(mask))[0], np.float32)
+                   for x, (_, mask) in zip(self.hidden, self.batches)]
+    self.layer = layer + 1
