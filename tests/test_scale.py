@@ -196,3 +196,29 @@ def test_decompress_streams_into_sharded_safetensors(synthetic_dir, tmp_path):
   assert set(exported.params) == set(decoded)
   for name, W in decoded.items():
     np.testing.assert_array_equal(exported.params[name], W, err_msg=name)
+
+
+@pytest.mark.parametrize("config", [
+    NO_EVAL,
+    config_lib.from_dict({"transform": [{"name": "pca"}], "transform_state": {"share": "role"},
+                          "fit": {"enabled": True, "keep": "always", "roles": ["up"],
+                                  "options": {"width": 8, "depth": 1, "n_fourier": 2, "steps": 20}},
+                          "evaluate": {"enabled": False}}),
+], ids=["default", "shared-pca+fit"])
+def test_decoding_in_worker_processes_is_bit_exact(synthetic_dir, tmp_path, monkeypatch, config):
+  """Large units are decoded by worker processes (the entropy coder holds the GIL): the same tensors, bit for bit,
+  including the shared transform states and f_θ predictions they are given."""
+  job.run_compress(str(synthetic_dir), config, tmp_path / "art", verify=False)
+  units, manifest = artifact.load(tmp_path / "art")
+  in_process = compression.decompress(units, manifest)
+  monkeypatch.setattr(compression, "PROCESS_DECODE_MIN_WEIGHTS", 1)
+  decoded = {}
+  for _, tensors in compression.iter_decompress(manifest, units.__getitem__, workers=2):
+    decoded.update(tensors)
+  assert decoded.keys() == in_process.keys()
+  for name, W in in_process.items():
+    np.testing.assert_array_equal(decoded[name], W, err_msg=name)
+  manifest["tensors"]["model.layers.2.mlp.up_proj.weight"]["sha256"] = "0" * 64  # a worker's error reaches us
+  with pytest.raises(ArtifactError, match=r"model\.layers\.2\.mlp\.up_proj\.weight differs"):
+    for _ in compression.iter_decompress(manifest, units.__getitem__, workers=2):
+      pass

@@ -35,6 +35,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import json
+import multiprocessing
+import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -492,6 +496,36 @@ def _shared_decoding(manifest: dict, config: PipelineConfig, parts: dict) -> tup
   return states, predictions
 
 
+#: Units with at least this many weights are decoded by worker processes when there are several CPUs: the entropy
+#: coder holds Python's GIL, so threads would not decode in parallel. Smaller units are decoded in this process.
+PROCESS_DECODE_MIN_WEIGHTS = 1 << 24
+
+
+def _decode_in_worker(job: tuple) -> np.ndarray:
+  """One tensor decoded in a worker process, from picklable pieces (config dict, record, parts, the shared state
+  and prediction it needs as numpy)."""
+  config_json, name, rec_json, parts, state, prediction, verify = job
+  config = _worker_config(config_json)
+  rec = TensorRecord.from_json(name, rec_json)
+  decoder = _Decoder({}, config, _worker_chains(config_json), {rec.transform_shared: state} if state else {},
+                     {name: prediction} if prediction is not None else {})
+  return decoder.tensor(rec, parts, verify)
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_config(config_json: str) -> PipelineConfig:
+  return from_dict(json.loads(config_json))
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_chains(config_json: str) -> Chains:
+  return Chains.of(_worker_config(config_json))
+
+
+def _as_numpy(tree):
+  return None if tree is None else jax.tree_util.tree_map(np.asarray, tree)
+
+
 def iter_decompress(manifest: dict, load_unit: Callable[[str], dict[str, np.ndarray]], *, verify: bool = True,
                     workers: int | None = None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
   """Decodes an artifact one unit at a time: yields ``(unit, {name: float32 array})``.
@@ -500,12 +534,13 @@ def iter_decompress(manifest: dict, load_unit: Callable[[str], dict[str, np.ndar
     manifest: the artifact's manifest.
     load_unit: ``unit -> {bucket: array}`` (e.g. ``functools.partial(artifact.load_unit, path, manifest)``).
     verify: compare each decoded tensor's SHA-256 with the encoder's (raises on any difference).
-    workers: threads decoding the tensors of a unit at once (default: the CPU count).
+    workers: tensors of a unit decoded at once (default: the CPU count); by worker processes for units of at
+      least :data:`PROCESS_DECODE_MIN_WEIGHTS` weights, else by threads of this process. Either way the result
+      is the same, bit for bit.
 
   Raises:
     ArtifactError: a part is missing or malformed, or a decoded tensor differs from the encoder's reconstruction.
   """
-  import os  # pylint: disable=g-import-not-at-top
   config = _config_of(manifest)
   tensors = manifest.get("tensors")
   if not isinstance(tensors, dict) or not isinstance(manifest.get("units"), dict):
@@ -523,16 +558,43 @@ def iter_decompress(manifest: dict, load_unit: Callable[[str], dict[str, np.ndar
   for rec in records.values():
     by_unit.setdefault(rec.unit, []).append(rec)
   workers = workers or os.cpu_count() or 1
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for unit in manifest["units"]:
-      if unit == SHARED_UNIT or unit not in by_unit:
-        continue
-      parts = _unit_parts(manifest, unit, load_unit(unit))
-      for rec in by_unit[unit]:
-        if rec.name not in parts:
-          raise ArtifactError(f"artifact: tensor {rec.name} has no stored parts")
-      decoded = pool.map(lambda r: decoder.tensor(r, parts[r.name], verify), by_unit[unit])
-      yield unit, dict(zip((r.name for r in by_unit[unit]), decoded))
+  config_json = json.dumps(to_dict(config), sort_keys=True)
+  processes = None
+  pending: list[tuple[str, list[TensorRecord], list]] = []  # units submitted, oldest first (one decoded ahead)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(workers) as threads:
+      for unit in manifest["units"]:
+        if unit == SHARED_UNIT or unit not in by_unit:
+          continue
+        parts = _unit_parts(manifest, unit, load_unit(unit))
+        recs = by_unit[unit]
+        for rec in recs:
+          if rec.name not in parts:
+            raise ArtifactError(f"artifact: tensor {rec.name} has no stored parts")
+        if workers > 1 and sum(r.size for r in recs) >= PROCESS_DECODE_MIN_WEIGHTS:
+          if processes is None:
+            processes = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"))
+          futures = [processes.submit(_decode_in_worker, (
+              config_json, r.name, r.to_json(), {k: np.asarray(v) for k, v in parts[r.name].items()},
+              _as_numpy(states.get(r.transform_shared)), _as_numpy(predictions.get(r.name)), verify)) for r in recs]
+        else:
+          futures = [threads.submit(decoder.tensor, r, parts[r.name], verify) for r in recs]
+        pending.append((unit, recs, futures))
+        if len(pending) > 1:
+          yield _collect(*pending.pop(0))
+      while pending:
+        yield _collect(*pending.pop(0))
+  finally:
+    for _, _, futures in pending:
+      for f in futures:
+        f.cancel()
+    if processes is not None:
+      processes.shutdown(cancel_futures=True)
+
+
+def _collect(unit: str, recs: list[TensorRecord], futures: list) -> tuple[str, dict[str, np.ndarray]]:
+  return unit, {r.name: f.result() for r, f in zip(recs, futures)}
 
 
 def decompress(units: Mapping[str, dict[str, np.ndarray]], manifest: dict, *, verify: bool = True
