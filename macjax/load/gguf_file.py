@@ -1,7 +1,9 @@
 """Read a GGUF file of architecture ``llama`` into Hugging Face ``LlamaForCausalLM`` names, layout and config.
 
-Every tensor is dequantized to float32 with ``gguf.quants.dequantize`` when it is accessed (the file is
-memory-mapped by ``gguf.GGUFReader``; nothing is read up front but the header). GGUF lists shapes innermost-first
+Every tensor is dequantized to float32 with ``gguf.quants.dequantize`` when it is accessed: ``gguf.GGUFReader``
+parses the header (and maps the file, which gives each tensor's offset, dtype and block shape); the tensor's bytes
+are read with a plain file read, so nothing but the header is read up front and pages already read do not stay
+resident. GGUF lists shapes innermost-first
 (``[in, out]``); the dequantized numpy array is ``(out, in)``, the Hugging Face layout, and that is checked.
 llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` (rotary pairs interleaved per head); the inverse,
 with ``n = head_count`` for q and ``head_count_kv`` for k, is
@@ -221,7 +223,7 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
                            f"{', '.join(GLOBAL_NAMES)}, blk.N.{{{', '.join(BLOCK_NAMES)}}}")
     if name in readers:
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
-    readers[name] = functools.partial(_dequantized, tensor, where, n_heads.get(name.split(".")[-2]))
+    readers[name] = functools.partial(_dequantized, tensor, path, n_heads.get(name.split(".")[-2]))
     shapes[name] = tuple(int(d) for d in reversed(tensor.shape))
     dtypes[name] = tensor.tensor_type.name
   params = LazyTensors(readers, shapes, dtypes, where=where, keep_open=(reader,))
@@ -230,14 +232,23 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
                        source_dtypes=dtypes)
 
 
-def _dequantized(tensor, where: str, n_head: int | None) -> np.ndarray:
+def _stored_bytes(tensor, path: pathlib.Path) -> np.ndarray:
+  """The tensor's stored blocks, read with plain file reads (the reader's memory map gives their dtype, shape and
+  offset; reading through the map would keep every page read in this process's resident memory)."""
+  view = tensor.data
+  data = np.fromfile(path, dtype=view.dtype, count=view.size, offset=int(tensor.data_offset))
+  if data.size != view.size:
+    raise ModelLoadError(f"{path}: tensor {tensor.name!r} is truncated: read {data.size} of {view.size} values")
+  return data.reshape(view.shape)
+
+
+def _dequantized(tensor, path: pathlib.Path, n_head: int | None) -> np.ndarray:
   """One GGUF tensor as a fresh float32 array in Hugging Face layout (q/k rows un-permuted when ``n_head``)."""
   import gguf  # pylint: disable=g-import-not-at-top
+  where = str(path)
   expected = tuple(int(d) for d in reversed(tensor.shape))
   try:
-    array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-    if np.shares_memory(array, tensor.data):  # F32 comes back as a view of the read-only file map
-      array = array.copy()
+    array = np.asarray(gguf.quants.dequantize(_stored_bytes(tensor, path), tensor.tensor_type), dtype=np.float32)
   except NotImplementedError as e:
     raise ModelLoadError(f"{where}: tensor {tensor.name!r} has quantization {tensor.tensor_type.name}, which "
                          f"gguf cannot dequantize ({e})") from e

@@ -193,30 +193,33 @@ class _Encoder:
     return out
 
   def tensor(self, name: str, device) -> tuple[np.ndarray, stages.Parts, dict]:
-    a = self.plan.model.params[name]
-    check_finite_array(name, np.asarray(a), "compress")
+    a = np.asarray(self.plan.model.params[name])
+    check_finite_array(name, a, "compress")
+    shape, e = a.shape, self.config.embeddings
+    quantized = name in self.info or (a.ndim == 2 and e.treatment == "quantize")
+    reference = a if self.observe is not None else None
+    if quantized:  # the device copy is all the stages need (the host copy is dropped: one copy less at the peak)
+      a = jax.device_put(jnp.asarray(a, jnp.float32), device)
     if name in self.info:
       index, info = self.info[name]
-      ctx = self.plan.context(info, index, self.config.seed, device)
-      x = jax.device_put(jnp.asarray(a, jnp.float32), device)
-      W_hat, parts, rec = stages.encode_tensor(self.chains.block, x, ctx)
+      W_hat, parts, rec = stages.encode_tensor(self.chains.block, a, self.plan.context(info, index, self.config.seed,
+                                                                                        device))
       rec.update(group="block", role=info.role, layer=info.layer, treatment="quantize",
                  step_scale=float(self.plan.step_scales.get(name, 1.0)))
     else:
-      ctx = stages.MatrixContext(name=name, shape=tuple(np.shape(a)), device=device)
-      e = self.config.embeddings
-      if np.ndim(a) == 2 and e.treatment == "quantize":
-        x = jax.device_put(jnp.asarray(a, jnp.float32), device)
-        W_hat, parts, rec = stages.encode_tensor(self.chains.embedding, x, ctx)
+      ctx = stages.MatrixContext(name=name, shape=tuple(shape), device=device)
+      if quantized:
+        W_hat, parts, rec = stages.encode_tensor(self.chains.embedding, a, ctx)
         rec.update(group="other", treatment="quantize")
       else:
-        dtype = e.treatment if np.ndim(a) == 2 else self.config.vectors.dtype
+        dtype = e.treatment if len(shape) == 2 else self.config.vectors.dtype
         W_hat, parts, rec = stages.encode_tensor((stages.keep_stage(dtype),), a, ctx)
-        rec.update(group="other" if np.ndim(a) == 2 else "vector", treatment=dtype)
+        rec.update(group="other" if len(shape) == 2 else "vector", treatment=dtype)
+    del a
     if self.observe is not None:
-      self.observe(name, rec["group"], np.asarray(a, np.float32), W_hat)
+      self.observe(name, rec["group"], np.asarray(reference, np.float32), W_hat)
     rec["sha256"] = stages.tensor_digest(W_hat)
-    rec["shape"] = list(np.shape(a))
+    rec["shape"] = list(shape)
     return W_hat, parts, rec
 
   def unit(self, unit: str, names: list[str], pool) -> tuple[dict, dict, dict, dict]:

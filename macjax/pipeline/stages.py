@@ -114,20 +114,22 @@ def encode_tensor(chain: tuple[Stage, ...], x, ctx: MatrixContext) -> tuple[np.n
   parts to store, and the tensor's record (the stages' records, plus ``bits`` per kind)."""
   parts: Parts = {}
   record: dict = {}
-  contexts, outputs = [], []
-  for stage in chain:
+  contexts = []
+  last = max((i for i, s in enumerate(chain) if not s.lossless), default=len(chain) - 1)
+  y = None  # the last lossy stage's output: the reconstruction starts there (intermediates are not kept)
+  for i, stage in enumerate(chain):
     contexts.append(ctx)
     x, ctx, p, r = stage.encode(x, ctx)
     parts.update(p)
     record.update(r)
-    outputs.append(x)
+    if i == last:
+      y = x
+  del x
   stored = {name: array for name, (_, array) in parts.items()}
-  last = max((i for i, s in enumerate(chain) if not s.lossless), default=-1)
-  y = outputs[last] if last >= 0 else outputs[-1]
   for i in range(last, -1, -1):
     y = chain[i].decode(y, stored, record, contexts[i])
   record["bits"] = bits_of(parts)
-  return np.asarray(y, np.float32).reshape(ctx.shape), parts, record
+  return np.asarray(y, np.float32).reshape(contexts[0].shape), parts, record
 
 
 def decode_tensor(chain: tuple[Stage, ...], parts: dict[str, np.ndarray], record: dict,
