@@ -21,10 +21,10 @@ is inside the quality figures. Peers (GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 through ``gg
 int4/int3, groups of 64 with float16 scale and zero) quantize the same block matrices and leave the embeddings in
 float32 — a small advantage to the peers on quality.
 
-Calibration statistics are deterministic for a given model and calibration size; ``compress`` computes them on
-every call unless given them. This script computes them once per calibration size with
-:func:`macjax.pipeline.plan.calibration_stats` (the arrays ``compress`` would compute) and passes them as its
-``stats``, so a curve pays for them once.
+Whole-model calibration statistics are deterministic for a given model and calibration size; this script computes
+them once per calibration size with :func:`macjax.pipeline.plan.calibration_stats` and passes them as ``compress``'s
+``stats``, so a curve pays for them once. Sequential calibration (the pipeline's default for GPTQ) depends on the
+compressed layers, so ``compress`` measures it for every point.
 
 Results are merged into ``benchmarks/results/rd_models_<model>.json`` after every point (re-running a point
 replaces it), and the markdown next to it is re-rendered from the JSON.
@@ -155,8 +155,10 @@ NOTES = {
     "minilm-l6": [
         "GGUF k-quants in the quoted row are five different formats joined into one curve for interpolation; "
         "IQ4_XS sits above Q4_K, so interpolated bits between them are approximate.",
-        "GPTQ in the pipeline is non-sequential (fp32-model inputs for every layer), calibration on passages "
-        "disjoint from the held-out passages scored.",
+        "GPTQ rows measured before 2026-12-02 used whole-model calibration (fp32-model inputs for every layer); "
+        "rows with `calibration: sequential` in the JSON measure each layer's statistics on the outputs of the layers "
+        "already compressed (the pipeline's default since then). Calibration passages are disjoint from the "
+        "held-out passages scored.",
         "`+act`: GPTQ visits columns by decreasing input energy (act-order); rows without it are natural order.",
         "`+model_alloc` / `+layer_alloc`: [allocation] sensitivity = model_output (KL / 1−cosine probed per role "
         "and per layer on calibration text) / layer_output (tr(ΔW S ΔWᵀ)); steps c_i ∝ sqrt(n_i/d_i) around the "
@@ -226,8 +228,9 @@ def peer_quantize(name: str, W: np.ndarray) -> tuple[np.ndarray, float]:
 # --- pipeline ---------------------------------------------------------------------------------------------------
 
 def stats_for(model, cfg, cache: dict):
-  """Calibration statistics for ``cfg`` (None when no stage reads them), computed once per calibration size."""
-  if not pipeline_plan.needs_calibration(cfg):
+  """Calibration statistics for ``cfg``, computed once per calibration size (None when no stage reads them, or when
+  the pipeline measures them layer by layer on the compressed layers, which differ from config to config)."""
+  if not pipeline_plan.needs_calibration(cfg) or pipeline_plan.calibrates_sequentially(cfg):
     return None
   key = tuple(sorted(cfg.calibration.sizes().items()))
   if key not in cache:
@@ -274,6 +277,7 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
                                                        "coding": data.get("coding", {}),
                                                        "embeddings": data.get("embeddings", {})}
     row["timings"] = {k: float(v) for k, v in out.timings.items()}
+    row["calibration"] = out.manifest.get("calibration")
     row["embeddings"] = ("float32 (untouched)" if data.get("embeddings", {}).get("treatment") == "float32" else
                          "quantized, step 0.0625·RMS(row), entropy coded (pipeline default)")
   else:

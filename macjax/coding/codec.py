@@ -414,7 +414,7 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
     header["alphabet"] = alphabet
     sym = _symbols(arr, header)
     if group_rows is None:
-      hist = np.bincount(sym, minlength=alphabet)
+      hist = histogram(sym, alphabet)
       header["model"], table = _choose_table(model, hist, lo, table_bits)
       grids = AUTO_CLASSES if classes == "auto" else ([classes] if classes is not None else [])
       n_rows, n_cols = _matrix_shape(header) if grids else (0, 0)
@@ -560,11 +560,29 @@ def _fits_int32(arr: np.ndarray, offset: int) -> bool:
       int(arr.min()) - offset >= np.iinfo(np.int32).min and int(arr.max()) - offset <= np.iinfo(np.int32).max))
 
 
+def histogram(symbols: np.ndarray, alphabet: int) -> np.ndarray:
+  """``np.bincount(symbols, minlength=alphabet)`` over chunks of :data:`_COUNT_CHUNK` symbols (bincount converts
+  its input to int64: chunking keeps that copy to a chunk's size on large tensors).
+
+  Example:
+    >>> histogram(np.array([0, 2, 2], np.int32), 3).tolist()
+    [1, 0, 2]
+  """
+  flat = symbols.ravel()
+  if flat.size <= _COUNT_CHUNK:
+    return np.bincount(flat, minlength=alphabet)
+  counts = np.zeros(max(alphabet, int(flat.max()) + 1), np.int64)
+  for lo in range(0, flat.size, _COUNT_CHUNK):
+    part = np.bincount(flat[lo:lo + _COUNT_CHUNK], minlength=alphabet)
+    counts[:part.size] += part
+  return counts
+
+
 def _segment_counts(symbols: np.ndarray, segments: np.ndarray, alphabet: int) -> np.ndarray:
   """``counts[g * alphabet + s]``: how often symbol ``s`` occurs in segment ``g`` (segments are consecutive runs of
   ``symbols`` of the given lengths), in chunks of :data:`_COUNT_CHUNK` symbols."""
   if segments.size == 1:
-    return np.bincount(symbols, minlength=alphabet)
+    return histogram(symbols, alphabet)
   starts = np.concatenate([[0], np.cumsum(segments)])
   counts = np.zeros(segments.size * alphabet, np.int64)
   for lo in range(0, symbols.size, _COUNT_CHUNK):

@@ -114,11 +114,14 @@ def needs_calibration(config: PipelineConfig) -> bool:
               or any(components.needs_stats(t.name, t.kwargs) for t in config.transform))
 
 
-def _sequential_ok(config: PipelineConfig, chain: TransformChain | None) -> bool:
-  """Whether every consumer of the statistics reads one matrix's at a time, when that matrix is encoded (GPTQ,
-  per-matrix activation-aware transforms), so that they can be measured layer by layer."""
+def calibrates_sequentially(config: PipelineConfig) -> bool:
+  """Whether ``config``'s statistics are measured layer by layer during encoding: it asks for calibration, allows
+  it (``calibration.sequential``), and every consumer reads one matrix's statistics when that matrix is encoded
+  (GPTQ, per-matrix activation-aware transforms)."""
+  chain = transform_chain(config.transform)
   allocating = config.allocation.sensitivity != "none" or bool(config.allocation.target_bits)
-  if not config.calibration.sequential or config.allocation.sensitivity in ("layer_output", "input_energy"):
+  if not (needs_calibration(config) and config.calibration.sequential) or config.allocation.sensitivity in (
+      "layer_output", "input_energy"):
     return False
   ahead = config.transform_state.share == "role" or config.fit.enabled or allocating  # states fitted before encoding
   return not (chain is not None and chain.needs_stats() and ahead)
@@ -126,7 +129,7 @@ def _sequential_ok(config: PipelineConfig, chain: TransformChain | None) -> bool
 
 def streams(config: PipelineConfig) -> bool:
   """Whether ``config`` needs no whole-model pass (then compression holds one layer at a time)."""
-  calibrated_ahead = needs_calibration(config) and not _sequential_ok(config, transform_chain(config.transform))
+  calibrated_ahead = needs_calibration(config) and not calibrates_sequentially(config)
   return not (config.rewrite.active or calibrated_ahead or config.transform_state.share == "role"
               or config.fit.enabled or config.allocation.sensitivity != "none" or config.allocation.target_bits)
 
@@ -396,7 +399,7 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     if missing:
       raise ConfigError(f"compress: stats has no entry for {len(missing)} block matrices, e.g. {missing[0]}")
     plan.stats, plan.calibration = stats, "whole_model"
-  elif needs_calibration(config) and _sequential_ok(config, chain):
+  elif calibrates_sequentially(config):
     from macjax import calibrate  # pylint: disable=g-import-not-at-top
     say("calibrate: sequentially, each layer on the outputs of the layers compressed before it")
     plan.sequential = calibrate.SequentialCalibration(plan.model, **config.calibration.sizes())
