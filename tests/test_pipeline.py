@@ -191,12 +191,19 @@ CALIBRATION = {"n_seq": 4, "seq_len": 32, "n_sentences": 16}
      "transform": [{"name": "hadamard", "side": "input"}]},
     {"transform": [{"name": "scaling", "alpha": 0.5}, {"name": "pca", "side": "output"}]},
     {"transform": [{"name": "pca", "source": "activations"}]},
-], ids=["gptq", "gptq-deadzone-after-hadamard", "smoothquant+output-pca", "activation-pca"])
+    {"quantize": {"gptq": True}, "transform": [{"name": "hadamard", "side": "input"}],
+     "allocation": {"sensitivity": "weight"}},
+    {"quantize": {"gptq": True}, "transform": [{"name": "pca", "source": "activations"}],
+     "allocation": {"sensitivity": "weight"}},
+], ids=["gptq", "gptq-deadzone-after-hadamard", "smoothquant+output-pca", "activation-pca",
+        "hadamard+gptq+allocation", "activation-pca+gptq+allocation"])
 def test_calibrated_stages_round_trip(tiny_llama_dir, tmp_path, overrides):
   cfg = config_lib.from_dict({**overrides, "calibration": CALIBRATION, "evaluate": {"enabled": False}})
   model = load_model(str(tiny_llama_dir))
   compressed = compression.compress(model, cfg)
-  assert compressed.manifest["calibration"] == "sequential"  # every consumer reads one layer's statistics at a time
+  # Sequential unless an activation-aware transform must be fitted before encoding (here: for the allocation).
+  ahead = "allocation" in overrides and overrides["transform"][0].get("source") == "activations"
+  assert compressed.manifest["calibration"] == ("whole_model" if ahead else "sequential")
   path = compression.save(tmp_path / "a", compressed)
   _params_equal(compression.decompress(*artifact.load(path)), compressed.reconstruction)
 

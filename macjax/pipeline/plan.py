@@ -219,7 +219,7 @@ def _coords(plan: Plan, config: PipelineConfig, chain: TransformChain | None) ->
     W = jnp.asarray(plan.model.params[m.name], jnp.float32)
     if chain is not None:
       if m.name not in plan.states:
-        s = chain.stats_for(plan.stats[m.name]) if plan.stats is not None else None
+        s = chain.stats_for(plan.stats[m.name]) if chain.needs_stats() else None
         try:
           plan.states[m.name] = chain.init(W, matrix_key(config.seed, i), s)
         except MacjaxError as e:
