@@ -1,7 +1,7 @@
 """``macjax`` command line: a thin shell over :mod:`macjax.pipeline.job`.
 
     macjax compress MODEL [--config FILE] [--set section.key=value ...] [--out DIR] [--overwrite] [--restart]
-                    [--no-eval] [--no-verify]
+                    [--no-eval] [--no-verify] [--process-index I --process-count N]
     macjax decompress ARTIFACT --out DIR [--overwrite] [--dtype float32|float16] [--max-shard-mb N]
     macjax info ARTIFACT [--json]
 
@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--no-eval", action="store_true", help="skip the model-quality evaluation")
   c.add_argument("--no-verify", action="store_true",
                  help="skip reading the artifact back and decoding it (no weight errors in the report)")
+  c.add_argument("--process-index", type=int, default=0,
+                 help="this process's index among --process-count processes sharing the work (one per host)")
+  c.add_argument("--process-count", type=int, default=1,
+                 help="processes (on one or many hosts, sharing a filesystem) compressing the same model into --out")
   c.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
   d = sub.add_parser("decompress", help="decode an artifact into a Hugging Face folder")
   d.add_argument("artifact")
@@ -69,7 +73,12 @@ def _run(args) -> int:
     cfg = config_lib.with_overrides(cfg, args.set)
     out = pathlib.Path(args.out) if args.out else _default_out(args.model)
     rep = job.run_compress(args.model, cfg, out, overwrite=args.overwrite, restart=args.restart,
-                           evaluate=not args.no_eval, verify=not args.no_verify, progress=_progress())
+                           evaluate=not args.no_eval, verify=not args.no_verify, progress=_progress(),
+                           process=(args.process_index, args.process_count))
+    if args.process_index > 0:
+      print(f"process {args.process_index} of {args.process_count}: wrote {len(rep['units_written'])} units into "
+            f"{out}; process 0 finishes the artifact")
+      return 0
     print(json.dumps(rep, indent=1) if args.json else report.format_report(rep))
     if not args.json:
       print(f"report written to {rep['report_path']}")

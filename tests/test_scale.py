@@ -222,3 +222,30 @@ def test_decoding_in_worker_processes_is_bit_exact(synthetic_dir, tmp_path, monk
   with pytest.raises(ArtifactError, match=r"model\.layers\.2\.mlp\.up_proj\.weight differs"):
     for _ in compression.iter_decompress(manifest, units.__getitem__, workers=2):
       pass
+
+
+def test_processes_sharing_the_work_write_the_same_artifact(synthetic_dir, tmp_path):
+  """Three processes (as on three hosts sharing a filesystem) split the units; process 0 waits for the others and
+  finishes: the artifact is the single process's, and each helper read only its own units' tensors."""
+  job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "one", verify=False)
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  base = [sys.executable, "-m", "macjax.cli", "compress", str(synthetic_dir), "--out", str(tmp_path / "art"),
+          "--no-eval", "--process-count", "3", "--process-index"]
+  helpers = [subprocess.Popen(base + [str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (2, 1)]  # helpers first: they wait for process 0 to prepare the folder
+  primary = subprocess.run(base + ["0"], env=env, capture_output=True, text=True, timeout=300)
+  outputs = [h.communicate(timeout=300) for h in helpers]
+  assert primary.returncode == 0, primary.stderr[-2000:]
+  for h, (out, err) in zip(helpers, outputs):
+    assert h.returncode == 0, err[-2000:]
+    assert "process 0 finishes the artifact" in out
+  assert "wait for the units of processes 1–2" in primary.stderr
+  assert _payload(tmp_path / "art") == _payload(tmp_path / "one")
+  report = json.loads((tmp_path / "art.report.json").read_text())
+  assert report["processes"] == 3 and report["weight_error"]["block"] > 0  # verified after the others' units
+
+
+def test_sequential_calibration_is_not_split_across_processes(synthetic_dir, tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="sequential calibration runs layer after layer"):
+    job.run_compress(str(synthetic_dir), GPTQ, tmp_path / "art", process=(0, 2))
+  assert not list(tmp_path.iterdir())  # refused before anything was written

@@ -41,6 +41,7 @@ import os
 import pathlib
 import re
 import shutil
+import time
 import uuid
 import warnings
 from typing import Mapping
@@ -131,6 +132,10 @@ class ArtifactWriter:
       folder left by a run with another fingerprint is refused.
     overwrite: allow :meth:`finish` to replace an existing artifact at ``path``.
     restart: discard a partial folder left by an earlier run instead of resuming or refusing it.
+    helper: a helper process of a multi-process run: wait (up to ``wait_s``) until the primary process has prepared
+      the partial folder for the same fingerprint, then only write units (the primary holds the lock, waits for
+      every unit with :meth:`wait_for` and finishes).
+    wait_s: how long a helper waits for the primary.
 
   Attributes:
     resumed: whether a partial folder with the same fingerprint was found (its finished units are kept).
@@ -141,10 +146,14 @@ class ArtifactWriter:
   """
 
   def __init__(self, path: str | os.PathLike, fingerprint: dict, *, overwrite: bool = False,
-               restart: bool = False):
+               restart: bool = False, helper: bool = False, wait_s: float = 600.0):
     self.path = pathlib.Path(path).absolute()
     self.partial = partial_path(self.path)
     self.overwrite = overwrite
+    self.helper = helper
+    if helper:
+      self._join(json.loads(json.dumps(fingerprint)), wait_s)
+      return
     if self.path.exists() and not overwrite:
       raise ArtifactError(f"{self.path} already exists; choose another path or pass overwrite=True (--overwrite)")
     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,9 +185,43 @@ class ArtifactWriter:
       (self.partial / UNITS_DIR).mkdir()
       _write_json(found, fingerprint)
 
+  def _join(self, fingerprint: dict, wait_s: float) -> None:
+    """A helper process's writer: waits until the primary process has prepared the partial folder for the same
+    run (its fingerprint), then only writes units into it (no lock, no manifest)."""
+    self._lock = None
+    found, deadline = self.partial / FINGERPRINT, time.monotonic() + wait_s
+    while True:
+      if found.is_file() and (self.partial / UNITS_DIR).is_dir():
+        try:
+          if _read_json(found, "fingerprint") == fingerprint:
+            break
+        except ArtifactError:
+          pass  # being written
+      if time.monotonic() > deadline:
+        raise ArtifactError(f"{self.path}: no primary process prepared {self.partial} for this run within "
+                            f"{wait_s:.0f} s (start process 0 with the same command, on a filesystem both see)")
+      time.sleep(0.2)
+    self.resumed = bool(self.done_units())
+
+  def wait_for(self, units, wait_s: float = 3600.0) -> None:
+    """Waits until every unit of ``units`` is finished (by any process writing into the partial folder).
+
+    Raises:
+      ArtifactError: naming the missing units, after ``wait_s`` seconds.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+      missing = sorted(set(units) - set(self.done_units()))
+      if not missing:
+        return
+      if time.monotonic() > deadline:
+        raise ArtifactError(f"{self.path}: units {missing[:4]}{' ...' if len(missing) > 4 else ''} were not written "
+                            f"by the other processes within {wait_s:.0f} s; run the same command again to resume")
+      time.sleep(0.5)
+
   def close(self) -> None:
     """Releases the lock (the partial folder stays, for a later resume)."""
-    if not self._lock.closed:
+    if self._lock is not None and not self._lock.closed:
       fcntl.flock(self._lock, fcntl.LOCK_UN)
       self._lock.close()
 
@@ -230,6 +273,8 @@ class ArtifactWriter:
       ArtifactError: the manifest is not JSON-serializable, an asset name is not allowed, or ``path`` appeared
         meanwhile and ``overwrite`` is false.
     """
+    if self.helper:
+      raise ArtifactError(f"{self.path}: only the primary process (index 0) finishes an artifact")
     manifest = dict(manifest)
     manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
     units = self.done_units()

@@ -247,9 +247,14 @@ def _shared_unit(plan: Plan) -> tuple[dict, dict, dict]:
   return buckets, index, {n: dict(r, unit=SHARED_UNIT) for n, r in plan.records.items()}
 
 
+def unit_names(model: Model, plan: Plan) -> list[str]:
+  """Every unit of ``model`` under ``plan``, in encoding order."""
+  return ([SHARED_UNIT] if plan.records else []) + [u for u, _ in units_of(plan.model.layout, list(plan.model.params))]
+
+
 def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | None = None, stats: dict | None = None,
                  devices: Sequence[Any] | None = None, observe: Observer | None = None,
-                 progress=None) -> tuple[dict, Plan, dict[str, float]]:
+                 progress=None, process: tuple[int, int] = (0, 1)) -> tuple[dict, Plan, dict[str, float]]:
   """Encodes ``model`` into ``sink`` one unit at a time (units the sink already holds are skipped).
 
   Args:
@@ -260,9 +265,11 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
     devices: where to run (default ``jax.devices()``); the tensors of a unit are spread over them.
     observe: called as ``observe(name, group, reference, reconstruction)`` for every tensor encoded here.
     progress: a :class:`~macjax.pipeline.progress.Progress` (lines and a per-unit bar), or None.
+    process: ``(index, count)``: this process encodes the units whose position in :func:`unit_names` is ``index``
+      modulo ``count`` (processes that share the sink's folder split the work; each reads only its units' tensors).
 
   Returns:
-    ``(records, plan, timings)``: every tensor's manifest record (including those of resumed units).
+    ``(records, plan, timings)``: the manifest record of every tensor this process encoded or found finished.
 
   Raises:
     NonFiniteError: a tensor holds NaN or inf (named). ConfigError: a stage cannot run on this model.
@@ -274,11 +281,15 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
   devices = list(jax.devices() if devices is None else devices)
   encoder = _Encoder(config, plan, Chains.of(config), devices, observe)
   units = ([(SHARED_UNIT, None)] if plan.records else []) + units_of(plan.model.layout, list(plan.model.params))
+  index, count = process
+  if count > 1 and plan.sequential is not None:
+    raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
+                      f"{count} processes; set calibration.sequential = false or run one process")
   done = sink.done_units()
   records: dict[str, dict] = {}
   for unit in done:
     records.update(done[unit]["tensors"])
-  todo = [(u, names) for u, names in units if u not in done]
+  todo = [(u, names) for k, (u, names) in enumerate(units) if u not in done and k % count == index]
   if done:
     first = todo[0][0] if todo else "the manifest"
     progress.say(f"resuming: {len(done)} of {len(units)} units already written ({', '.join(_span(done))}); "

@@ -24,11 +24,13 @@ import numpy as np
 
 import macjax
 from macjax import artifact
+from macjax.errors import ConfigError
 from macjax.load import open_model
 from macjax.load.digest import source_fingerprint
 from macjax.load.loader import resolve_source
 from macjax.pipeline import compression
 from macjax.pipeline.config import PipelineConfig, to_dict
+from macjax.pipeline.plan import calibrates_sequentially
 from macjax.pipeline.progress import Progress
 from macjax.pipeline.report import artifact_report
 
@@ -98,7 +100,7 @@ class _Stages:
 def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *, overwrite: bool = False,
                  restart: bool = False, evaluate: bool | None = None, verify: bool = True,
                  progress: Progress | Callable[[str], None] | None = None,
-                 devices: Sequence[Any] | None = None) -> dict:
+                 devices: Sequence[Any] | None = None, process: tuple[int, int] = (0, 1)) -> dict:
   """Compresses ``source`` into the artifact folder ``out`` and returns the report.
 
   The report (also written as JSON to ``<out>.report.json``) holds the artifact's bit accounting (see
@@ -111,6 +113,10 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
       config or macjax version is refused unless this is set).
     verify: read the artifact back from disk, decode it and check every tensor (and measure the weight error).
     devices: where to run (default ``jax.devices()``).
+    process: ``(index, count)`` of this process among ``count`` processes (on one or many hosts) compressing the
+      same model into the same ``out`` on a filesystem they all see: each encodes every ``count``-th unit and reads
+      only those tensors; process 0 holds the lock, waits for the others' units, finishes the artifact and
+      reports; the others return after their units (a report of what they wrote).
   """
   import jax  # pylint: disable=g-import-not-at-top
   progress = progress if isinstance(progress, Progress) else Progress(say=progress)
@@ -119,14 +125,31 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   progress.say(f"open {source}")
   model = open_model(source)
   stages = _Stages(model.num_params)
-  writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart)
+  index, count = process
+  if not 0 <= index < count:
+    raise ConfigError(f"process index {index} of {count} processes; expected 0 <= index < count")
+  if count > 1 and calibrates_sequentially(config):
+    raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
+                      f"{count} processes; set calibration.sequential = false or run one process")
+  writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart,
+                                   helper=index > 0)
   stages.record("open", time.perf_counter() - t0)
   if writer.resumed:
     progress.say(f"resuming the unfinished compression in {writer.partial}")
   try:
-    records, plan, timings = compression.encode_units(model, config, writer, devices=devices, progress=progress)
+    records, plan, timings = compression.encode_units(model, config, writer, devices=devices, progress=progress,
+                                                      process=process)
     for name, seconds in timings.items():
       stages.record(name, seconds)
+    if index > 0:
+      return {"path": str(out), "process": [index, count], "timings": stages.timings, "stages": stages.table,
+              "units_written": sorted({r["unit"] for r in records.values()})}
+    if count > 1:
+      t0 = time.perf_counter()
+      progress.say(f"wait for the units of processes 1–{count - 1}")
+      writer.wait_for(compression.unit_names(model, plan))
+      records = {n: r for rec in writer.done_units().values() for n, r in rec["tensors"].items()}
+      stages.record("wait", time.perf_counter() - t0)
     t0 = time.perf_counter()
     progress.say(f"save {out}")
     writer.finish(compression.make_manifest(model, config, plan, records), assets=model.tokenizer_files)
@@ -135,7 +158,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
     writer.close()
 
   manifest = artifact.read_manifest(out)
-  report: dict[str, Any] = {"path": str(out), "artifact": artifact_report(out, manifest),
+  report: dict[str, Any] = {"path": str(out), "artifact": artifact_report(out, manifest), "processes": count,
                             "devices": len(devices) if devices is not None else jax.device_count()}
   do_eval = config.evaluate.enabled if evaluate is None else evaluate
   decoded = {} if do_eval else None
