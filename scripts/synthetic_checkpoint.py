@@ -31,6 +31,8 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
 DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
 
 
@@ -50,19 +52,9 @@ def llama_config(hidden: int, layers: int, *, intermediate: int | None = None, h
 
 
 def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-  """Every tensor of the model, in Hugging Face names, in the order a checkpoint lists them."""
-  h, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-  q, kv = config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"]
-  shapes = {"model.embed_tokens.weight": (v, h)}
-  for i in range(config["num_hidden_layers"]):
-    p = f"model.layers.{i}."
-    shapes.update({p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-                   p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-                   p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
-                   p + "post_attention_layernorm.weight": (h,)})
-  shapes["model.norm.weight"] = (h,)
-  return shapes
+  """Every tensor of the model, in Hugging Face names: what macjax's own description of the family requires."""
+  from macjax.load import families  # pylint: disable=g-import-not-at-top
+  return dict(families.llama_spec(config, "synthetic config").required)
 
 
 def make_tensor(name: str, shape: tuple[int, ...], seed: int, outliers: np.ndarray) -> np.ndarray:
