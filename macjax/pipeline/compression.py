@@ -571,40 +571,51 @@ def iter_decompress(manifest: dict, load_unit: Callable[[str], dict[str, np.ndar
   by_unit: dict[str, list[TensorRecord]] = {}
   for rec in records.values():
     by_unit.setdefault(rec.unit, []).append(rec)
-  workers = workers or os.cpu_count() or 1
-  config_json = json.dumps(to_dict(config), sort_keys=True)
-  processes = None
+  pools = _DecodePools(workers or os.cpu_count() or 1, decoder, json.dumps(to_dict(config), sort_keys=True), verify)
   pending: list[tuple[str, list[TensorRecord], list]] = []  # units submitted, oldest first (one decoded ahead)
   try:
-    with concurrent.futures.ThreadPoolExecutor(workers) as threads:
-      for unit in manifest["units"]:
-        if unit == SHARED_UNIT or unit not in by_unit:
-          continue
-        parts = _unit_parts(manifest, unit, load_unit(unit))
-        recs = by_unit[unit]
-        for rec in recs:
-          if rec.name not in parts:
-            raise ArtifactError(f"artifact: tensor {rec.name} has no stored parts")
-        if workers > 1 and sum(r.size for r in recs) >= PROCESS_DECODE_MIN_WEIGHTS:
-          if processes is None:
-            processes = concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"))
-          futures = [processes.submit(_decode_in_worker, (
-              config_json, r.name, r.to_json(), {k: np.asarray(v) for k, v in parts[r.name].items()},
-              _as_numpy(states.get(r.transform_shared)), _as_numpy(predictions.get(r.name)), verify)) for r in recs]
-        else:
-          futures = [threads.submit(decoder.tensor, r, parts[r.name], verify) for r in recs]
-        pending.append((unit, recs, futures))
-        if len(pending) > 1:
-          yield _collect(*pending.pop(0))
-      while pending:
+    for unit in manifest["units"]:
+      if unit == SHARED_UNIT or unit not in by_unit:
+        continue
+      parts = _unit_parts(manifest, unit, load_unit(unit))
+      for rec in by_unit[unit]:
+        if rec.name not in parts:
+          raise ArtifactError(f"artifact: tensor {rec.name} has no stored parts")
+      pending.append((unit, by_unit[unit], pools.submit(by_unit[unit], parts)))
+      if len(pending) > 1:
         yield _collect(*pending.pop(0))
+    while pending:
+      yield _collect(*pending.pop(0))
   finally:
     for _, _, futures in pending:
       for f in futures:
         f.cancel()
-    if processes is not None:
-      processes.shutdown(cancel_futures=True)
+    pools.shutdown()
+
+
+class _DecodePools:
+  """Threads of this process for small units; spawned worker processes (created on first use) for large ones."""
+
+  def __init__(self, workers: int, decoder: _Decoder, config_json: str, verify: bool):
+    self.workers, self.decoder, self.config_json, self.verify = workers, decoder, config_json, verify
+    self.threads = concurrent.futures.ThreadPoolExecutor(workers)
+    self.processes = None
+
+  def submit(self, recs: list[TensorRecord], parts: dict[str, dict[str, np.ndarray]]) -> list:
+    if self.workers == 1 or sum(r.size for r in recs) < PROCESS_DECODE_MIN_WEIGHTS:
+      return [self.threads.submit(self.decoder.tensor, r, parts[r.name], self.verify) for r in recs]
+    if self.processes is None:
+      self.processes = concurrent.futures.ProcessPoolExecutor(self.workers,
+                                                              mp_context=multiprocessing.get_context("spawn"))
+    states, predictions = self.decoder.shared_states, self.decoder.predictions
+    return [self.processes.submit(_decode_in_worker, (
+        self.config_json, r.name, r.to_json(), {k: np.asarray(v) for k, v in parts[r.name].items()},
+        _as_numpy(states.get(r.transform_shared)), _as_numpy(predictions.get(r.name)), self.verify)) for r in recs]
+
+  def shutdown(self) -> None:
+    self.threads.shutdown(cancel_futures=True)
+    if self.processes is not None:
+      self.processes.shutdown(cancel_futures=True)
 
 
 def _collect(unit: str, recs: list[TensorRecord], futures: list) -> tuple[str, dict[str, np.ndarray]]:

@@ -121,62 +121,33 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   import jax  # pylint: disable=g-import-not-at-top
   progress = progress if isinstance(progress, Progress) else Progress(say=progress)
   out = pathlib.Path(out)
-  t0 = time.perf_counter()
-  progress.say(f"open {source}")
-  model = open_model(source)
-  stages = _Stages(model.num_params)
   index, count = process
   if not 0 <= index < count:
     raise ConfigError(f"process index {index} of {count} processes; expected 0 <= index < count")
   if count > 1 and calibrates_sequentially(config):
     raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
                       f"{count} processes; set calibration.sequential = false or run one process")
+  t0 = time.perf_counter()
+  progress.say(f"open {source}")
+  model = open_model(source)
+  stages = _Stages(model.num_params)
   writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart,
                                    helper=index > 0)
   stages.record("open", time.perf_counter() - t0)
-  if writer.resumed:
-    progress.say(f"resuming the unfinished compression in {writer.partial}")
   try:
-    records, plan, timings = compression.encode_units(model, config, writer, devices=devices, progress=progress,
-                                                      process=process)
-    for name, seconds in timings.items():
-      stages.record(name, seconds)
-    if index > 0:
-      return {"path": str(out), "process": [index, count], "timings": stages.timings, "stages": stages.table,
-              "units_written": sorted({r["unit"] for r in records.values()})}
-    if count > 1:
-      t0 = time.perf_counter()
-      progress.say(f"wait for the units of processes 1–{count - 1}")
-      writer.wait_for(compression.unit_names(model, plan))
-      records = {n: r for rec in writer.done_units().values() for n, r in rec["tensors"].items()}
-      stages.record("wait", time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    progress.say(f"save {out}")
-    writer.finish(compression.make_manifest(model, config, plan, records), assets=model.tokenizer_files)
-    stages.record("save", time.perf_counter() - t0)
+    plan, written = _encode(model, config, writer, stages, progress, devices, process)
   finally:
     writer.close()
-
+  if index > 0:
+    return {"path": str(out), "process": [index, count], "timings": stages.timings, "stages": stages.table,
+            "units_written": written}
   manifest = artifact.read_manifest(out)
   report: dict[str, Any] = {"path": str(out), "artifact": artifact_report(out, manifest), "processes": count,
                             "devices": len(devices) if devices is not None else jax.device_count()}
   do_eval = config.evaluate.enabled if evaluate is None else evaluate
   decoded = {} if do_eval else None
   if verify or do_eval:
-    t0 = time.perf_counter()
-    progress.say("restore from disk and decode (checking bit-exactness)")
-    errors = WeightErrors()
-    groups = {n: r.get("group") for n, r in manifest["tensors"].items()}
-    load = functools.partial(artifact.load_unit, out, manifest)
-    units = compression.iter_decompress(manifest, load, verify=True)
-    for _, tensors in progress.bar(units, desc="verify", unit="unit"):
-      for name, W in tensors.items():
-        # Weight errors against what was compressed (the rewritten model, if a rewrite ran).
-        errors.add(name, groups[name], plan.model.params[name], W)
-        if decoded is not None:
-          decoded[name] = W
-    stages.record("restore+decode", time.perf_counter() - t0)
-    report["weight_error"] = errors.result()
+    report["weight_error"] = _read_back(out, manifest, plan, stages, progress, decoded)
   report["rewrite"] = manifest.get("rewrite")
   if do_eval:
     from macjax.evaluate import quality  # pylint: disable=g-import-not-at-top
@@ -186,14 +157,59 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
                                 ("n_sentences", config.evaluate.n_sentences)) if v}
     report["quality"] = quality(model, decoded, **sizes)
     stages.record("evaluate", time.perf_counter() - t0)
-  report["timings"] = stages.timings
-  report["stages"] = stages.table
-  report["peak_rss_bytes"] = peak_rss_bytes()
-  report["config"] = manifest["config"]
+  report.update(timings=stages.timings, stages=stages.table, peak_rss_bytes=peak_rss_bytes(),
+                config=manifest["config"])
   report_path = out.with_name(out.name + ".report.json")
   report_path.write_text(json.dumps(report, indent=1))
   report["report_path"] = str(report_path)
   return report
+
+
+def _encode(model, config: PipelineConfig, writer, stages: _Stages, progress: Progress, devices,
+            process: tuple[int, int]):
+  """Encodes this process's units into ``writer``; process 0 then waits for the others' and finishes the
+  artifact. Returns the plan and the units this process wrote."""
+  if writer.resumed:
+    progress.say(f"resuming the unfinished compression in {writer.partial}")
+  before = set(writer.done_units())
+  records, plan, timings = compression.encode_units(model, config, writer, devices=devices, progress=progress,
+                                                    process=process)
+  for name, seconds in timings.items():
+    stages.record(name, seconds)
+  written = sorted(set(writer.done_units()) - before)
+  index, count = process
+  if index > 0:
+    return plan, written
+  if count > 1:
+    t0 = time.perf_counter()
+    progress.say(f"wait for the units of processes 1–{count - 1}")
+    writer.wait_for(compression.unit_names(model, plan))
+    records = {n: r for rec in writer.done_units().values() for n, r in rec["tensors"].items()}
+    stages.record("wait", time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  progress.say(f"save {writer.path}")
+  writer.finish(compression.make_manifest(model, config, plan, records), assets=model.tokenizer_files)
+  stages.record("save", time.perf_counter() - t0)
+  return plan, written
+
+
+def _read_back(out: pathlib.Path, manifest: dict, plan, stages: _Stages, progress: Progress,
+               decoded: dict | None) -> dict:
+  """Restores the artifact from disk unit by unit, decodes and verifies every tensor, and measures the weight
+  errors against what was compressed (the rewritten model, if a rewrite ran); keeps the tensors in ``decoded``
+  when it is a dict (for the evaluation)."""
+  t0 = time.perf_counter()
+  progress.say("restore from disk and decode (checking bit-exactness)")
+  errors = WeightErrors()
+  groups = {n: r.get("group") for n, r in manifest["tensors"].items()}
+  units = compression.iter_decompress(manifest, functools.partial(artifact.load_unit, out, manifest), verify=True)
+  for _, tensors in progress.bar(units, desc="verify", unit="unit"):
+    for name, W in tensors.items():
+      errors.add(name, groups[name], plan.model.params[name], W)
+      if decoded is not None:
+        decoded[name] = W
+  stages.record("restore+decode", time.perf_counter() - t0)
+  return errors.result()
 
 
 def run_decompress(path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
