@@ -49,7 +49,8 @@ from macjax.pipeline import config as pconfig
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def recipe(method: str, *, gptq: str | None = None, options: dict | None = None, allocation: str | None = None,
-           transform: list | None = None, classes: str | None = None, embeddings: str | None = None):
+           transform: list | None = None, classes: str | None = None, embeddings: str | None = None,
+           sequential: bool = False):
   """A pipeline method: a function of the relative step giving the config dict.
 
   Args:
@@ -60,6 +61,9 @@ def recipe(method: str, *, gptq: str | None = None, options: dict | None = None,
     transform: ``transform`` (a chain of transform entries).
     classes: ``coding.classes`` (None: one model per tensor), with ``coding.model = "auto"``.
     embeddings: ``embeddings.treatment`` (None: the pipeline default, quantized at step 0.0625·RMS(row)).
+    sequential: ``calibration.sequential``: each layer's GPTQ statistics measured on the compressed layers before
+      it (the pipeline's default, which streams), or on the reference model (how the rows without ``+seq`` were
+      measured, and what these small models fit in memory for).
   """
   def make(step: float) -> dict:
     q: dict = {"method": method, "step": step}
@@ -76,6 +80,8 @@ def recipe(method: str, *, gptq: str | None = None, options: dict | None = None,
       data["coding"] = {"model": "auto", "classes": classes}
     if embeddings:
       data["embeddings"] = {"treatment": embeddings}
+    if gptq:
+      data["calibration"] = {"sequential": sequential}
     return data
   return make
 
@@ -96,6 +102,11 @@ METHODS = {
     # ... with the embeddings / LM head kept in float32, as the peers keep them
     "gptq+trellis+act+model_alloc+ctx+emb32": recipe("trellis", gptq="descending", options=COLUMNS,
                                                      allocation="model_output", classes="auto", embeddings="float32"),
+    # ... with sequential calibration (the pipeline's default; the statistics of layer l measured on the outputs of
+    # the compressed layers before it)
+    "gptq+trellis+act+model_alloc+ctx+emb32+seq": recipe("trellis", gptq="descending", options=COLUMNS,
+                                                         allocation="model_output", classes="auto",
+                                                         embeddings="float32", sequential=True),
     "gptq+trellis32+act+model_alloc+ctx": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 32},
                                                  allocation="model_output", classes="auto"),
     "hadamard+gptq+trellis+act+model_alloc+ctx": recipe("trellis", gptq="descending", options=COLUMNS,
@@ -109,6 +120,11 @@ METHODS = {
                                                                 options=COLUMNS | {"states": 32},
                                                                 allocation="model_output", transform=HADAMARD,
                                                                 classes="auto", embeddings="float32"),
+    "hadamard+gptq+trellis32+act+model_alloc+ctx+emb32+seq": recipe("trellis", gptq="descending",
+                                                                    options=COLUMNS | {"states": 32},
+                                                                    allocation="model_output", transform=HADAMARD,
+                                                                    classes="auto", embeddings="float32",
+                                                                    sequential=True),
     "gptq+trellis8+act+model_alloc": recipe("trellis", gptq="descending", options=COLUMNS | {"states": 8},
                                             allocation="model_output"),
     "hadamard+gptq+uniform+act+model_alloc": recipe("uniform", gptq="descending", allocation="model_output",
@@ -155,10 +171,10 @@ NOTES = {
     "minilm-l6": [
         "GGUF k-quants in the quoted row are five different formats joined into one curve for interpolation; "
         "IQ4_XS sits above Q4_K, so interpolated bits between them are approximate.",
-        "GPTQ rows measured before 2026-12-02 used whole-model calibration (fp32-model inputs for every layer); "
-        "rows with `calibration: sequential` in the JSON measure each layer's statistics on the outputs of the layers "
-        "already compressed (the pipeline's default since then). Calibration passages are disjoint from the "
-        "held-out passages scored.",
+        "GPTQ rows use whole-model calibration (the reference model's inputs for every layer) except `+seq` rows, "
+        "which measure each layer's statistics on the outputs of the layers already compressed (the pipeline's "
+        "default since 2026-12-02: it streams). Calibration passages are disjoint from the held-out passages "
+        "scored.",
         "`+act`: GPTQ visits columns by decreasing input energy (act-order); rows without it are natural order.",
         "`+model_alloc` / `+layer_alloc`: [allocation] sensitivity = model_output (KL / 1−cosine probed per role "
         "and per layer on calibration text) / layer_output (tr(ΔW S ΔWᵀ)); steps c_i ∝ sqrt(n_i/d_i) around the "
@@ -267,7 +283,7 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
   t0 = time.perf_counter()
   if method in METHODS:
     data = METHODS[method](step)
-    data["calibration"] = dict(calib)
+    data["calibration"] = {**data.get("calibration", {}), **calib}
     data["evaluate"] = {"enabled": False}
     cfg = pconfig.from_dict(data)
     out = compression.compress(model, cfg, stats=stats_for(model, cfg, stats_cache))
