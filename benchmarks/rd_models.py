@@ -205,6 +205,11 @@ NOTES = {
         "tensor at the default step 0.0625·RMS(row) costs ≈ 1 point of perplexity at the same block codes (+5.15 % "
         "vs +4.11 % at 3.79 b/w); `all bits/param` of the `+emb32` rows is dominated by the float32 tensor.",
         "`+ctx`: coding.classes = auto (row × column context classes, one model each, maps counted).",
+        "`+seq`: sequential calibration (each layer's GPTQ statistics on the outputs of the compressed layers before "
+        "it; the pipeline default since 2026-12-02, as it streams); rows without it used the reference model's "
+        "inputs. Same bits; KL equal within a standard error at both points (0.0896 vs 0.0884 at 3.49 b/w, 0.0601 "
+        "vs 0.0606 at 3.79); perplexity +6.66 % vs +4.47 % and +2.93 % vs +4.11 % (± 0.7-1.0 each): no measurable "
+        "difference in KL, mixed in perplexity.",
         "Q5_1 (gguf-py's reference quantizer) shows a larger perplexity change than Q5_0 at a similar weight "
         "error; not investigated here.",
         "Best-peer selection in the headline uses only peer curves that bracket the target (interpolated), so "
