@@ -30,7 +30,7 @@ from macjax.load.digest import source_fingerprint
 from macjax.load.loader import resolve_source
 from macjax.pipeline import compression
 from macjax.pipeline.config import PipelineConfig, to_dict
-from macjax.pipeline.plan import calibrates_sequentially
+from macjax.pipeline.plan import calibrates_sequentially, streams
 from macjax.pipeline.progress import Progress
 from macjax.pipeline.report import artifact_report
 
@@ -130,6 +130,9 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   t0 = time.perf_counter()
   progress.say(f"open {source}")
   model = open_model(source)
+  if not streams(config):
+    progress.say("this config makes a pass over the whole model first ([rewrite], whole-model calibration, "
+                 "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it")
   stages = _Stages(model.num_params)
   writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart,
                                    helper=index > 0)
