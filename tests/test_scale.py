@@ -249,3 +249,23 @@ def test_sequential_calibration_is_not_split_across_processes(synthetic_dir, tmp
   with pytest.raises(config_lib.ConfigError, match="sequential calibration runs layer after layer"):
     job.run_compress(str(synthetic_dir), GPTQ, tmp_path / "art", process=(0, 2))
   assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_large_tensors_are_coded_in_row_blocks(synthetic_dir, tmp_path, monkeypatch):
+  """Above LARGE_TENSOR_ELEMENTS an embedding is quantized and coded in row blocks (one table each): decoding is
+  bit-exact, every block is counted, and its per-row steps make it decode to the same weights as coding it whole."""
+  model = load_model(str(synthetic_dir))
+  whole = compression.compress(model, NO_EVAL)
+  monkeypatch.setattr(compression, "LARGE_TENSOR_ELEMENTS", 5000)  # the 300 x 64 embedding: 4 blocks of 78 rows
+  blocked = compression.compress(model, NO_EVAL)
+  rec = blocked.manifest["tensors"]["model.embed_tokens.weight"]
+  assert rec["block_rows"] == 78 and len(rec["blocks"]) == 4 and "coder" not in rec
+  assert rec["bits"]["tables"] == sum(b["bits"]["tables"] for b in rec["blocks"])
+  path = compression.save(tmp_path / "a", blocked)
+  decoded = compression.decompress(*artifact.load(path))
+  name = "model.embed_tokens.weight"
+  np.testing.assert_array_equal(decoded[name], blocked.reconstruction[name])
+  np.testing.assert_array_equal(decoded[name], whole.reconstruction[name])  # per-row steps: same weights
+  rec["blocks"] = rec["blocks"][:3]
+  with pytest.raises(ArtifactError, match="blocks"):
+    compression.decompress(blocked.units, blocked.manifest)

@@ -57,6 +57,10 @@ from macjax.pipeline.plan import STATE_GROUPS, Plan, fitter, make_plan
 from macjax.pipeline.records import TensorRecord
 
 SHARED_UNIT = "shared"
+#: 2-D tensors outside the blocks (embeddings, LM head) with more weights than this are quantized and coded in row
+#: blocks of at most this many weights (each with its own coding table), so that a 128k × 8k vocabulary does not
+#: need several float32 copies of itself at once; smaller tensors (the default models' embeddings) are coded whole.
+LARGE_TENSOR_ELEMENTS = 1 << 26
 GLOBALS_UNIT = "globals"
 
 
@@ -137,6 +141,8 @@ class Chains:
   def for_record(self, rec: TensorRecord) -> tuple[stages.Stage, ...]:
     if rec.group == "block":
       return self.block
+    if rec.treatment == "quantize" and rec.blocks is not None:
+      return (stages.row_blocks_stage(self.embedding, rec.block_rows),)
     if rec.treatment == "quantize":
       return self.embedding
     return (stages.keep_stage(rec.treatment),)
@@ -209,7 +215,10 @@ class _Encoder:
     else:
       ctx = stages.MatrixContext(name=name, shape=tuple(shape), device=device)
       if quantized:
-        W_hat, parts, rec = stages.encode_tensor(self.chains.embedding, a, ctx)
+        chain = self.chains.embedding
+        if int(np.prod(shape)) > LARGE_TENSOR_ELEMENTS:  # coded in row blocks: bounded intermediates
+          chain = (stages.row_blocks_stage(chain, max(1, LARGE_TENSOR_ELEMENTS // int(np.prod(shape[1:])))),)
+        W_hat, parts, rec = stages.encode_tensor(chain, a, ctx)
         rec.update(group="other", treatment="quantize")
       else:
         dtype = e.treatment if len(shape) == 2 else self.config.vectors.dtype

@@ -45,6 +45,8 @@ class TensorRecord:
     information_bits: Shannon information of the codes under the stored model (quantized tensors).
     transform_shared: the role whose shared transform state applies, if any.
     fit: the role whose f_θ prediction was subtracted, if any.
+    block_rows, blocks: a tensor coded in row blocks (:func:`~macjax.pipeline.stages.row_blocks_stage`): rows per
+      block and each block's record (its coder header); ``coder`` is then None.
   """
 
   name: str
@@ -61,6 +63,8 @@ class TensorRecord:
   information_bits: float | None = None
   transform_shared: str | None = None
   fit: str | None = None
+  block_rows: int | None = None
+  blocks: tuple | None = None
 
   @property
   def size(self) -> int:
@@ -71,6 +75,8 @@ class TensorRecord:
     d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "name"}
     d["shape"] = list(self.shape)
     d["bits"] = dict(self.bits)
+    if self.blocks is not None:
+      d["blocks"] = [dict(b) for b in self.blocks]
     return d
 
   @classmethod
@@ -101,7 +107,16 @@ class TensorRecord:
     bits = d.get("bits")
     if not isinstance(bits, dict) or not all(isinstance(v, int) and v >= 0 for v in bits.values()):
       raise bad("bits", "an object of non-negative ints")
-    if d["treatment"] == "quantize" and not isinstance(d.get("coder"), dict):
+    blocks = d.get("blocks")
+    if blocks is not None:
+      rows = shape[0] if shape else 0
+      block_rows = d.get("block_rows")
+      if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
+        raise bad("block_rows", "a positive int")
+      if (not isinstance(blocks, list) or len(blocks) != -(-rows // block_rows)
+          or not all(isinstance(b, dict) and isinstance(b.get("coder"), dict) for b in blocks)):
+        raise bad("blocks", f"{-(-rows // block_rows)} block records with a coder header each")
+    elif d["treatment"] == "quantize" and not isinstance(d.get("coder"), dict):
       raise bad("coder", "the coder's header object")
     if d["group"] == "block" and (not isinstance(d.get("role"), str) or not isinstance(d.get("layer"), int)):
       raise bad("role/layer", "a role string and a layer int")
@@ -111,4 +126,5 @@ class TensorRecord:
     return cls(name=name, unit=d["unit"], group=d["group"], treatment=d["treatment"], shape=tuple(shape),
                sha256=d["sha256"], bits=dict(bits), role=d.get("role"), layer=d.get("layer"),
                step_scale=d.get("step_scale"), coder=d.get("coder"), information_bits=d.get("information_bits"),
-               transform_shared=d.get("transform_shared"), fit=d.get("fit"))
+               transform_shared=d.get("transform_shared"), fit=d.get("fit"), block_rows=d.get("block_rows"),
+               blocks=tuple(blocks) if blocks is not None else None)

@@ -388,3 +388,46 @@ def keep_stage(dtype: str) -> Stage:
     return np.asarray(stored).astype(np.float32)
 
   return Stage("keep", encode, decode)
+
+
+def row_blocks_stage(chain: tuple[Stage, ...], block_rows: int) -> Stage:
+  """A 2-D tensor encoded in blocks of ``block_rows`` rows, each block through ``chain`` on its own (its parts
+  prefixed ``b{k}.``, its record in ``blocks[k]``): for tensors too large to quantize and code at once (a 128k × 8k
+  embedding), so that one block's intermediates are alive at a time beside the tensor and its reconstruction.
+  Only for chains whose steps are per row (the quantizers' per-row steps, per-tensor coding tables per block)."""
+  if block_rows < 1:
+    raise ConfigError(f"row blocks: block_rows = {block_rows}; expected >= 1")
+
+  def spans(rows: int):
+    return [(lo, min(rows, lo + block_rows)) for lo in range(0, rows, block_rows)]
+
+  def sub_context(ctx: MatrixContext, lo: int, hi: int) -> MatrixContext:
+    return ctx._replace(name=f"{ctx.name}[rows {lo}:{hi}]", shape=(hi - lo, *ctx.shape[1:]))
+
+  def encode(x, ctx: MatrixContext):
+    out = np.empty(ctx.shape, np.float32)
+    parts: Parts = {}
+    blocks = []
+    for k, (lo, hi) in enumerate(spans(ctx.shape[0])):
+      W_hat, p, r = encode_tensor(chain, x[lo:hi], sub_context(ctx, lo, hi))
+      out[lo:hi] = W_hat
+      parts.update({f"b{k}.{name}": part for name, part in p.items()})
+      blocks.append(r)
+    info = sum(float(r.get("information_bits", 0.0)) for r in blocks)
+    return out, ctx, parts, {"block_rows": int(block_rows), "blocks": blocks, "information_bits": info}
+
+  def decode(y, parts, record, ctx: MatrixContext):
+    if y is not None:
+      return y
+    blocks = record.get("blocks")
+    if not isinstance(blocks, list) or len(blocks) != len(spans(ctx.shape[0])):
+      raise ArtifactError(f"artifact: tensor {ctx.name} lists {len(blocks or [])} row blocks of {block_rows} rows; "
+                          f"its {ctx.shape[0]} rows need {len(spans(ctx.shape[0]))}")
+    out = np.empty(ctx.shape, np.float32)
+    for k, (lo, hi) in enumerate(spans(ctx.shape[0])):
+      prefix = f"b{k}."
+      sub = {name[len(prefix):]: a for name, a in parts.items() if name.startswith(prefix)}
+      out[lo:hi] = decode_tensor(chain, sub, blocks[k], sub_context(ctx, lo, hi)).reshape(hi - lo, *ctx.shape[1:])
+    return out
+
+  return Stage("row_blocks", encode, decode)
