@@ -220,6 +220,8 @@ def test_writer_resumes_with_the_same_fingerprint_and_refuses_another(tmp_path):
   first.write_unit("layer.00000", *units["layer.00000"])
   with pytest.raises(ArtifactError, match="another process is writing"):
     artifact.ArtifactWriter(tmp_path / "a", {"run": 1})
+  with pytest.raises(ArtifactError, match="another process is writing"):
+    artifact.ArtifactWriter(tmp_path / "a", {"run": 2}, restart=True)  # nor may another run wipe it meanwhile
   first.close()  # as if the run were killed here
   assert not (tmp_path / "a").exists()
   with pytest.raises(ArtifactError, match=r"another run.*differs in: run.*--restart"):
@@ -231,7 +233,8 @@ def test_writer_resumes_with_the_same_fingerprint_and_refuses_another(tmp_path):
   restored, manifest = artifact.load(path)
   whole, _, _ = _save(tmp_path, "whole")
   assert artifact.read_manifest(whole)["units"] == manifest["units"]  # the same buckets as one uninterrupted save
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "whole"]  # no partial folder, no lock left
+  # no partial folder left (only the hidden lock files beside the artifacts, which are never deleted)
+  assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["a", "whole"]
 
 
 def test_writer_restart_discards_an_unfinished_run(tmp_path):
@@ -255,3 +258,23 @@ def test_unit_without_its_record_is_not_finished(tmp_path):
   assert w.resumed and w.done_units() == {}
   _write(w, units)
   artifact.load(w.finish({}))
+
+
+def test_helpers_join_only_a_running_primary_with_the_same_process_count(tmp_path):
+  """A partial folder left by a killed run is not joined until a primary holds the lock and announces the run; a
+  helper started with another --process-count is refused."""
+  w = artifact.ArtifactWriter(tmp_path / "a", {"run": 1}, processes=2)
+  w.close()  # killed: its fingerprint and run file stay, nobody holds the lock
+  with pytest.raises(ArtifactError, match="no primary process prepared"):
+    artifact.ArtifactWriter(tmp_path / "a", {"run": 1}, helper=True, processes=2, wait_s=0.5)
+  primary = artifact.ArtifactWriter(tmp_path / "a", {"run": 1}, processes=2)
+  with pytest.raises(ArtifactError, match="same --process-count"):
+    artifact.ArtifactWriter(tmp_path / "a", {"run": 1}, helper=True, processes=3, wait_s=0.5)
+  helper = artifact.ArtifactWriter(tmp_path / "a", {"run": 1}, helper=True, processes=2, wait_s=0.5)
+  units = _units()
+  helper.write_unit("globals", *units["globals"])
+  primary.write_unit("layer.00000", *units["layer.00000"])
+  primary.wait_for(["layer.00000", "globals"], wait_s=1)
+  with pytest.raises(ArtifactError, match="only the primary"):
+    helper.finish({})
+  artifact.load(primary.finish({}))

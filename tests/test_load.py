@@ -613,3 +613,25 @@ def test_load_errors(tmp_path, case):
   source, error, pattern = case(tmp_path)
   with pytest.raises(error, match=pattern):
     load_model(str(source))
+
+
+@pytest.mark.parametrize("header, pattern", [
+    ({"a": {"dtype": "F32", "shape": [2**62, 4], "data_offsets": [0, 0]}}, "malformed header entry|claims bytes"),
+    ({"a": {"dtype": "F32", "shape": [10**30, 0], "data_offsets": [0, 0]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": "12", "data_offsets": [0, 8]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+      "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, "overlap"),
+    (b"[" * 100000 + b"]" * 100000, "RecursionError"),
+    (json.dumps({}).encode("utf-16"), "UnicodeDecodeError"),
+], ids=["huge-shape", "overflowing-zero-size", "string-shape", "bool-dim", "overlapping-data", "deep-json", "utf16"])
+def test_hostile_safetensors_headers_are_refused(tmp_path, header, pattern):
+  """Headers that lie (sizes that overflow, overlapping data, nesting, encodings) give one clear error, no crash."""
+  from macjax.load.hf_folder import open_safetensors  # pylint: disable=g-import-not-at-top
+  raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+  path = tmp_path / "x.safetensors"
+  path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(64))
+  with pytest.raises(ModelLoadError, match=pattern):
+    tensors = open_safetensors(path)
+    for name in tensors:
+      tensors[name]

@@ -56,19 +56,20 @@ MANIFEST = "manifest.json"
 UNITS_DIR = "units"
 ASSETS_DIR = "assets"
 FINGERPRINT = "fingerprint.json"
+RUN = "run.json"
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UNIT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 
 def _check_asset_name(name: str) -> None:
-  if not _ASSET_NAME.match(name):
+  if not _ASSET_NAME.fullmatch(name):
     raise ArtifactError(f"asset file name {name!r} is not allowed: expected letters, digits, '.', '_', '-' "
                         "(no folders)")
 
 
 def check_unit_name(name: str) -> None:
   """Unit names become folder names: lower-case letters, digits, ``.``, ``_``, ``-``, starting with a letter."""
-  if not isinstance(name, str) or not _UNIT_NAME.match(name):
+  if not isinstance(name, str) or not _UNIT_NAME.fullmatch(name):
     raise ArtifactError(f"unit name {name!r} is not allowed: expected lower-case letters, digits, '.', '_', '-', "
                         "starting with a letter")
 
@@ -90,6 +91,39 @@ def partial_path(path: str | os.PathLike) -> pathlib.Path:
   """Where :class:`ArtifactWriter` builds the artifact ``path`` until it is finished."""
   path = pathlib.Path(path).absolute()
   return path.parent / f".{path.name}.partial"
+
+
+def lock_path(path: str | os.PathLike) -> pathlib.Path:
+  """The lock file of the artifact ``path``: a sibling that is never deleted (held by the writing process)."""
+  path = pathlib.Path(path).absolute()
+  return path.parent / f".{path.name}.lock"
+
+
+def _take_lock(path: pathlib.Path):
+  f = open(lock_path(path), "a+")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError as e:
+    f.close()
+    raise ArtifactError(f"{path}: another process is writing this artifact (it holds {lock_path(path)}); wait for "
+                        "it to finish or choose another --out") from e
+  except OSError as e:
+    f.close()
+    raise ArtifactError(f"{path}: cannot lock {lock_path(path)} ({e}); the filesystem must support flock") from e
+  return f
+
+
+def _lock_held(path: pathlib.Path) -> bool:
+  """Whether some process holds the artifact's lock (tested by trying to take it)."""
+  if not lock_path(path).exists():
+    return False
+  with open(lock_path(path), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      return True
+    fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 def bucket_table(buckets: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -135,6 +169,7 @@ class ArtifactWriter:
     helper: a helper process of a multi-process run: wait (up to ``wait_s``) until the primary process has prepared
       the partial folder for the same fingerprint, then only write units (the primary holds the lock, waits for
       every unit with :meth:`wait_for` and finishes).
+    processes: how many processes write units into this artifact (helpers must agree with the primary).
     wait_s: how long a helper waits for the primary.
 
   Attributes:
@@ -146,57 +181,65 @@ class ArtifactWriter:
   """
 
   def __init__(self, path: str | os.PathLike, fingerprint: dict, *, overwrite: bool = False,
-               restart: bool = False, helper: bool = False, wait_s: float = 600.0):
+               restart: bool = False, helper: bool = False, processes: int = 1, wait_s: float = 600.0):
     self.path = pathlib.Path(path).absolute()
     self.partial = partial_path(self.path)
     self.overwrite = overwrite
     self.helper = helper
     if helper:
-      self._join(json.loads(json.dumps(fingerprint)), wait_s)
+      self._join(json.loads(json.dumps(fingerprint)), wait_s, processes)
       return
     if self.path.exists() and not overwrite:
       raise ArtifactError(f"{self.path} already exists; choose another path or pass overwrite=True (--overwrite)")
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.partial.mkdir(exist_ok=True)
-    self._lock = open(self.partial / "lock", "a+")  # pylint: disable=consider-using-with
+    self._lock = _take_lock(self.path)
     try:
-      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      self._lock.close()
-      raise ArtifactError(f"{self.path}: another process is writing this artifact (its lock {self.partial}/lock "
-                          "is held); wait for it to finish or choose another --out") from e
-    fingerprint = json.loads(json.dumps(fingerprint))
+      self._prepare(json.loads(json.dumps(fingerprint)), restart, processes)
+    except BaseException:
+      self.close()
+      raise
+
+  def _prepare(self, fingerprint: dict, restart: bool, processes: int) -> None:
+    """Under the lock: resume the partial folder of the same run, or start it afresh; then announce the run."""
+    if self.path.exists() and not self.overwrite:  # finished by another process while this one waited
+      raise ArtifactError(f"{self.path} already exists; choose another path or pass overwrite=True (--overwrite)")
+    self.partial.mkdir(exist_ok=True)
     found = self.partial / FINGERPRINT
     self.resumed = False
-    if found.is_file():
-      old = _read_json(found, "fingerprint of an earlier, unfinished run")
-      if old == fingerprint and not restart:
-        self.resumed = True
-      elif not restart:
-        self.close()
+    if found.is_file() and not restart:
+      old = _read_json(found, "fingerprint of an earlier, unfinished run (pass --restart to discard it)")
+      if old != fingerprint:
         raise ArtifactError(
             f"{self.path}: an unfinished compression of another run is in {self.partial} (it differs in: "
             f"{_describe_difference(old, fingerprint)}); resuming it would mix two runs. Delete that folder, or pass "
             "restart=True (--restart) to discard it")
+      self.resumed = True
     if not self.resumed:
       for child in self.partial.iterdir():
-        if child.name != "lock":
-          shutil.rmtree(child) if child.is_dir() else child.unlink()
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
       (self.partial / UNITS_DIR).mkdir()
       _write_json(found, fingerprint)
+    # Helpers join only this run (a run file written now, by the process holding the lock).
+    _write_json(self.partial / RUN, {"run": uuid.uuid4().hex, "processes": int(processes)})
 
-  def _join(self, fingerprint: dict, wait_s: float) -> None:
-    """A helper process's writer: waits until the primary process has prepared the partial folder for the same
-    run (its fingerprint), then only writes units into it (no lock, no manifest)."""
+  def _join(self, fingerprint: dict, wait_s: float, processes: int) -> None:
+    """A helper process's writer: waits until a primary process holds the lock and has announced this run (same
+    fingerprint, same process count) in the partial folder, then only writes units into it (no lock, no
+    manifest)."""
     self._lock = None
-    found, deadline = self.partial / FINGERPRINT, time.monotonic() + wait_s
+    deadline = time.monotonic() + wait_s
     while True:
-      if found.is_file() and (self.partial / UNITS_DIR).is_dir():
+      if _lock_held(self.path) and (self.partial / RUN).is_file():
         try:
-          if _read_json(found, "fingerprint") == fingerprint:
+          run = _read_json(self.partial / RUN, "run file")
+          if _read_json(self.partial / FINGERPRINT, "fingerprint") == fingerprint:
+            if run.get("processes") != processes:
+              raise ArtifactError(f"{self.path}: process 0 runs with {run.get('processes')} processes, this one was "
+                                  f"started with {processes}; start every process with the same --process-count")
             break
-        except ArtifactError:
-          pass  # being written
+        except ArtifactError as e:
+          if "--process-count" in str(e):
+            raise
       if time.monotonic() > deadline:
         raise ArtifactError(f"{self.path}: no primary process prepared {self.partial} for this run within "
                             f"{wait_s:.0f} s (start process 0 with the same command, on a filesystem both see)")
@@ -224,6 +267,7 @@ class ArtifactWriter:
     if self._lock is not None and not self._lock.closed:
       fcntl.flock(self._lock, fcntl.LOCK_UN)
       self._lock.close()
+    self._lock = None
 
   def done_units(self) -> dict[str, dict]:
     """``{unit: record}`` of the units finished by this or an earlier run (their Orbax data is complete)."""
@@ -234,9 +278,10 @@ class ArtifactWriter:
         out[unit] = _read_json(f, f"record of unit {unit}")
     return out
 
-  def load_unit(self, unit: str) -> dict[str, np.ndarray]:
-    """The buckets of a finished unit of the partial folder (verified, as :func:`load_unit`)."""
-    record = self.done_units().get(unit)
+  def load_unit(self, unit: str, record: dict | None = None) -> dict[str, np.ndarray]:
+    """The buckets of a finished unit of the partial folder (verified, as :func:`load_unit`); ``record``: its
+    record from :meth:`done_units`, when the caller has it."""
+    record = record or self.done_units().get(unit)
     if record is None:
       raise ArtifactError(f"{self.partial}: unit {unit!r} is not finished")
     return load_unit(self.partial, {"units": {unit: record}}, unit)
@@ -292,18 +337,21 @@ class ArtifactWriter:
       (self.partial / ASSETS_DIR).mkdir(exist_ok=True)
       for name, content in assets.items():
         (self.partial / ASSETS_DIR / name).write_bytes(content)
-    for unit in units:  # the records now live in the manifest
-      (self.partial / UNITS_DIR / f"{unit}.json").unlink()
-    (self.partial / FINGERPRINT).unlink()
     _write_json(self.partial / MANIFEST, manifest)
-    self.close()
-    (self.partial / "lock").unlink()
-    if self.path.exists():
+    # The records now live in the manifest; the fingerprint goes last, so that a kill in between still resumes.
+    for unit in units:
+      (self.partial / UNITS_DIR / f"{unit}.json").unlink()
+    for leftover in [*self.partial.glob(".*.json.*"), *(self.partial / UNITS_DIR).glob(".*.json.*"),
+                     self.partial / RUN]:
+      leftover.unlink(missing_ok=True)  # temporary files of writes a kill interrupted, the run file
+    (self.partial / FINGERPRINT).unlink()
+    if self.path.exists():  # (the lock is still held: no other writer can be between these steps)
       if not self.overwrite:
         raise ArtifactError(f"{self.path} appeared while it was being written; the new artifact is left in "
                             f"{self.partial}")
       shutil.rmtree(self.path)
     os.replace(self.partial, self.path)
+    self.close()
     return self.path
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 import types
 
@@ -66,27 +67,33 @@ def _read_header(path: pathlib.Path) -> tuple[int, dict[str, tuple[str, tuple[in
     if not 2 <= n <= min(_MAX_HEADER, size - 8):
       raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): header length {n}")
     try:
-      header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): {e}") from e
+      header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+      raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): "
+                           f"{type(e).__name__}: {str(e)[:200]}") from e
   if not isinstance(header, dict):
     raise ModelLoadError(f"{path}: not a valid safetensors file: the header is not a JSON object")
   start, out = 8 + n, {}
+  is_count = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62  # noqa: E731
   for name, view in header.items():
     if name == "__metadata__":
       continue
-    try:
-      dtype, shape, (begin, end) = str(view["dtype"]), tuple(int(d) for d in view["shape"]), view["data_offsets"]
-      begin, end = int(begin), int(end)
-    except (KeyError, TypeError, ValueError) as e:
-      raise ModelLoadError(f"{path}: tensor {name!r} has a malformed header entry ({e})") from e
+    if not (isinstance(view, dict) and isinstance(view.get("dtype"), str) and isinstance(view.get("shape"), list)
+            and all(map(is_count, view["shape"])) and isinstance(view.get("data_offsets"), list)
+            and len(view["data_offsets"]) == 2 and all(map(is_count, view["data_offsets"]))):
+      raise ModelLoadError(f"{path}: tensor {name!r} has a malformed header entry (expected dtype, a shape of "
+                           "non-negative ints and two data offsets)")
+    dtype, shape, (begin, end) = view["dtype"], tuple(view["shape"]), view["data_offsets"]
     if dtype not in _ITEMSIZE:
       raise ModelLoadError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {', '.join(_ITEMSIZE)}")
-    if min(shape, default=0) < 0 or not 0 <= begin <= end <= size - start or (
-        end - begin != int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]):
+    if not begin <= end <= size - start or end - begin != math.prod(shape) * _ITEMSIZE[dtype]:  # (exact ints)
       raise ModelLoadError(f"{path}: not a valid safetensors file, or truncated ({size} bytes): tensor {name!r} "
-                           f"{dtype} {list(shape)} claims bytes [{begin}, {end}) of {size - start}")
+                           f"{dtype} {list(shape)[:8]} claims bytes [{begin}, {end}) of {size - start}")
     out[name] = (dtype, shape, begin, end)
+  spans = sorted((b, e, n) for n, (_, _, b, e) in out.items() if e > b)
+  for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+    if b1 < e0:
+      raise ModelLoadError(f"{path}: not a valid safetensors file: the data of tensors {n0!r} and {n1!r} overlap")
   return start, out
 
 
@@ -99,7 +106,7 @@ def _read_tensor(path: pathlib.Path, name: str, dtype: str, shape: tuple[int, ..
       array = (raw.astype(np.uint32) << 16).view(np.float32)
     elif dtype in _FLOAT_DTYPES:
       array = np.fromfile(path, dtype=np.dtype(_FLOAT_DTYPES[dtype]).newbyteorder("<"), count=count,
-                          offset=offset).astype(np.float32)
+                          offset=offset).astype(np.float32, copy=False)
     else:
       array = np.fromfile(path, dtype=np.dtype(_OTHER_DTYPES[dtype]).newbyteorder("<"), count=count,
                           offset=offset).astype(_OTHER_DTYPES[dtype])

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import functools
 import json
@@ -104,7 +105,7 @@ class MemorySink:
   def done_units(self) -> dict[str, dict]:
     return dict(self._records)
 
-  def load_unit(self, unit: str) -> dict[str, np.ndarray]:
+  def load_unit(self, unit: str, record: dict | None = None) -> dict[str, np.ndarray]:
     return self.units[unit]
 
   def write_unit(self, unit: str, buckets, index, records) -> dict:
@@ -303,8 +304,10 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
     first = todo[0][0] if todo else "the manifest"
     progress.say(f"resuming: {len(done)} of {len(units)} units already written ({', '.join(_span(done))}); "
                  f"continuing at {first}")
+  if SHARED_UNIT in done and plan.records:
+    _check_shared(plan, done[SHARED_UNIT])
   t0 = time.perf_counter()
-  if plan.sequential is not None:
+  if plan.sequential is not None and any(_layer_of_unit(u) is not None for u, _ in todo):
     _replay(plan, config, sink, done, progress)
   workers = len(devices) if len(devices) > 1 else 0
   with concurrent.futures.ThreadPoolExecutor(workers) if workers else _no_pool() as pool:
@@ -322,6 +325,14 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
       records.update(recs)
   timings["quantize+code"] = time.perf_counter() - t0
   return records, plan, timings
+
+
+def _check_shared(plan: Plan, record: dict) -> None:
+  """A resumed run recomputes the plan: its shared states must be the ones the finished units were encoded with."""
+  buckets, _, _ = _shared_unit(plan)
+  if artifact.bucket_table(buckets) != record.get("buckets"):
+    raise ArtifactError("resume: the whole-model plan (shared transform states, θ) computed now differs from the one "
+                        "the finished units were encoded with (another machine or backend?); pass --restart")
 
 
 def _layer_of_unit(unit: str) -> int | None:
@@ -342,7 +353,7 @@ def _replay(plan: Plan, config: PipelineConfig, sink, done: dict, progress) -> N
   decoder = _Decoder.from_plan(config, plan)
   for layer in layers:
     unit = layer_unit(layer)
-    parts = artifact.unpack(sink.load_unit(unit), done[unit]["index"])
+    parts = artifact.unpack(sink.load_unit(unit, done[unit]), done[unit]["index"])
     decoded = {n: decoder.tensor(TensorRecord.from_json(n, r), parts.get(n, {}), True)
                for n, r in done[unit]["tensors"].items()}
     plan.sequential.advance(layer, decoded)
@@ -580,7 +591,7 @@ def iter_decompress(manifest: dict, load_unit: Callable[[str], dict[str, np.ndar
   by_unit: dict[str, list[TensorRecord]] = {}
   for rec in records.values():
     by_unit.setdefault(rec.unit, []).append(rec)
-  pools = _DecodePools(workers or os.cpu_count() or 1, decoder, json.dumps(to_dict(config), sort_keys=True), verify)
+  pools = _DecodePools(workers or len(os.sched_getaffinity(0)) or 1, decoder, json.dumps(to_dict(config), sort_keys=True), verify)
   pending: list[tuple[str, list[TensorRecord], list]] = []  # units submitted, oldest first (one decoded ahead)
   try:
     for unit in manifest["units"]:
@@ -611,11 +622,14 @@ class _DecodePools:
     self.processes = None
 
   def submit(self, recs: list[TensorRecord], parts: dict[str, dict[str, np.ndarray]]) -> list:
-    if self.workers == 1 or sum(r.size for r in recs) < PROCESS_DECODE_MIN_WEIGHTS:
+    # Worker processes only on a CPU backend: spawned JAX processes would each claim a GPU's memory, and must decode
+    # on the backend the encoder verified against.
+    if (self.workers == 1 or jax.default_backend() != "cpu"
+        or sum(r.size for r in recs) < PROCESS_DECODE_MIN_WEIGHTS):
       return [self.threads.submit(self.decoder.tensor, r, parts[r.name], self.verify) for r in recs]
     if self.processes is None:
-      self.processes = concurrent.futures.ProcessPoolExecutor(self.workers,
-                                                              mp_context=multiprocessing.get_context("spawn"))
+      self.processes = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(
+          "spawn"), initializer=_worker_init)
     states, predictions = self.decoder.shared_states, self.decoder.predictions
     return [self.processes.submit(_decode_in_worker, (
         self.config_json, r.name, r.to_json(), {k: np.asarray(v) for k, v in parts[r.name].items()},
@@ -628,7 +642,16 @@ class _DecodePools:
 
 
 def _collect(unit: str, recs: list[TensorRecord], futures: list) -> tuple[str, dict[str, np.ndarray]]:
-  return unit, {r.name: f.result() for r, f in zip(recs, futures)}
+  try:
+    return unit, {r.name: f.result() for r, f in zip(recs, futures)}
+  except BrokenProcessPool as e:
+    raise ArtifactError(f"decode: a worker process decoding unit {unit} died ({e}); decode with workers=1 to see "
+                        "why") from e
+
+
+def _worker_init() -> None:
+  """Decode workers run on the host CPU (their parent only uses them on a CPU backend)."""
+  jax.config.update("jax_platforms", "cpu")
 
 
 def decompress(units: Mapping[str, dict[str, np.ndarray]], manifest: dict, *, verify: bool = True

@@ -127,6 +127,10 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   if count > 1 and calibrates_sequentially(config):
     raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
                       f"{count} processes; set calibration.sequential = false or run one process")
+  if count > 1 and not streams(config):
+    raise ConfigError("compress: this config makes a whole-model pass first ([rewrite], whole-model calibration, "
+                      "role-shared transforms, [fit] or [allocation]); every process would recompute it, and hosts "
+                      "whose arithmetic differs would mix two plans in one artifact: run one process")
   t0 = time.perf_counter()
   progress.say(f"open {source}")
   model = open_model(source)
@@ -135,7 +139,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
                  "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it")
   stages = _Stages(model.num_params)
   writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart,
-                                   helper=index > 0)
+                                   helper=index > 0, processes=count)
   stages.record("open", time.perf_counter() - t0)
   try:
     plan, written = _encode(model, config, writer, stages, progress, devices, process)
