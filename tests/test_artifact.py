@@ -278,3 +278,18 @@ def test_helpers_join_only_a_running_primary_with_the_same_process_count(tmp_pat
   with pytest.raises(ArtifactError, match="only the primary"):
     helper.finish({})
   artifact.load(primary.finish({}))
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda b: b.update(shape=[2**50]), "claims"),
+    (lambda b: b.update(shape=[4, 4]), "malformed bucket table"),
+    (lambda b: b.update(dtype="object"), "malformed bucket table"),
+], ids=["allocation-bomb", "not-flat", "object-dtype"])
+def test_bucket_table_is_checked_before_anything_is_allocated(tmp_path, edit, pattern):
+  path, _, _ = _save(tmp_path)
+  meta = pathlib.Path(path) / "manifest.json"
+  d = json.loads(meta.read_text())
+  edit(d["units"]["globals"]["buckets"][sorted(d["units"]["globals"]["buckets"])[0]])
+  meta.write_text(json.dumps(d))
+  with pytest.raises(ArtifactError, match=pattern):
+    artifact.load(path)

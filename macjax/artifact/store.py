@@ -409,14 +409,23 @@ def load_unit(path: str | os.PathLike, manifest: dict, unit: str) -> dict[str, n
     ArtifactError: for any missing, truncated or altered part of the unit.
   """
   path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
+  check_unit_name(unit)
   try:
     table = manifest["units"][unit]["buckets"]
-    abstract = {name: np.empty([int(s) for s in b["shape"]], np.dtype(b["dtype"])) for name, b in table.items()}
-  except (KeyError, TypeError, ValueError) as e:
+    specs = {name: _bucket_spec(b) for name, b in table.items()}
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ArtifactError(f"{path}: malformed bucket table of unit {unit!r} in the manifest ({e})") from e
-  check_unit_name(unit)
-  if not abstract:
+  if not specs:
     return {}
+  # Before anything is allocated: a sanity bound on what the buckets may claim given the bytes on disk (entropy-coded
+  # payloads barely compress; MAX_EXPANSION leaves room for zstd on redundant raw tensors and stops a manifest
+  # claiming petabytes; issue 15 replaces it with a validated manifest).
+  on_disk = disk_bytes(path / UNITS_DIR / unit) if (path / UNITS_DIR / unit).is_dir() else 0
+  claimed = sum(int(n) * np.dtype(d).itemsize for n, d in specs.values())
+  if claimed > MAX_EXPANSION * on_disk + (64 << 20):
+    raise ArtifactError(f"{path}: unit {unit}'s bucket table claims {claimed:,} bytes, but its folder holds "
+                        f"{on_disk:,} bytes on disk: the manifest or the unit is damaged")
+  abstract = {name: np.empty(n, np.dtype(d)) for name, (n, d) in specs.items()}
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -437,6 +446,21 @@ def load_unit(path: str | os.PathLike, manifest: dict, unit: str) -> dict[str, n
                           "the artifact was altered")
     buckets[name] = a
   return buckets
+
+
+#: How many times its bytes on disk a unit's buckets may claim (see :func:`load_unit`).
+MAX_EXPANSION = 4096
+_BUCKET_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float16", "float32", "float64",
+                  "bool")
+
+
+def _bucket_spec(b: dict) -> tuple[int, str]:
+  """``(elements, dtype)`` of a bucket table entry: a flat array of a known dtype."""
+  shape, dtype = b["shape"], b["dtype"]
+  if (not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) or isinstance(shape[0], bool)
+      or shape[0] < 0 or dtype not in _BUCKET_DTYPES):
+    raise ValueError(f"bucket entry {b!r}: expected a flat shape [n] and one of {_BUCKET_DTYPES}")
+  return shape[0], dtype
 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
