@@ -143,17 +143,6 @@ def open_safetensors(path: pathlib.Path) -> LazyTensors:
                      where=str(path))
 
 
-def read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """Every tensor of one safetensors file (floats as float32, integers/bools as they are), and its stored dtype.
-
-  Raises:
-    ModelLoadError: the file is missing, truncated, or not a valid safetensors file.
-    NonFiniteError: a floating-point tensor holds NaN or infinity.
-  """
-  lazy = open_safetensors(path)
-  return lazy.materialize(), {name: lazy.dtype(name) for name in lazy}
-
-
 def open_weights(folder: pathlib.Path) -> LazyTensors:
   """The tensors of ``model.safetensors``, or of every shard of ``model.safetensors.index.json``, read on access.
 
@@ -191,12 +180,6 @@ def open_weights(folder: pathlib.Path) -> LazyTensors:
     dtypes.update({n: tensors.dtype(n) for n in tensors})
     handles.append(tensors)
   return LazyTensors(readers, shapes, dtypes, where=str(folder), keep_open=tuple(handles))
-
-
-def read_weights(folder: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """:func:`open_weights`, every tensor read into memory; and each tensor's stored dtype."""
-  lazy = open_weights(folder)
-  return lazy.materialize(), {name: lazy.dtype(name) for name in lazy}
 
 
 def read_tokenizer_files(folder: pathlib.Path) -> dict[str, bytes]:

@@ -85,11 +85,6 @@ class LazyTensors(collections.abc.Mapping):
     """How the file stores the tensor (``"BF16"``, ``"F32"``, ``"Q4_1"`` ...)."""
     return self._dtypes[name]
 
-  def nbytes_float32(self) -> int:
-    """Bytes the floating-point tensors would take as float32 (what materialising them would cost)."""
-    return int(sum(4 * int(np.prod(s, dtype=np.int64)) for n, s in self._shapes.items()
-                   if self._dtypes[n] not in INTEGER_DTYPES))
-
   def select(self, names) -> "LazyTensors":
     """The same files, restricted to ``names`` (e.g. without derived buffers)."""
     names = [n for n in names if n in self._readers]

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import functools
@@ -310,7 +311,7 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
   if plan.sequential is not None and any(_layer_of_unit(u) is not None for u, _ in todo):
     _replay(plan, config, sink, done, progress)
   workers = len(devices) if len(devices) > 1 else 0
-  with concurrent.futures.ThreadPoolExecutor(workers) if workers else _no_pool() as pool:
+  with concurrent.futures.ThreadPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
     for unit, names in progress.bar(todo, desc="compress", unit="unit"):
       layer = _layer_of_unit(unit)
       if unit == SHARED_UNIT:
@@ -357,14 +358,6 @@ def _replay(plan: Plan, config: PipelineConfig, sink, done: dict, progress) -> N
     decoded = {n: decoder.tensor(TensorRecord.from_json(n, r), parts.get(n, {}), True)
                for n, r in done[unit]["tensors"].items()}
     plan.sequential.advance(layer, decoded)
-
-
-class _no_pool:  # pylint: disable=invalid-name
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
-    return False
 
 
 def _span(units: Mapping[str, Any]) -> list[str]:
@@ -460,7 +453,6 @@ def _config_of(manifest: dict) -> PipelineConfig:
 class _Decoder:
   """Decodes the tensors of one artifact, one unit at a time."""
 
-  manifest: dict
   config: PipelineConfig
   chains: Chains
   shared_states: dict[str, Any]
@@ -470,7 +462,7 @@ class _Decoder:
   def from_plan(cls, config: PipelineConfig, plan: Plan) -> "_Decoder":
     """The decoder of what ``plan`` encodes (its shared states and predictions, without reading them back)."""
     shared = {m.role: plan.states[m.name] for m in plan.model.layout.matrices if m.role in plan.shared_roles}
-    return cls({}, config, Chains.of(config), shared, dict(plan.predictions))
+    return cls(config, Chains.of(config), shared, dict(plan.predictions))
 
   def tensor(self, rec: TensorRecord, parts: dict[str, np.ndarray], verify: bool) -> np.ndarray:
     ctx = stages.MatrixContext(name=rec.name, shape=rec.shape, role=rec.role,
@@ -541,7 +533,7 @@ def _decode_in_worker(job: tuple) -> np.ndarray:
   config_json, name, rec_json, parts, state, prediction, verify = job
   config = _worker_config(config_json)
   rec = TensorRecord.from_json(name, rec_json)
-  decoder = _Decoder({}, config, _worker_chains(config_json), {rec.transform_shared: state} if state else {},
+  decoder = _Decoder(config, _worker_chains(config_json), {rec.transform_shared: state} if state else {},
                      {name: prediction} if prediction is not None else {})
   return decoder.tensor(rec, parts, verify)
 
@@ -587,7 +579,7 @@ def iter_decompress(manifest: dict, load_unit: Callable[[str], dict[str, np.ndar
   shared_parts = (_unit_parts(manifest, SHARED_UNIT, load_unit(SHARED_UNIT))
                   if SHARED_UNIT in manifest["units"] else {})
   states, predictions = _shared_decoding(manifest, config, shared_parts)
-  decoder = _Decoder(manifest, config, Chains.of(config), states, predictions)
+  decoder = _Decoder(config, Chains.of(config), states, predictions)
   by_unit: dict[str, list[TensorRecord]] = {}
   for rec in records.values():
     by_unit.setdefault(rec.unit, []).append(rec)
