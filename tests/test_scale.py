@@ -171,8 +171,14 @@ _DEVICES_DRIVER = textwrap.dedent("""
 """)
 
 
+FIT = config_lib.from_dict({"fit": {"enabled": True, "keep": "always", "roles": ["q", "up", "down"],
+                                    "options": {"width": 8, "depth": 1, "n_fourier": 2, "steps": 20, "chunk": 10}},
+                            "evaluate": {"enabled": False}})
+
+
 def test_eight_devices_give_the_same_artifact_as_one(synthetic_dir, tmp_path):
-  configs = {"default": config_lib.to_dict(NO_EVAL), "gptq": config_lib.to_dict(GPTQ)}
+  """The matrices of each layer, and the f_θ families (one fit per device), spread over 8 host devices."""
+  configs = {"default": config_lib.to_dict(NO_EVAL), "gptq": config_lib.to_dict(GPTQ), "fit": config_lib.to_dict(FIT)}
   (tmp_path / "driver.py").write_text(_DEVICES_DRIVER)
   env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")

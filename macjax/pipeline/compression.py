@@ -22,7 +22,8 @@ the encoder's reconstruction. The decoder runs the stages backwards from the par
 bit-identical to what the encoder reconstructed" is verified on every decode, not assumed (on the encoder's
 backend; see the README for other backends).
 
-Devices: the matrices of a unit are spread over the given devices (``jax.devices()`` by default), largest first,
+Devices: the matrices of a unit (and, in the plan, the f_θ families) are spread over the given devices
+(``jax.devices()`` by default), largest first,
 each on the device with the fewest weights assigned so far, and encoded concurrently; every tensor's arithmetic is the same on each device of a kind, so the
 artifact does not depend on the device count (tested with 8 host devices).
 
@@ -287,9 +288,9 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
   """
   from macjax.pipeline.progress import Progress  # pylint: disable=g-import-not-at-top
   progress = progress or Progress()
-  plan = plan or make_plan(model, config, stats=stats, say=progress.say)
-  timings = dict(plan.timings)
   devices = list(jax.devices() if devices is None else devices)
+  plan = plan or make_plan(model, config, stats=stats, say=progress.say, devices=devices)
+  timings = dict(plan.timings)
   encoder = _Encoder(config, plan, Chains.of(config), devices, observe)
   units = ([(SHARED_UNIT, None)] if plan.records else []) + units_of(plan.model.layout, list(plan.model.params))
   index, count = process

@@ -18,6 +18,7 @@ allocation), which is why those configs need memory in proportion to the model w
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from typing import Any, Callable, Mapping
@@ -262,38 +263,62 @@ def _fit_code_bits_saved(cfg: dict, stack: jax.Array, pred: jax.Array) -> float:
   return float(saved)
 
 
-def _fits(plan: Plan, cfg: dict, coords: dict[str, jax.Array], seed: int, say) -> None:
-  """f_θ per family (role) in the transformed coordinates; kept when it pays (or ``fit.keep = "always"``)."""
+def _fit_role(cfg: dict, role: str, stack: jax.Array, key: jax.Array, say) -> tuple[dict, dict, np.ndarray]:
+  """One family's f_θ: ``(decision, θ as numpy arrays, prediction on the host)``; runs where ``stack`` lives."""
+  options = family_fit_options(cfg, tuple(stack.shape))
+  ff = fitter(tuple(sorted(options.items())))
+  say(f"fit f_θ (width {ff.config.width}) for {stack.shape[0]} '{role}' matrices {tuple(stack.shape)}")
+  callback = lambda p: say(f"  f_θ '{role}' step {p.step}/{p.steps}: unexplained energy {float(np.mean(p.loss)):.4f}")
+  theta = ff.fit(stack, key=key, callback=callback)
+  pred = ff.predict(theta, tuple(stack.shape))
+  energy = fit.explained_energy(stack, pred)
+  arrays = fit.to_numpy(theta)
+  theta_bits = int(sum(a.nbytes for a in arrays.values()) * 8)
+  saved = _fit_code_bits_saved(cfg, stack, pred)
+  decision = {"explained_energy": float(energy.total), "theta_bits": theta_bits, "code_bits_saved": saved,
+              "kept": saved > theta_bits or cfg["fit"]["keep"] == "always",
+              "options": options, "per_layer": [float(x) for x in np.asarray(energy.per_layer)]}
+  return decision, arrays, np.asarray(pred)
+
+
+def _fits(plan: Plan, cfg: dict, coords: dict[str, jax.Array], seed: int, say, devices: list) -> None:
+  """f_θ per family (role) in the transformed coordinates; kept when it pays (or ``fit.keep = "always"``).
+
+  The families are independent fits: with several devices each runs on its own (largest first, on the least
+  loaded device), concurrently; a fit's arithmetic does not depend on where it runs, so neither does the artifact.
+  """
   layout = plan.model.layout
   wanted = cfg["fit"]["roles"] or list(MATRIX_ROLES)
+  roles = [r for r in MATRIX_ROLES if r in wanted and layout.by_role(r)]
+  sizes = {r: sum(int(np.prod(m.shape)) for m in layout.by_role(r)) for r in roles}
+  load, where = [0] * len(devices), {}
+  for r in sorted(roles, key=lambda r: (-sizes[r], roles.index(r))):
+    k = min(range(len(devices)), key=lambda i: (load[i], i))
+    where[r], load[k] = devices[k], load[k] + sizes[r]
+
+  def run(r_idx: int, role: str):
+    with jax.default_device(where[role]):
+      stack = jax.device_put(jnp.stack([coords[m.name] for m in layout.by_role(role)]), where[role])
+      return _fit_role(cfg, role, stack, jax.device_put(fit_key(seed, r_idx), where[role]), say)
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(devices), len(roles)))) as pool:
+    outcomes = list(pool.map(run, range(len(roles)), roles))
   decisions = {}
-  for r_idx, role in enumerate(r for r in MATRIX_ROLES if r in wanted and layout.by_role(r)):
-    fam = layout.by_role(role)
-    stack = jnp.stack([coords[m.name] for m in fam])
-    options = family_fit_options(cfg, tuple(stack.shape))
-    ff = fitter(tuple(sorted(options.items())))
-    say(f"fit f_θ (width {ff.config.width}) for {len(fam)} '{role}' matrices {tuple(stack.shape)}")
-    callback = lambda p, role=role: say(f"  f_θ '{role}' step {p.step}/{p.steps}: unexplained energy "
-                                        f"{float(np.mean(p.loss)):.4f}")
-    theta = ff.fit(stack, key=fit_key(seed, r_idx), callback=callback)
-    pred = ff.predict(theta, tuple(stack.shape))
-    energy = fit.explained_energy(stack, pred)
-    arrays = fit.to_numpy(theta)
-    theta_bits = int(sum(a.nbytes for a in arrays.values()) * 8)
-    saved = _fit_code_bits_saved(cfg, stack, pred)
-    decisions[role] = {"explained_energy": float(energy.total), "theta_bits": theta_bits,
-                       "code_bits_saved": saved, "kept": saved > theta_bits or cfg["fit"]["keep"] == "always"}
-    if not decisions[role]["kept"]:
-      say(f"  f_θ '{role}' dropped: saves {saved:,.0f} code bits, costs {theta_bits:,} θ bits")
+  for role, (decision, arrays, pred) in zip(roles, outcomes):
+    options, per_layer = decision.pop("options"), decision.pop("per_layer")
+    decisions[role] = decision
+    if not decision["kept"]:
+      say(f"  f_θ '{role}' dropped: saves {decision['code_bits_saved']:,.0f} code bits, costs "
+          f"{decision['theta_bits']:,} θ bits")
       continue
     name = f"fit:{role}"
     plan.parts[name] = {f"theta.{k}": ("theta", a) for k, a in sorted(arrays.items())}
     plan.records[name] = {
-        "group": "fit", "role": role, "shape": list(stack.shape), "theta_keys": sorted(arrays), "options": options,
-        "bits": {"theta": theta_bits}, "explained_energy": float(energy.total),
-        "explained_energy_per_layer": [float(x) for x in np.asarray(energy.per_layer)]}
-    for li, m in enumerate(fam):
-      plan.predictions[m.name] = pred[li]
+        "group": "fit", "role": role, "shape": list(pred.shape), "theta_keys": sorted(arrays), "options": options,
+        "bits": {"theta": decision["theta_bits"]}, "explained_energy": decision["explained_energy"],
+        "explained_energy_per_layer": per_layer}
+    for li, m in enumerate(layout.by_role(role)):
+      plan.predictions[m.name] = jnp.asarray(pred[li])  # uncommitted: usable on whichever device encodes m
       plan.fit_roles[m.name] = role
   plan.fit_decisions = decisions or None
 
@@ -372,7 +397,7 @@ def _allocate(plan: Plan, config: PipelineConfig, coords: dict[str, jax.Array], 
 
 
 def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None,
-              say: Callable[[str], None] = lambda _: None) -> Plan:
+              say: Callable[[str], None] = lambda _: None, devices: list | None = None) -> Plan:
   """Runs the whole-model stages ``config`` asks for (module docstring), in order.
 
   Args:
@@ -381,6 +406,7 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     stats: precomputed calibration statistics (of the rewritten model when ``[rewrite]`` is on), to share one
       calibration pass across configs; computed here when a stage needs them and this is None.
     say: progress lines.
+    devices: where the f_θ families are fitted (default ``jax.devices()``), one family per device at a time.
 
   Raises:
     ConfigError: a stage cannot run on this model with this config (named in the message).
@@ -420,7 +446,7 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
       plan.timings["transform"] = time.perf_counter() - t0
     if config.fit.enabled:
       t0 = time.perf_counter()
-      _fits(plan, cfg, coords, config.seed, say)
+      _fits(plan, cfg, coords, config.seed, say, list(jax.devices() if devices is None else devices))
       plan.timings["fit"] = time.perf_counter() - t0
     if allocating:
       t0 = time.perf_counter()
