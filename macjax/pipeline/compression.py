@@ -23,9 +23,9 @@ bit-identical to what the encoder reconstructed" is verified on every decode, no
 backend; see the README for other backends).
 
 Devices: the matrices of a unit (and, in the plan, the f_θ families) are spread over the given devices
-(``jax.devices()`` by default), largest first,
-each on the device with the fewest weights assigned so far, and encoded concurrently; every tensor's arithmetic is the same on each device of a kind, so the
-artifact does not depend on the device count (tested with 8 host devices).
+(``jax.devices()`` by default), largest first, each on the device with the fewest weights assigned so far, and
+encoded concurrently; every tensor's arithmetic is the same on each device of a kind, so the artifact does not
+depend on the device count (tested with 8 host devices).
 
 Example:
   >>> compressed = compress(load_model("minilm-l6"), PipelineConfig())  # doctest: +SKIP
