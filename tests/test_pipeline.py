@@ -252,6 +252,32 @@ def test_sequential_calibration_measures_each_layer_on_the_compressed_layers(req
   assert not all(np.array_equal(whole[n], seq.reconstruction[n]) for n in later)
 
 
+def test_activations_offloaded_to_disk_give_the_same_artifact(tiny_llama_dir):
+  """``calibration.offload = "disk"``: the carried hidden states wait in .npy files (one batch in memory), with the
+  same statistics and the same artifact as in memory; the folder goes with the calibration."""
+  from macjax import calibrate
+  model = load_model(str(tiny_llama_dir))
+  on_disk = calibrate.SequentialCalibration(model, **CALIBRATION, batch_size=1, offload="disk")
+  in_memory = calibrate.SequentialCalibration(model, **CALIBRATION, batch_size=1)
+  on_disk.start(model.params)
+  in_memory.start(model.params)
+  folder = pathlib.Path(on_disk.hidden._folder.name)  # pylint: disable=protected-access
+  assert len(list(folder.glob("*.npy"))) == len(on_disk.batches) == CALIBRATION["n_seq"]
+  for layer in range(model.layout.num_layers):
+    a, b = on_disk.statistics(layer, model.params), in_memory.statistics(layer, model.params)
+    assert all(np.array_equal(a[n].second_moment, b[n].second_moment) for n in a)
+    on_disk.advance(layer, model.params)
+    in_memory.advance(layer, model.params)
+  del on_disk
+  assert not folder.exists()
+  cfg = {"quantize": {"gptq": True, "step": 0.5}, "evaluate": {"enabled": False}}
+  memory = compression.compress(model, config_lib.from_dict({**cfg, "calibration": CALIBRATION}))
+  disk = compression.compress(model, config_lib.from_dict({**cfg, "calibration": {**CALIBRATION, "offload": "disk"}}))
+  assert disk.manifest["tensors"] == memory.manifest["tensors"]
+  with pytest.raises(ConfigError, match="offload"):
+    config_lib.from_dict({"calibration": {"offload": "ssd"}})
+
+
 def test_target_bits_hits_the_rate(tiny_llama_dir):
   cfg = config_lib.from_dict({"allocation": {"target_bits": 3.0}, "evaluate": {"enabled": False}})
   compressed = compression.compress(load_model(str(tiny_llama_dir)), cfg)

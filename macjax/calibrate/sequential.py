@@ -12,7 +12,10 @@ llm-compressor's sequential scheme):
    :meth:`~SequentialCalibration.advance` runs block ``ℓ`` with its *decoded* weights to get ``x_{ℓ+1}``.
 
 Only one layer's activations are alive at a time (``n_seq · seq_len · hidden`` floats, on the host between
-layers), and only the layer being compressed is read. A resumed compression rebuilds ``x_ℓ`` by replaying the
+layers), and only the layer being compressed is read. With ``offload="disk"`` they wait in ``.npy`` files of a
+temporary folder instead (``$TMPDIR``; removed when the calibration is dropped) and one batch is in memory at a
+time: for calibration sets larger than RAM (a 70B model's 128 × 2048 tokens × 8192 channels is 8.6 GB in float32).
+The numbers are the same either way. A resumed compression rebuilds ``x_ℓ`` by replaying the
 finished layers forward from their decoded weights (GPTQModel's resume).
 
 Example:
@@ -24,7 +27,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -35,6 +41,34 @@ from macjax.evaluate import bert, llama, text
 _FAMILIES = {"llama": llama, "bert": bert}
 
 
+class _Carried:
+  """The carried hidden states, one array per calibration batch: in memory, or in ``.npy`` files on disk."""
+
+  def __init__(self, offload: str):
+    if offload not in ("memory", "disk"):
+      raise ConfigError(f"calibrate: offload {offload!r}; expected 'memory' or 'disk'")
+    self._arrays: list[np.ndarray] = []
+    self._folder = tempfile.TemporaryDirectory(prefix="macjax-calibration-") if offload == "disk" else None
+
+  def _file(self, i: int) -> pathlib.Path:
+    return pathlib.Path(self._folder.name) / f"batch-{i:05d}.npy"
+
+  def put(self, i: int, x) -> None:
+    x = np.asarray(x, np.float32)
+    if self._folder is None:
+      self._arrays[i:i + 1] = [x]
+      return
+    tmp = self._file(i).with_suffix(".tmp.npy")
+    np.save(tmp, x)
+    os.replace(tmp, self._file(i))
+
+  def get(self, i: int) -> np.ndarray:
+    return self._arrays[i] if self._folder is None else np.load(self._file(i))
+
+  def each(self, n: int) -> Iterator[np.ndarray]:
+    return (self.get(i) for i in range(n))
+
+
 class SequentialCalibration:
   """Calibration hidden states carried through the layers (see the module docstring).
 
@@ -43,14 +77,15 @@ class SequentialCalibration:
       each call, so lazy params stay on disk).
     n_seq, seq_len, batch_size: calibration windows (causal LMs), as :func:`~macjax.calibrate.input_statistics`.
     n_sentences, sentence_chunk: calibration passages (encoders).
+    offload: where the carried hidden states wait between layers: ``"memory"`` or ``"disk"`` (module docstring).
 
   Raises:
-    ConfigError: an unsupported family or non-positive sizes.
+    ConfigError: an unsupported family, non-positive sizes or an unknown offload.
   """
 
   def __init__(self, model, *, n_seq: int = statistics.DEFAULT_N_SEQ, seq_len: int = statistics.DEFAULT_SEQ_LEN,
                n_sentences: int = statistics.DEFAULT_N_SENTENCES, batch_size: int = statistics.DEFAULT_BATCH_SIZE,
-               sentence_chunk: int = statistics.DEFAULT_SENTENCE_CHUNK):
+               sentence_chunk: int = statistics.DEFAULT_SENTENCE_CHUNK, offload: str = "memory"):
     layout = model.layout
     if layout.family not in _FAMILIES:
       raise ConfigError(f"calibrate: model family {layout.family!r} is not supported; expected one of "
@@ -68,7 +103,9 @@ class SequentialCalibration:
       tokens, mask = text.sentence_batch(tokenizer, text.sentences("calibration", n_sentences))
       self.batches = list(statistics.length_buckets(tokens, mask, sentence_chunk))
     self.count = int(sum(np.asarray(t).size if m is None else np.count_nonzero(m) for t, m in self.batches))
-    self.hidden: list[np.ndarray] | None = None
+    self.hidden: _Carried | None = None
+    self.offload = offload
+    _Carried(offload)  # checks the option now rather than at start
     self.layer = 0
 
   def _kwargs(self, mask) -> dict:
@@ -76,8 +113,9 @@ class SequentialCalibration:
 
   def start(self, params: Mapping[str, Any]) -> None:
     """``x₀``: the embeddings of the calibration tokens (reads only the embedding tensors of ``params``)."""
-    self.hidden = [np.asarray(self.forward.embed(params, self.config, t, **self._kwargs(m)), np.float32)
-                   for t, m in self.batches]
+    self.hidden = _Carried(self.offload)
+    for i, (t, m) in enumerate(self.batches):
+      self.hidden.put(i, self.forward.embed(params, self.config, t, **self._kwargs(m)))
     self.layer = 0
 
   def _check_layer(self, layer: int) -> None:
@@ -98,7 +136,7 @@ class SequentialCalibration:
     p = self.forward.layer_params(params, self.config, layer)
     sums: dict[str, np.ndarray] = {}
     absmax: dict[str, np.ndarray] = {}
-    for x, (_, mask) in zip(self.hidden, self.batches):
+    for x, (_, mask) in zip(self.hidden.each(len(self.batches)), self.batches):
       _, moments = self.forward.block_step(p, self.config, x, statistics.block_moments, **self._kwargs(mask))
       for site, (xtx, amax) in moments.items():
         xtx, amax = np.asarray(xtx, np.float64), np.asarray(amax)
@@ -120,6 +158,6 @@ class SequentialCalibration:
     """Replaces the carried inputs by block ``layer``'s outputs with ``params`` (its decoded weights)."""
     self._check_layer(layer)
     p = self.forward.layer_params(params, self.config, layer)
-    self.hidden = [np.asarray(self.forward.block_step(p, self.config, x, **self._kwargs(mask))[0], np.float32)
-                   for x, (_, mask) in zip(self.hidden, self.batches)]
+    for i, (_, mask) in enumerate(self.batches):
+      self.hidden.put(i, self.forward.block_step(p, self.config, self.hidden.get(i), **self._kwargs(mask))[0])
     self.layer = layer + 1

@@ -240,16 +240,21 @@ class CalibrationConfig:
       memory at a time (:class:`~macjax.calibrate.SequentialCalibration`); false, or a stage that needs every
       layer's statistics before the first layer is encoded (layer-output allocation, role-shared or f_θ /
       allocation-fitted activation-aware transforms), runs the reference model once for all layers instead.
+    offload: where sequential calibration keeps the hidden states carried between layers: ``"memory"`` (host
+      RAM) or ``"disk"`` (``.npy`` files in a temporary folder under ``$TMPDIR``, one batch in memory at a time;
+      the same numbers).
   """
 
   n_seq: int = 0
   seq_len: int = 0
   n_sentences: int = 0
   sequential: bool = True
+  offload: str = "memory"
 
   def __post_init__(self):
     for k in ("n_seq", "seq_len", "n_sentences"):
       _check(getattr(self, k) >= 0, f"calibration.{k} = {getattr(self, k)}; expected >= 0 (0: default)")
+    _check(self.offload in ("memory", "disk"), f"calibration.offload = {self.offload!r}; expected 'memory' or 'disk'")
 
   def sizes(self) -> dict[str, int]:
     return {k: getattr(self, k) for k in ("n_seq", "seq_len", "n_sentences") if getattr(self, k)}

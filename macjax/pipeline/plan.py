@@ -428,7 +428,8 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
   elif calibrates_sequentially(config):
     from macjax import calibrate  # pylint: disable=g-import-not-at-top
     say("calibrate: sequentially, each layer on the outputs of the layers compressed before it")
-    plan.sequential = calibrate.SequentialCalibration(plan.model, **config.calibration.sizes())
+    plan.sequential = calibrate.SequentialCalibration(plan.model, **config.calibration.sizes(),
+                                                    offload=config.calibration.offload)
     plan.stats, plan.calibration = {}, "sequential"
   elif needs_calibration(config):
     t0 = time.perf_counter()
