@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -162,7 +163,8 @@ def export_hf_stream(tensors: Iterator[tuple[str, np.ndarray]], layout: ModelLay
                      overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                      _spec: families.FamilySpec | None = None) -> pathlib.Path:
   """:func:`export_hf` from an iterator of ``(name, array)``: each tensor is checked, cast and buffered until its
-  shard is full, so at most one shard (``max_shard_bytes``) of the model is in memory. Everything is written to a
+  shard is full, then written by a background thread while the next shard fills, so at most two shards
+  (``max_shard_bytes`` each) of the model are in memory. Everything is written to a
   temporary sibling folder and moved into place at the end: an error or a kill midway leaves nothing that looks
   like a model folder.
 
@@ -203,24 +205,32 @@ def _write_shards(tensors: Iterator[tuple[str, np.ndarray]], spec: families.Fami
   pending: dict[str, np.ndarray] = {}
   seen: set[str] = set()
   total = 0
+  writing: list[concurrent.futures.Future] = []  # the shard being written (one at a time, beside the next's filling)
 
-  def flush():
+  def flush(pool):
+    nonlocal pending
     if pending:
-      safetensors.numpy.save_file(pending, folder / f"shard-{len(shards):05d}.safetensors", metadata={"format": "pt"})
+      for f in writing:
+        f.result()
+      file = folder / f"shard-{len(shards):05d}.safetensors"
+      writing[:] = [pool.submit(safetensors.numpy.save_file, pending, file, metadata={"format": "pt"})]
       shards.append(list(pending))
-      pending.clear()
+      pending = {}
 
-  for name, value in tensors:
-    if name in seen:
-      raise ExportError(f"export_hf params: tensor {name!r} given twice")
-    seen.add(name)
-    cast = _check_tensor(name, value, spec, dtype)
-    if pending and sum(a.nbytes for a in pending.values()) + cast.nbytes > max_shard_bytes:
-      flush()
-    pending[name] = cast
-    total += cast.nbytes
-  _check_missing(frozenset(seen), spec)
-  flush()
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # save_file releases the GIL: writing overlaps decoding
+    for name, value in tensors:
+      if name in seen:
+        raise ExportError(f"export_hf params: tensor {name!r} given twice")
+      seen.add(name)
+      cast = _check_tensor(name, value, spec, dtype)
+      if pending and sum(a.nbytes for a in pending.values()) + cast.nbytes > max_shard_bytes:
+        flush(pool)
+      pending[name] = cast
+      total += cast.nbytes
+    _check_missing(frozenset(seen), spec)
+    flush(pool)
+    for f in writing:
+      f.result()
   if len(shards) <= 1:
     if shards:
       (folder / "shard-00000.safetensors").rename(folder / "model.safetensors")
