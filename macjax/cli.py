@@ -1,7 +1,7 @@
 """``macjax`` command line: a thin shell over :mod:`macjax.pipeline.job`.
 
     macjax compress MODEL [--config FILE] [--set section.key=value ...] [--out DIR] [--overwrite] [--restart]
-                    [--no-eval] [--no-verify] [--process-index I --process-count N]
+                    [--no-eval] [--no-verify] [--process-index I|auto --process-count N|auto]
     macjax decompress ARTIFACT --out DIR [--overwrite] [--dtype float32|float16] [--max-shard-mb N]
     macjax info ARTIFACT [--json]
 
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
+from typing import Mapping
 
 from macjax.errors import MacjaxError
 
@@ -36,10 +38,12 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--no-eval", action="store_true", help="skip the model-quality evaluation")
   c.add_argument("--no-verify", action="store_true",
                  help="skip reading the artifact back and decoding it (no weight errors in the report)")
-  c.add_argument("--process-index", type=int, default=0,
-                 help="this process's index among --process-count processes sharing the work (one per host)")
-  c.add_argument("--process-count", type=int, default=1,
-                 help="processes (on one or many hosts, sharing a filesystem) compressing the same model into --out")
+  c.add_argument("--process-index", default="0",
+                 help="this process's index among --process-count processes sharing the work (one per host), or "
+                 "'auto': from the launcher's environment (SLURM, Open MPI, PMI, torchrun)")
+  c.add_argument("--process-count", default="1",
+                 help="processes (on one or many hosts, sharing a filesystem) compressing the same model into --out, "
+                 "or 'auto' (as --process-index)")
   c.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
   d = sub.add_parser("decompress", help="decode an artifact into a Hugging Face folder")
   d.add_argument("artifact")
@@ -60,6 +64,33 @@ def _default_out(model: str) -> pathlib.Path:
   return pathlib.Path("artifacts") / name
 
 
+#: Environment variables of the common launchers: (index, count), first match wins.
+LAUNCHER_ENV = (("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                ("PMI_RANK", "PMI_SIZE"), ("RANK", "WORLD_SIZE"))
+
+
+def process_slot(index: str, count: str, environ: Mapping[str, str]) -> tuple[int, int]:
+  """``(index, count)`` of this process from ``--process-index/--process-count``: integers, or ``auto`` for the
+  launcher's variables (:data:`LAUNCHER_ENV`; one process when none is set).
+
+  Raises:
+    ConfigError: not an integer or ``auto``, ``auto`` for one but not the other, or a launcher's values unusable.
+  """
+  from macjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if (index == "auto") != (count == "auto"):
+    raise ConfigError("--process-index and --process-count must both be 'auto' or both be numbers")
+  if index == "auto":
+    found = next(((environ[i], environ[n], f"{i}/{n}") for i, n in LAUNCHER_ENV if i in environ and n in environ),
+                 ("0", "1", "no launcher variables"))
+    index, count, source = found
+  else:
+    source = "--process-index/--process-count"
+  try:
+    return int(index), int(count)
+  except ValueError as e:
+    raise ConfigError(f"process index {index!r} and count {count!r} (from {source}); expected integers") from e
+
+
 def _progress():
   from macjax.pipeline.progress import Progress  # pylint: disable=g-import-not-at-top
   return Progress(say=lambda msg: print(f"[macjax] {msg}", file=sys.stderr, flush=True), bars=True)
@@ -72,12 +103,13 @@ def _run(args) -> int:
     cfg = config_lib.load(args.config) if args.config else config_lib.PipelineConfig()
     cfg = config_lib.with_overrides(cfg, args.set)
     out = pathlib.Path(args.out) if args.out else _default_out(args.model)
+    index, count = process_slot(args.process_index, args.process_count, os.environ)
     rep = job.run_compress(args.model, cfg, out, overwrite=args.overwrite, restart=args.restart,
                            evaluate=not args.no_eval, verify=not args.no_verify, progress=_progress(),
-                           process=(args.process_index, args.process_count))
-    if args.process_index > 0:
-      print(f"process {args.process_index} of {args.process_count}: wrote {len(rep['units_written'])} units into "
-            f"{out}; process 0 finishes the artifact")
+                           process=(index, count))
+    if index > 0:
+      print(f"process {index} of {count}: wrote {len(rep['units_written'])} units into {out}; process 0 finishes "
+            "the artifact")
       return 0
     print(json.dumps(rep, indent=1) if args.json else report.format_report(rep))
     if not args.json:

@@ -114,3 +114,32 @@ def test_relative_paths(capsys, tiny_llama_dir, tmp_path, monkeypatch):
   assert _run(capsys, "info", pathlib.Path("artifacts") / model.name)[0] == 0
   assert _run(capsys, "decompress", pathlib.Path("artifacts") / model.name, "--out", "hf")[0] == 0
   assert (tmp_path / "hf" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, (0, 1)),
+    ({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "RANK": "5", "WORLD_SIZE": "6"}, (3, 8)),  # the first launcher wins
+    ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}, (1, 2)),
+    ({"PMI_RANK": "0", "PMI_SIZE": "4"}, (0, 4)),
+    ({"RANK": "2", "WORLD_SIZE": "3"}, (2, 3)),
+])
+def test_process_slot_from_the_launchers_environment(environ, expected):
+  assert cli.process_slot("auto", "auto", environ) == expected
+  assert cli.process_slot("4", "5", environ) == (4, 5)  # explicit numbers ignore the environment
+
+
+@pytest.mark.parametrize("index, count, environ, needle", [
+    ("auto", "2", {}, "both be 'auto'"),
+    ("x", "2", {}, "expected integers"),
+    ("auto", "auto", {"SLURM_PROCID": "a", "SLURM_NTASKS": "2"}, "SLURM_PROCID/SLURM_NTASKS"),
+])
+def test_process_slot_errors(index, count, environ, needle):
+  from macjax.errors import ConfigError
+  with pytest.raises(ConfigError, match=needle):
+    cli.process_slot(index, count, environ)
+
+
+def test_process_index_out_of_range_is_a_user_error(capsys, tiny_llama_dir, tmp_path):
+  code, _, err = _run(capsys, "compress", tiny_llama_dir, "--out", tmp_path / "a", "--no-eval", "--process-index",
+                      "3", "--process-count", "2")
+  _assert_user_error(code, err, "process index 3 of 2")

@@ -236,10 +236,13 @@ def test_processes_sharing_the_work_write_the_same_artifact(synthetic_dir, tmp_p
   job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "one", verify=False)
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   base = [sys.executable, "-m", "macjax.cli", "compress", str(synthetic_dir), "--out", str(tmp_path / "art"),
-          "--no-eval", "--process-count", "3", "--process-index"]
-  helpers = [subprocess.Popen(base + [str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in (2, 1)]  # helpers first: they wait for process 0 to prepare the folder
-  primary = subprocess.run(base + ["0"], env=env, capture_output=True, text=True, timeout=300)
+          "--no-eval"]
+  launchers = [{"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}, {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "3"}]
+  helpers = [subprocess.Popen(base + ["--process-index", "auto", "--process-count", "auto"], env={**env, **slot},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for slot in launchers]  # helpers first (their slots from a launcher's variables): they wait for process 0
+  primary = subprocess.run(base + ["--process-count", "3", "--process-index", "0"], env=env, capture_output=True,
+                           text=True, timeout=300)
   outputs = [h.communicate(timeout=300) for h in helpers]
   assert primary.returncode == 0, primary.stderr[-2000:]
   for h, (out, err) in zip(helpers, outputs):
