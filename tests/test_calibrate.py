@@ -301,8 +301,8 @@ def test_output_energy_hessian_and_relative_error_match_definitions():
 def test_errors_name_what_was_expected():
   params, config = tiny_llama_params(), TINY_LLAMA_CONFIG
   (tokens,) = _llama_batches(shapes=((1, 8),))
-  with pytest.raises(ConfigError, match="'gpt2'"):
-    accumulate_statistics("gpt2", params, config, [(tokens, None)])
+  with pytest.raises(ConfigError, match="'falcon'"):
+    accumulate_statistics("falcon", params, config, [(tokens, None)])
   with pytest.raises(ConfigError, match="no batches"):
     accumulate_statistics("llama", params, config, [])
   with pytest.raises(ShapeError, match="mask holding zeros"):

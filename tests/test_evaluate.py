@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from macjax.errors import ConfigError, ModelLoadError, NonFiniteError, ShapeError
-from macjax.evaluate import Evaluator, bert, llama, metrics, quality, text
+from macjax.evaluate import Evaluator, bert, decoder, metrics, quality, text
 from macjax.load.layout import Model, ModelLayout
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -80,9 +80,9 @@ def _fixture(name):
 def test_smollm2_matches_transformers(smollm2):
   fx = _fixture("smollm2")
   config = smollm2.layout.config
-  weights = llama.prepare_llama(smollm2.params, config)
+  weights = decoder.prepare(smollm2.params, config)
   tokens, lengths = fx["tokens"], fx["lengths"]
-  hidden = np.asarray(llama.llama_hidden(weights, config, tokens))
+  hidden = np.asarray(decoder.hidden_states(weights, config, tokens))
   n_hidden = fx["hidden"].shape[1]
   for i in range(fx["hidden"].shape[0]):
     n = min(lengths[i], n_hidden)
@@ -132,9 +132,9 @@ def test_tokenizer_ids_match_transformers(name, request):
 def test_llama_jit_equals_eager(lm_head):
   params = tiny_llama_params(lm_head=lm_head)
   tokens = np.random.default_rng(1).integers(0, 50, (2, 7))
-  jitted = np.asarray(llama.llama_logits(params, TINY_LLAMA, tokens))
+  jitted = np.asarray(decoder.logits(params, TINY_LLAMA, tokens))
   with jax.disable_jit():
-    eager = np.asarray(llama.llama_logits(params, TINY_LLAMA, tokens))
+    eager = np.asarray(decoder.logits(params, TINY_LLAMA, tokens))
   np.testing.assert_allclose(jitted, eager, atol=1e-5, rtol=1e-5)
   assert jitted.shape == (2, 7, 50) and jitted.dtype == np.float32
 
@@ -142,20 +142,20 @@ def test_llama_jit_equals_eager(lm_head):
 def test_llama_tied_equals_explicit_copy_of_embeddings():
   params = tiny_llama_params()
   tokens = np.arange(10).reshape(1, 10)
-  tied = llama.llama_logits(params, TINY_LLAMA, tokens)
-  untied = llama.llama_logits({**params, "lm_head.weight": params["model.embed_tokens.weight"]},
+  tied = decoder.logits(params, TINY_LLAMA, tokens)
+  untied = decoder.logits({**params, "lm_head.weight": params["model.embed_tokens.weight"]},
                               {**TINY_LLAMA, "tie_word_embeddings": False}, tokens)
   np.testing.assert_array_equal(np.asarray(tied), np.asarray(untied))
-  hidden = np.asarray(llama.llama_hidden(params, TINY_LLAMA, tokens))
+  hidden = np.asarray(decoder.hidden_states(params, TINY_LLAMA, tokens))
   np.testing.assert_allclose(np.asarray(tied), hidden @ params["model.embed_tokens.weight"].T, atol=1e-5, rtol=1e-5)
 
 
 def test_llama_batch_equals_each_alone():
   params = tiny_llama_params()
   tokens = np.random.default_rng(2).integers(0, 50, (2, 9))
-  both = np.asarray(llama.llama_logits(params, TINY_LLAMA, tokens))
+  both = np.asarray(decoder.logits(params, TINY_LLAMA, tokens))
   for i in range(2):
-    alone = np.asarray(llama.llama_logits(params, TINY_LLAMA, tokens[i:i + 1]))
+    alone = np.asarray(decoder.logits(params, TINY_LLAMA, tokens[i:i + 1]))
     np.testing.assert_allclose(both[i], alone[0], atol=1e-5, rtol=1e-5)
 
 
@@ -164,8 +164,8 @@ def test_llama_is_causal():
   tokens = np.random.default_rng(3).integers(0, 50, (1, 12))
   changed = tokens.copy()
   changed[0, 8] = (changed[0, 8] + 1) % 50
-  a = np.asarray(llama.llama_logits(params, TINY_LLAMA, tokens))
-  b = np.asarray(llama.llama_logits(params, TINY_LLAMA, changed))
+  a = np.asarray(decoder.logits(params, TINY_LLAMA, tokens))
+  b = np.asarray(decoder.logits(params, TINY_LLAMA, changed))
   np.testing.assert_allclose(a[0, :8], b[0, :8], atol=1e-6, rtol=0)
   assert np.abs(a[0, 8:] - b[0, 8:]).max() > 1e-3, "a changed token must change its own and later logits"
 
@@ -174,11 +174,11 @@ def test_rope_preserves_norms_and_scores_depend_on_offset_only():
   """:math:`\\langle R_p q, R_s k\\rangle` depends on ``p - s`` only, and each rotation keeps the norm."""
   rng = np.random.default_rng(9)
   q, k = rng.normal(size=(2, 16, 1, 8)).astype(np.float32)
-  cos, sin = llama.rope_angles(16, 8, 10000.0)
-  rq, rk = np.asarray(llama.apply_rope(q, cos, sin)), np.asarray(llama.apply_rope(k, cos, sin))
+  cos, sin = decoder.rope_tables(16, decoder.default_inv_freq(10000.0, 8))
+  rq, rk = np.asarray(decoder.apply_rope(q, cos, sin)), np.asarray(decoder.apply_rope(k, cos, sin))
   np.testing.assert_allclose(np.linalg.norm(rq, axis=-1), np.linalg.norm(q, axis=-1), rtol=1e-5)
   q_same, k_same = np.repeat(q[:1], 16, 0), np.repeat(k[:1], 16, 0)  # the same vectors at every position
-  rq, rk = np.asarray(llama.apply_rope(q_same, cos, sin)), np.asarray(llama.apply_rope(k_same, cos, sin))
+  rq, rk = np.asarray(decoder.apply_rope(q_same, cos, sin)), np.asarray(decoder.apply_rope(k_same, cos, sin))
   scores = np.einsum("phd,shd->ps", rq, rk)
   for offset in (0, 3, 7):
     diag = np.diagonal(scores, offset)
@@ -343,8 +343,8 @@ def test_llama_evaluator_chunks_equal_direct(smollm2):
   ev = Evaluator(ref, n_seq=3, seq_len=24, batch_size=2, head_chunk=17)  # chunks that divide nothing
   out = ev(cand)
   tokens = ev.tokens
-  z_ref = llama.llama_logits(ref.params, ref.layout.config, tokens)[:, :-1]
-  z_cand = llama.llama_logits(cand, ref.layout.config, tokens)[:, :-1]
+  z_ref = decoder.logits(ref.params, ref.layout.config, tokens)[:, :-1]
+  z_cand = decoder.logits(cand, ref.layout.config, tokens)[:, :-1]
   ppl_ref = float(metrics.perplexity(z_ref, tokens[:, 1:]))
   assert out["tokens"] == 3 * 23
   assert out["perplexity_reference"] == pytest.approx(ppl_ref, rel=1e-5)
@@ -378,25 +378,25 @@ def test_llama_errors():
   params = tiny_llama_params()
   missing = {k: v for k, v in params.items() if k != "model.layers.1.mlp.up_proj.weight"}
   with pytest.raises(ModelLoadError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
-    llama.prepare_llama(missing, TINY_LLAMA)
+    decoder.prepare(missing, TINY_LLAMA)
   bad = {**params, "model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)}
   with pytest.raises(ShapeError, match=r"k_proj.*\(8, 32\).*\(16, 32\)"):
-    llama.prepare_llama(bad, TINY_LLAMA)
+    decoder.prepare(bad, TINY_LLAMA)
   nan = dict(params)
   nan["model.norm.weight"] = nan["model.norm.weight"].copy()
   nan["model.norm.weight"][3] = np.nan
   with pytest.raises(NonFiniteError, match="model.norm.weight"):
-    llama.prepare_llama(nan, TINY_LLAMA)
+    decoder.prepare(nan, TINY_LLAMA)
   with pytest.raises(ModelLoadError, match="lm_head"):
-    llama.prepare_llama(params, {**TINY_LLAMA, "tie_word_embeddings": False})
+    decoder.prepare(params, {**TINY_LLAMA, "tie_word_embeddings": False})
   with pytest.raises(ConfigError, match="rope"):
-    llama.prepare_llama(params, {**TINY_LLAMA, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    decoder.prepare(params, {**TINY_LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 8.0}})
   with pytest.raises(ConfigError, match="num_key_value_heads"):
-    llama.prepare_llama(params, {**TINY_LLAMA, "num_key_value_heads": 3})
+    decoder.prepare(params, {**TINY_LLAMA, "num_key_value_heads": 3})
   with pytest.raises(ShapeError, match=r"ids in \[0, 50\)"):
-    llama.llama_logits(params, TINY_LLAMA, np.array([[1, 50]]))
+    decoder.logits(params, TINY_LLAMA, np.array([[1, 50]]))
   with pytest.raises(ShapeError, match="int32"):
-    llama.llama_logits(params, TINY_LLAMA, np.array([1, 2]))
+    decoder.logits(params, TINY_LLAMA, np.array([1, 2]))
 
 
 def test_bert_errors():
@@ -411,10 +411,10 @@ def test_bert_errors():
     bert.bert_embeddings(params, TINY_BERT, np.ones((1, 33), int))
 
 
-def test_evaluator_rejects_unknown_family(minilm):
+def test_evaluator_rejects_a_layout_that_disagrees_with_its_config(minilm):
   odd = Model(params=minilm.params, layout=ModelLayout("gpt2", 6, (), minilm.layout.config), source="odd",
               tokenizer_files=minilm.tokenizer_files)
-  with pytest.raises(ConfigError, match="gpt2"):
+  with pytest.raises(ConfigError, match="family 'bert' is not a causal decoder"):
     Evaluator(odd)
 
 

@@ -219,13 +219,13 @@ def _layout_disagrees_with_config(params, layout, tok):
 
 
 def _unknown_model_type(params, layout, tok):
-  return ExportError, r"model_type 'mistral'.*supported model_type values: bert, llama"
+  return ExportError, r"model_type 'falcon'.*supported model_type values: bert, gemma2"
 
 
 LAYOUT_EDITS = {
     "_layout_disagrees_with_config": lambda layout: dataclasses.replace(layout, num_layers=3),
     "_unknown_model_type": lambda layout: dataclasses.replace(layout, config={**layout.config,
-                                                                             "model_type": "mistral"}),
+                                                                             "model_type": "falcon"}),
 }
 EXPORT_ERRORS = [_drop, _reshape, _transpose, _extra, _nan, _int_weights, _bad_tokenizer_name,
                  _tokenizer_overrides_config, _layout_disagrees_with_config, _unknown_model_type]

@@ -479,9 +479,10 @@ def _case_bad_magic(tmp):
 
 
 def _case_unknown_model_type(tmp):
-  config = {**tiny_bert_config(), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
+  config = {**tiny_bert_config(), "model_type": "falcon", "architectures": ["FalconForCausalLM"]}
   write_hf_folder(tmp / "m", config, {"w": np.zeros(3, np.float32)})
-  return tmp / "m", ModelLoadError, r"model_type 'gpt2'.*supported model_type values: bert, llama"
+  return tmp / "m", ModelLoadError, (r"model_type 'falcon'.*supported model_type values: bert, gemma2, gemma3_text, "
+                                     r"gpt2, llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3")
 
 
 def _case_other_gguf_arch(tmp):

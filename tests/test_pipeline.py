@@ -131,7 +131,7 @@ def test_transform_chain_round_trip_and_accounting(tiny_llama_dir, tmp_path, cha
 
 
 def test_rewrite_preserves_function_and_round_trips(tiny_llama_dir, tmp_path):
-  from macjax.evaluate.llama import llama_logits
+  from macjax.evaluate.decoder import logits as llama_logits
   cfg = config_lib.from_dict({"rewrite": {"residual": "hadamard", "head_rotation": True, "untie": True},
                               "evaluate": {"enabled": False}})
   model = load_model(str(tiny_llama_dir))

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from macjax.errors import ConfigError, ShapeError
-from macjax.evaluate.llama import llama_logits
+from macjax.evaluate.decoder import logits as llama_logits
 from macjax.transforms.invariance import residual_pca_basis, rotate_llama
 
 # hidden 48 = 4·12 (Paley I), head_dim 12, GQA 4 query / 2 KV heads
-CONFIG = dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+CONFIG = dict(model_type="llama", hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, head_dim=12, vocab_size=64, rms_norm_eps=1e-6, rope_theta=10000.0,
               hidden_act="silu", tie_word_embeddings=True)
 

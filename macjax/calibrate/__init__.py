@@ -24,8 +24,8 @@ from __future__ import annotations
 from macjax.calibrate import probe
 from macjax.calibrate.sensitivity import hessian, output_energy, relative_output_error
 from macjax.calibrate.sequential import SequentialCalibration
-from macjax.calibrate.statistics import (SITE_OF_ROLE, SITES, InputStats, accumulate_statistics, by_matrix,
+from macjax.calibrate.statistics import (SITE_OF_FIELD, SITES, InputStats, accumulate_statistics, by_matrix,
                                          input_statistics)
 
-__all__ = ["probe", "InputStats", "SequentialCalibration", "input_statistics", "accumulate_statistics", "by_matrix", "SITE_OF_ROLE", "SITES",
-           "hessian", "output_energy", "relative_output_error"]
+__all__ = ["probe", "InputStats", "SequentialCalibration", "input_statistics", "accumulate_statistics", "by_matrix", "SITE_OF_FIELD",
+           "SITES",            "hessian", "output_energy", "relative_output_error"]

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import tempfile
@@ -36,9 +37,9 @@ import numpy as np
 
 from macjax.calibrate import statistics
 from macjax.errors import ConfigError, NonFiniteError
-from macjax.evaluate import bert, llama, text
+from macjax.evaluate import bert, decoder, text
 
-_FAMILIES = {"llama": llama, "bert": bert}
+_FORWARDS = {"decoder": decoder, "encoder": bert}
 
 
 class _Carried:
@@ -87,16 +88,13 @@ class SequentialCalibration:
                n_sentences: int = statistics.DEFAULT_N_SENTENCES, batch_size: int = statistics.DEFAULT_BATCH_SIZE,
                sentence_chunk: int = statistics.DEFAULT_SENTENCE_CHUNK, offload: str = "memory"):
     layout = model.layout
-    if layout.family not in _FAMILIES:
-      raise ConfigError(f"calibrate: model family {layout.family!r} is not supported; expected one of "
-                        f"{sorted(_FAMILIES)}")
     if min(n_seq, seq_len, n_sentences, batch_size, sentence_chunk) < 1:
       raise ConfigError(f"calibrate: n_seq={n_seq}, seq_len={seq_len}, n_sentences={n_sentences}, "
                         f"batch_size={batch_size}, sentence_chunk={sentence_chunk}; expected all >= 1")
     self.layout, self.config = layout, dict(layout.config)
-    self.forward = _FAMILIES[layout.family]
+    self.forward = _FORWARDS[layout.kind]
     tokenizer = text.tokenizer_for(model)
-    if layout.family == "llama":
+    if layout.kind == "decoder":
       windows = text.token_windows(tokenizer, "calibration", n_seq=n_seq, seq_len=seq_len)
       self.batches = [(windows[i:i + batch_size], None) for i in range(0, n_seq, batch_size)]
     else:
@@ -108,8 +106,10 @@ class SequentialCalibration:
     _Carried(offload)  # checks the option now rather than at start
     self.layer = 0
 
-  def _kwargs(self, mask) -> dict:
-    return {} if self.layout.family == "llama" else {"mask": mask}
+  def _kwargs(self, mask, layer: int | None = None) -> dict:
+    if self.layout.kind == "decoder":
+      return {} if layer is None else {"layer": layer}
+    return {"mask": mask}
 
   def start(self, params: Mapping[str, Any]) -> None:
     """``x₀``: the embeddings of the calibration tokens (reads only the embedding tensors of ``params``)."""
@@ -134,30 +134,26 @@ class SequentialCalibration:
     """
     self._check_layer(layer)
     p = self.forward.layer_params(params, self.config, layer)
-    sums: dict[str, np.ndarray] = {}
-    absmax: dict[str, np.ndarray] = {}
+    sums: dict[str, list] = {}
     for x, (_, mask) in zip(self.hidden.each(len(self.batches)), self.batches):
-      _, moments = self.forward.block_step(p, self.config, x, statistics.block_moments, **self._kwargs(mask))
-      for site, (xtx, amax) in moments.items():
-        xtx, amax = np.asarray(xtx, np.float64), np.asarray(amax)
+      _, moments = self.forward.block_step(p, self.config, x, statistics.block_moments, **self._kwargs(mask, layer))
+      for site, (xtx, amax, n) in moments.items():
+        xtx, amax, n = np.asarray(xtx, np.float64), np.asarray(amax), np.asarray(n, np.float64)
         if site in sums:
-          sums[site] += xtx
-          np.maximum(absmax[site], amax, out=absmax[site])
+          sums[site][0] += xtx
+          np.maximum(sums[site][1], amax, out=sums[site][1])
+          sums[site][2] = sums[site][2] + n
         else:
-          sums[site], absmax[site] = xtx, amax.copy()
-    per_site = {}
-    for site in statistics.SITES:
-      second = ((sums[site] + sums[site].T) * (0.5 / self.count)).astype(np.float32)
-      if not (np.all(np.isfinite(second)) and np.all(np.isfinite(absmax[site]))):
-        raise NonFiniteError(f"calibrate: input statistics of site {site!r} in layer {layer} hold NaN or infinity; "
-                             "expected finite activations")
-      per_site[site] = statistics.InputStats(second, absmax[site].astype(np.float32), self.count)
-    return {m.name: per_site[statistics.SITE_OF_ROLE[m.role]] for m in self.layout.matrices if m.layer == layer}
+          sums[site] = [xtx, amax.copy(), n]
+    per_site = {site: {layer: statistics.finish_layer(site, layer, *sums[site])} for site in sums}
+    layer_only = dataclasses.replace(self.layout, matrices=tuple(m for m in self.layout.matrices if m.layer == layer))
+    return statistics.by_matrix(layer_only, per_site)
 
   def advance(self, layer: int, params: Mapping[str, Any]) -> None:
     """Replaces the carried inputs by block ``layer``'s outputs with ``params`` (its decoded weights)."""
     self._check_layer(layer)
     p = self.forward.layer_params(params, self.config, layer)
     for i, (_, mask) in enumerate(self.batches):
-      self.hidden.put(i, self.forward.block_step(p, self.config, self.hidden.get(i), **self._kwargs(mask))[0])
+      self.hidden.put(i, self.forward.block_step(p, self.config, self.hidden.get(i),
+                                                 **self._kwargs(mask, layer))[0])
     self.layer = layer + 1

@@ -20,6 +20,12 @@ site        LLaMA                                       BERT
 ``act``     ``SiLU(W_gate h)·(W_up h)`` → down          ``GELU(W_in x + b_in)`` → output.dense (down)
 ==========  ==========================================  ==========================================
 
+Decoders whose matrices are fused (Phi-3's ``qkv``/``gate_up``, GPT-2's ``c_attn``/``c_fc``) read the same sites; a
+router reads ``mlp``. In a mixture of experts each expert's gate/up read ``expert_mlp`` and its down ``expert_act``:
+the rows of the tokens routed to that expert only (``n`` is their number; an expert no calibration token reached
+gets an identity second moment at the scale of its layer's other experts), and Qwen2-MoE's shared expert's down
+reads ``shared_act``.
+
 The sums ``XᵀX`` are formed inside the ``jax.lax.scan`` over layers, one batch at a time, emitted as per-layer scan
 outputs and added on the host in float64; activations are never kept. Padded positions (BERT) are masked out
 of every statistic and of ``n``. Text comes from the *calibration* split of :mod:`macjax.evaluate.text`, disjoint
@@ -44,11 +50,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from macjax.errors import ConfigError, NonFiniteError, ShapeError
-from macjax.evaluate import bert, llama, text
+from macjax.evaluate import bert, decoder, text
+from macjax.load import architectures, families
 
-#: Which input site feeds each matrix role (see the module docstring's table).
-SITE_OF_ROLE = {"q": "attn", "k": "attn", "v": "attn", "o": "context", "gate": "mlp", "up": "mlp", "down": "act"}
-#: The sites, in the order of the forwards' ``BlockInputs`` fields.
+#: Which input site feeds each matrix (by its field in :mod:`macjax.load.architectures`; module docstring).
+SITE_OF_FIELD = {"q": "attn", "k": "attn", "v": "attn", "qkv": "attn", "o": "context", "gate": "mlp", "up": "mlp",
+                 "gate_up": "mlp", "router": "mlp", "shared_gate": "mlp", "shared_up": "mlp", "down": "act",
+                 "shared_down": "shared_act"}
+#: The site of an expert's matrix, by field.
+EXPERT_SITE_OF_FIELD = {"gate": "expert_mlp", "up": "expert_mlp", "down": "expert_act"}
+#: The sites every block has, in the order of the forwards' ``BlockInputs`` fields.
 SITES = ("attn", "context", "mlp", "act")
 
 #: Defaults (see :func:`input_statistics` for what they cost).
@@ -74,15 +85,43 @@ class InputStats(NamedTuple):
   count: int
 
 
+def _moments(x, weight):
+  """``(XᵀX, max_t |X_t|, n)`` of rows ``x[..., f]`` weighted by ``weight[...]`` (0 drops a row)."""
+  xw = (x * weight[..., None]).reshape(-1, x.shape[-1])
+  xtx = jnp.einsum("ti,tj->ij", xw, xw, precision=jax.lax.Precision.HIGHEST)
+  return xtx, jnp.max(jnp.abs(xw), axis=0), jnp.sum(weight)
+
+
 def block_moments(inputs, mask):
-  """Per site: ``(XᵀX, max_t |X_t|)`` of one batch with padded rows zeroed (traced inside the layer scan)."""
-  weight = mask.astype(jnp.float32)[..., None]
-  out = {}
-  for site, value in zip(SITES, inputs):
-    x = (value * weight).reshape(-1, value.shape[-1])
-    xtx = jnp.einsum("ti,tj->ij", x, x, precision=jax.lax.Precision.HIGHEST)
-    out[site] = (xtx, jnp.max(jnp.abs(x), axis=0))
+  """Per site: ``(XᵀX, max_t |X_t|, n)`` of one batch with padded rows zeroed (traced inside the layer scan);
+  expert sites carry a leading expert axis."""
+  weight = mask.astype(jnp.float32)
+  out = {site: _moments(getattr(inputs, site), weight) for site in SITES}
+  routed = getattr(inputs, "routed", None)
+  if routed is not None:
+    per_expert = routed * weight[None]
+    out["expert_mlp"] = jax.vmap(lambda w: _moments(inputs.mlp, w))(per_expert)
+    out["expert_act"] = jax.vmap(_moments)(inputs.expert_act, per_expert)
+    if inputs.shared_act is not None:
+      out["shared_act"] = _moments(inputs.shared_act, weight)
   return out
+
+
+def _finish(site: str, layer: int, total: np.ndarray, amax: np.ndarray, n: float) -> InputStats:
+  """One site's :class:`InputStats` from its float64 sums (symmetrised, divided by ``n``)."""
+  second = ((total + total.T) * (0.5 / max(n, 1.0))).astype(np.float32)
+  amax = amax.astype(np.float32)
+  if not (np.all(np.isfinite(second)) and np.all(np.isfinite(amax))):
+    raise NonFiniteError(f"calibrate: input statistics of site {site!r} in layer {layer} (second moment "
+                         f"{second.shape}) hold NaN or infinity; expected finite activations")
+  return InputStats(second_moment=second, absmax=amax, count=int(round(n)))
+
+
+def finish_layer(site: str, layer: int, total: np.ndarray, amax: np.ndarray, n) -> Any:
+  """A layer's statistics of ``site``: an :class:`InputStats`, or a list of them per expert (expert sites)."""
+  if np.ndim(n) == 0:
+    return _finish(site, layer, total, amax, float(n))
+  return [_finish(site, layer, t, a, float(c)) for t, a, c in zip(total, amax, n)]
 
 
 def accumulate_statistics(family: str, params: Any, config: Mapping[str, Any],
@@ -90,8 +129,8 @@ def accumulate_statistics(family: str, params: Any, config: Mapping[str, Any],
   """Accumulates per-layer, per-site input statistics over token batches.
 
   Args:
-    family: ``"llama"`` or ``"bert"``.
-    params: flat HF params, or the family's prepared weights (:func:`~macjax.evaluate.llama.prepare_llama` /
+    family: the layout's family (``"llama"``, ``"bert"`` ...) or kind (``"decoder"``, ``"encoder"``).
+    params: flat HF params, or the prepared weights (:func:`~macjax.evaluate.decoder.prepare` /
       :func:`~macjax.evaluate.bert.prepare_bert`).
     config: the HF ``config.json`` dict.
     batches: ``(tokens int32[batch, seq], mask [batch, seq] or None)`` pairs; a ``None`` mask counts every
@@ -106,53 +145,45 @@ def accumulate_statistics(family: str, params: Any, config: Mapping[str, Any],
     NonFiniteError: a statistic came out NaN or infinite (the model overflowed on this text).
 
   Example:
-    >>> per_site = accumulate_statistics("llama", params, config, [(tokens, None)])   # doctest: +SKIP
+    >>> per_site = accumulate_statistics("decoder", params, config, [(tokens, None)])   # doctest: +SKIP
     >>> per_site["act"][0].second_moment.shape                                         # doctest: +SKIP
     (1536, 1536)
   """
-  if family == "llama":
-    params = params if isinstance(params, llama.LlamaWeights) else llama.prepare_llama(params, config)
-  elif family == "bert":
+  family = architectures.BY_NAME[family].kind if family in architectures.BY_NAME else family
+  if family == "decoder":
+    params = params if isinstance(params, decoder.DecoderWeights) else decoder.prepare(params, config)
+  elif family == "encoder":
     params = params if isinstance(params, bert.BertWeights) else bert.prepare_bert(params, config)
   else:
-    raise ConfigError(f"calibrate: model family {family!r} is not supported; expected 'llama' or 'bert'")
-  sums: dict[str, np.ndarray] = {}
-  absmax: dict[str, np.ndarray] = {}
-  count = 0
+    raise ConfigError(f"calibrate: model kind {family!r} is not supported; expected 'decoder' or 'encoder'")
+  sums: dict[str, list] = {}
+  any_token = False
   for tokens, mask in batches:
-    if family == "llama":
+    if family == "decoder":
       if mask is not None and not np.all(np.asarray(mask)):
-        raise ShapeError("calibrate: a LLaMA batch came with a mask holding zeros; expected None or all ones "
+        raise ShapeError("calibrate: a decoder batch came with a mask holding zeros; expected None or all ones "
                          "(causal windows have no padding)")
-      per_layer = llama.reduce_block_inputs(params, config, tokens, block_moments)
-      count += int(np.asarray(tokens).size)
+      per_layer = decoder.reduce_block_inputs(params, config, tokens, block_moments)
     else:
       per_layer = bert.reduce_block_inputs(params, config, tokens, block_moments, mask)
-      count += int(np.asarray(tokens).size if mask is None else np.count_nonzero(np.asarray(mask)))
-    for site, (xtx, amax) in per_layer.items():
-      xtx, amax = np.asarray(xtx), np.asarray(amax)
+    any_token |= bool(np.asarray(tokens).size if mask is None else np.count_nonzero(np.asarray(mask)))
+    for site, (xtx, amax, n) in per_layer.items():
+      xtx, amax, n = np.asarray(xtx), np.asarray(amax), np.asarray(n, np.float64)
       if site not in sums:
-        sums[site], absmax[site] = xtx.astype(np.float64), amax.copy()
+        sums[site] = [xtx.astype(np.float64), amax.copy(), n]
       else:
-        np.add(sums[site], xtx, out=sums[site])
-        np.maximum(absmax[site], amax, out=absmax[site])
+        np.add(sums[site][0], xtx, out=sums[site][0])
+        np.maximum(sums[site][1], amax, out=sums[site][1])
+        sums[site][2] = sums[site][2] + n
       del xtx
   if not sums:
     raise ConfigError("calibrate: no batches given; expected at least one (tokens, mask) pair")
-  if count == 0:
+  if not any_token:
     raise ConfigError("calibrate: every token of every batch is masked out; expected some real tokens")
-  out: dict[str, list[InputStats]] = {}
-  for site in SITES:
-    per_layer_stats = []
-    for layer, total in enumerate(sums[site]):
-      second = ((total + total.T) * (0.5 / count)).astype(np.float32)
-      amax = absmax[site][layer].astype(np.float32)
-      if not (np.all(np.isfinite(second)) and np.all(np.isfinite(amax))):
-        raise NonFiniteError(f"calibrate: input statistics of site {site!r} in layer {layer} "
-                             f"(second moment {second.shape}) hold NaN or infinity; expected finite activations")
-      per_layer_stats.append(InputStats(second_moment=second, absmax=amax, count=count))
-    out[site] = per_layer_stats
-    del sums[site]
+  out: dict[str, list] = {}
+  for site in list(sums):
+    total, amax, n = sums.pop(site)
+    out[site] = [finish_layer(site, layer, total[layer], amax[layer], n[layer]) for layer in range(len(total))]
   return out
 
 
@@ -219,41 +250,59 @@ def input_statistics(model, *, n_seq: int = DEFAULT_N_SEQ, seq_len: int = DEFAUL
     raise ConfigError(f"calibrate: n_seq={n_seq}, seq_len={seq_len}, n_sentences={n_sentences}, "
                       f"batch_size={batch_size}, sentence_chunk={sentence_chunk}; expected all >= 1")
   tokenizer = text.tokenizer_for(model)
-  if layout.family == "llama":
+  if layout.kind == "decoder":
     windows = text.token_windows(tokenizer, "calibration", n_seq=n_seq, seq_len=seq_len)
     batches = ((windows[i:i + batch_size], None) for i in range(0, n_seq, batch_size))
-  elif layout.family == "bert":
+  else:
     tokens, mask = text.sentence_batch(tokenizer, text.sentences("calibration", n_sentences))
     batches = length_buckets(tokens, mask, sentence_chunk)
-  else:
-    raise ConfigError(f"calibrate: model family {layout.family!r} is not supported; expected 'llama' or 'bert'")
-  per_site = accumulate_statistics(layout.family, params, config, batches)
+  per_site = accumulate_statistics(layout.kind, params, config, batches)
   return by_matrix(layout, per_site)
 
 
-def by_matrix(layout, per_site: Mapping[str, list[InputStats]]) -> dict[str, InputStats]:
+def site_of(fields, info) -> str:
+  """The input site of a block matrix (``fields``: the family spec's ``name -> (field, layer, expert)``)."""
+  field = fields[info.name][0] if info.name in fields else info.role
+  table = SITE_OF_FIELD if info.expert is None else EXPERT_SITE_OF_FIELD
+  if field not in table:
+    raise ConfigError(f"calibrate: matrix {info.name!r} (field {field!r}) has no input site; expected one of "
+                      f"{sorted(table)}")
+  return table[field]
+
+
+def _unreached_expert(stats: list, e: int) -> InputStats:
+  """An expert no calibration token was routed to: an identity second moment at its siblings' mean scale."""
+  reached = [s for s in stats if s.count > 0]
+  scale = float(np.mean([np.mean(np.diag(s.second_moment)) for s in reached])) if reached else 1.0
+  size = stats[e].second_moment.shape[0]
+  return InputStats(np.eye(size, dtype=np.float32) * np.float32(scale or 1.0), np.full(size, np.sqrt(scale or 1.0),
+                    np.float32), 0)
+
+
+def by_matrix(layout, per_site: Mapping[str, Any]) -> dict[str, InputStats]:
   """``{matrix name: InputStats}`` from per-site, per-layer statistics, checking each matrix's ``in`` dimension.
 
-  Matrices of one layer whose roles share a site (:data:`SITE_OF_ROLE`) get the same object.
+  ``per_site[site]`` is a list over layers, or a ``{layer: stats}`` dict (one layer at a time); expert sites hold a
+  list per expert. Matrices of one layer that share a site get the same object.
 
   Raises:
-    ConfigError: a role with no site, or a layer missing from ``per_site``.
+    ConfigError: a matrix with no site, or a layer missing from ``per_site``.
     ShapeError: a matrix's ``in_features`` differs from its statistics' size.
 
   Example:
-    >>> stats = by_matrix(model.layout, accumulate_statistics("bert", p, cfg, batches))   # doctest: +SKIP
+    >>> stats = by_matrix(model.layout, accumulate_statistics("encoder", p, cfg, batches))   # doctest: +SKIP
   """
+  fields = families.family_spec(layout.config, "layout.config", name_prefix=layout.name_prefix).fields
   out = {}
   for info in layout.matrices:
-    if info.role not in SITE_OF_ROLE:
-      raise ConfigError(f"calibrate: matrix {info.name!r} has role {info.role!r}; expected one of "
-                        f"{sorted(SITE_OF_ROLE)}")
-    site = SITE_OF_ROLE[info.role]
+    site = site_of(fields, info)
     layers = per_site.get(site, [])
-    if info.layer >= len(layers):
-      raise ConfigError(f"calibrate: no statistics for site {site!r} of layer {info.layer} (matrix {info.name!r}); "
-                        f"have {len(layers)} layers")
+    layers = layers if isinstance(layers, Mapping) else dict(enumerate(layers))
+    if info.layer not in layers:
+      raise ConfigError(f"calibrate: no statistics for site {site!r} of layer {info.layer} (matrix {info.name!r})")
     stats = layers[info.layer]
+    if info.expert is not None:
+      stats = stats[info.expert] if stats[info.expert].count > 0 else _unreached_expert(stats, info.expert)
     if stats.second_moment.shape != (info.shape[1], info.shape[1]):
       raise ShapeError(f"calibrate: matrix {info.name!r} {info.shape} takes {info.shape[1]} inputs, but site "
                        f"{site!r} of layer {info.layer} has statistics of shape {stats.second_moment.shape}")

@@ -1,11 +1,11 @@
-"""Model quality: JAX forwards (LLaMA, BERT), held-out text, and the metrics every compression result is judged by.
+"""Model quality: JAX forwards (every decoder family, BERT), held-out text, and the metrics every compression result is judged by.
 
 Entry points:
   * :func:`quality` — one call: reference vs candidate params on the same held-out batches.
   * :class:`Evaluator` — build once from the reference (runs it once and caches what the comparison needs), then
     call it on many candidates.
 
-Causal LMs (``family == "llama"``) are scored by perplexity on held-out text and the per-token
+Causal LMs (``layout.kind == "decoder"``: LLaMA, Qwen2, Gemma, Phi-3, GPT-2, Mixtral ...) are scored by perplexity on held-out text and the per-token
 :math:`\\mathrm{KL}(p_{ref}\\,\\|\\,p_{cand})` of next-token distributions; encoders (``"bert"``) by the cosine between
 reference and candidate sentence embeddings. The defaults were sized on the 2-core development CPU (see
 :class:`Evaluator` for the measured times).
@@ -29,16 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from macjax.errors import ConfigError
-from macjax.evaluate import bert, llama, metrics, text
+from macjax.evaluate import bert, decoder, metrics, text
 from macjax.evaluate.bert import bert_embeddings, bert_hidden, prepare_bert
-from macjax.evaluate.llama import llama_hidden, llama_logits, prepare_llama
 from macjax.evaluate.metrics import (aggregate_rel_weight_error, embedding_cosine, kl_divergence, perplexity,
                                      rel_weight_error)
 
 __all__ = [
-    "Evaluator", "quality", "llama_logits", "llama_hidden", "prepare_llama", "bert_embeddings", "bert_hidden",
-    "prepare_bert", "perplexity", "kl_divergence", "embedding_cosine", "rel_weight_error",
-    "aggregate_rel_weight_error", "text", "metrics", "llama", "bert",
+    "Evaluator", "quality", "bert_embeddings", "bert_hidden", "prepare_bert", "perplexity", "kl_divergence",
+    "embedding_cosine", "rel_weight_error", "aggregate_rel_weight_error", "text", "metrics", "decoder", "bert",
 ]
 
 #: Default sizes (see :class:`Evaluator` for what they cost).
@@ -47,8 +45,8 @@ DEFAULT_SEQ_LEN = 256
 DEFAULT_N_SENTENCES = 256
 
 
-@jax.jit
-def _head_stats(h_ref, head_ref, h_cand, head_cand, targets):
+@functools.partial(jax.jit, static_argnames=("cap",))
+def _head_stats(h_ref, head_ref, h_cand, head_cand, targets, cap=None):
   """Per token: reference NLL, candidate NLL, KL(ref || cand); logits live only inside this call.
 
   With :math:`z = W h` and :math:`\\ell = \\log\\sum_v e^{z_v}` for each model,
@@ -57,6 +55,7 @@ def _head_stats(h_ref, head_ref, h_cand, head_cand, targets):
   one stacked reduction, so equal rows round alike).
   """
   z = jnp.stack([jnp.einsum("ti,vi->tv", h_ref, head_ref), jnp.einsum("ti,vi->tv", h_cand, head_cand)])
+  z = decoder.softcap(z, cap)
   m = jnp.max(z, axis=-1, keepdims=True)
   e = jnp.exp(z - m)
   s = jnp.sum(e, axis=-1)
@@ -66,9 +65,9 @@ def _head_stats(h_ref, head_ref, h_cand, head_cand, targets):
   return nll[0], nll[1], kl
 
 
-@jax.jit
-def _head_nll(h, head, targets):
-  return metrics.token_nll(jnp.einsum("ti,vi->tv", h, head), targets)
+@functools.partial(jax.jit, static_argnames=("cap",))
+def _head_nll(h, head, targets, cap=None):
+  return metrics.token_nll(decoder.softcap(jnp.einsum("ti,vi->tv", h, head), cap), targets)
 
 
 def _stderr_of_mean(per_group: np.ndarray) -> float:
@@ -131,6 +130,7 @@ class Evaluator:
       raise ConfigError(f"evaluate: split must be one of {text.SPLITS}, got {split!r}")
     self.split = split
     self.family = reference.layout.family
+    self.kind = reference.layout.kind
     self.config = dict(reference.layout.config)
     self.batch_size = int(batch_size)
     self.head_chunk = int(head_chunk)
@@ -139,30 +139,30 @@ class Evaluator:
       raise ConfigError(f"evaluate: batch_size={batch_size}, head_chunk={head_chunk}, sentence_chunk={sentence_chunk}; "
                         "expected all >= 1")
     tokenizer = text.tokenizer_for(reference)
-    if self.family == "llama":
+    if self.kind == "decoder":
+      self.cap = decoder.options(self.config).final_softcap
       self.tokens = text.token_windows(tokenizer, split, n_seq=n_seq, seq_len=seq_len)
-      weights = prepare_llama(reference.params, self.config)
+      weights = decoder.prepare(reference.params, self.config)
       self._ref_head = weights.lm_head
-      self._ref_hidden = self._llama_trunk(weights)
-    elif self.family == "bert":
+      self._ref_hidden = self._decoder_trunk(weights)
+    else:
       self.sentences = text.sentences(split, n_sentences)
       tokens, mask = text.sentence_batch(tokenizer, self.sentences)
       self._bert_chunks = self._bucket(tokens, mask)
       self._ref_embeddings = self._bert_embed(prepare_bert(reference.params, self.config))
-    else:
-      raise ConfigError(f"evaluate: model family {self.family!r} is not supported; expected 'llama' or 'bert'")
 
-  # LLaMA ---------------------------------------------------------------------------------------------------
+  # Decoders ------------------------------------------------------------------------------------------------
 
-  def _llama_trunk(self, weights) -> np.ndarray:
+  def _decoder_trunk(self, weights) -> np.ndarray:
     out = []
     for start in range(0, self.tokens.shape[0], self.batch_size):
-      out.append(np.asarray(llama_hidden(weights, self.config, self.tokens[start:start + self.batch_size])))
+      out.append(np.asarray(decoder.hidden_states(weights, self.config,
+                                                  self.tokens[start:start + self.batch_size])))
     return np.concatenate(out)
 
-  def _llama_stats(self, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def _decoder_stats(self, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-token ``[n_seq, seq_len - 1]`` reference NLL, candidate NLL and KL."""
-    hidden = self._llama_trunk(weights)
+    hidden = self._decoder_trunk(weights)
     n_seq, seq_len, dim = hidden.shape
     h_ref = self._ref_hidden[:, :-1].reshape(-1, dim)
     h_cand = hidden[:, :-1].reshape(-1, dim)
@@ -173,13 +173,13 @@ class Evaluator:
       stop = min(start + self.head_chunk, total)
       pad = self.head_chunk - (stop - start)  # one compiled shape: pad the last chunk, drop the padding after
       sl = lambda a: np.pad(a[start:stop], [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-      res = _head_stats(sl(h_ref), self._ref_head, sl(h_cand), weights.lm_head, sl(targets))
+      res = _head_stats(sl(h_ref), self._ref_head, sl(h_cand), weights.lm_head, sl(targets), cap=self.cap)
       for acc, r in zip(outs, res):
         acc.append(np.asarray(r)[:stop - start])
     return tuple(np.concatenate(acc).reshape(n_seq, seq_len - 1) for acc in outs)
 
-  def _llama_quality(self, params) -> dict[str, Any]:
-    nll_ref, nll, kl = self._llama_stats(prepare_llama(params, self.config))
+  def _decoder_quality(self, params) -> dict[str, Any]:
+    nll_ref, nll, kl = self._decoder_stats(decoder.prepare(params, self.config))
     ppl_ref = math.exp(float(np.mean(nll_ref, dtype=np.float64)))
     ppl = math.exp(float(np.mean(nll, dtype=np.float64)))
     delta = float(np.mean(nll - nll_ref, dtype=np.float64))
@@ -226,9 +226,10 @@ class Evaluator:
 
   @functools.cached_property
   def reference_perplexity(self) -> float:
-    """Perplexity of the reference on the held-out windows (LLaMA only), from the cached hidden states."""
-    if self.family != "llama":
-      raise ConfigError(f"evaluate: reference_perplexity is defined for 'llama' models; this one is {self.family!r}")
+    """Perplexity of the reference on the held-out windows (decoders only), from the cached hidden states."""
+    if self.kind != "decoder":
+      raise ConfigError(f"evaluate: reference_perplexity is defined for decoders; this {self.family!r} model is "
+                        "an encoder")
     dim = self._ref_hidden.shape[-1]
     h = self._ref_hidden[:, :-1].reshape(-1, dim)
     targets = self.tokens[:, 1:].reshape(-1)
@@ -236,7 +237,8 @@ class Evaluator:
     for start in range(0, len(targets), self.head_chunk):
       stop = min(start + self.head_chunk, len(targets))
       pad = self.head_chunk - (stop - start)
-      nll = _head_nll(np.pad(h[start:stop], [(0, pad), (0, 0)]), self._ref_head, np.pad(targets[start:stop], (0, pad)))
+      nll = _head_nll(np.pad(h[start:stop], [(0, pad), (0, 0)]), self._ref_head, np.pad(targets[start:stop], (0, pad)),
+                      cap=self.cap)
       total += float(np.sum(np.asarray(nll, np.float64)[:stop - start]))
     return math.exp(total / len(targets))
 
@@ -251,8 +253,8 @@ class Evaluator:
     Raises:
       ModelLoadError / ShapeError / NonFiniteError: a tensor is missing, misshapen, or not finite.
     """
-    if self.family == "llama":
-      return self._llama_quality(params)
+    if self.kind == "decoder":
+      return self._decoder_quality(params)
     return self._bert_quality(params)
 
 

@@ -49,7 +49,8 @@ def _check_dtype(dtype: str) -> None:
 def _spec_of(layout: ModelLayout, names: frozenset[str] | None) -> families.FamilySpec:
   """The family spec of ``layout.config``, checked against the layout itself."""
   try:
-    spec = families.family_spec(layout.config, "layout.config", names=names)
+    spec = families.family_spec(layout.config, "layout.config", names=names,
+                                name_prefix=layout.name_prefix if names is None else None)
   except ModelLoadError as e:  # an unsupported model_type or a bad config value
     raise ExportError(str(e)) from e
   if spec.family != layout.family or spec.num_layers != layout.num_layers or spec.matrices != tuple(
@@ -90,6 +91,8 @@ def _check_tensor(name: str, value, spec: families.FamilySpec, dtype: str) -> np
     cast = np.ascontiguousarray(array, dtype=EXPORT_DTYPES[dtype])
   if array.dtype.itemsize > cast.dtype.itemsize:
     loader.check_finite({name: cast}, f"{where} cast to {dtype} (a value beyond the {dtype} range)")
+  if name in spec.conv1d:  # held (out, in) like every Linear weight; GPT-2's Conv1D stores (in, out)
+    cast = np.ascontiguousarray(cast.T)
   return cast
 
 

@@ -1,10 +1,12 @@
-"""What each supported model family's checkpoint must contain, derived from its ``config.json``.
+"""What each supported model family's checkpoint must contain, from its ``config.json`` and the naming rules of
+:mod:`macjax.load.architectures`.
 
 A family spec lists every tensor the Hugging Face model expects, with its shape computed from the config, the
-transformer-block matrices and their roles, the derived buffers that are dropped on load (they are recomputed by
-the model, not weights), and the name prefixes that belong to the base model (a tensor under such a prefix that
-the spec does not know means the checkpoint is not what its config says, and is an error). Tensors outside the base
-model (task heads such as ``cls.*`` of ``BertForMaskedLM``) are kept as they are.
+transformer-block matrices and their roles (and expert index, for mixture-of-experts), the ``Conv1D`` weights that
+are stored transposed, the derived buffers that are dropped on load (recomputed by the model, not weights), and
+the name prefixes that belong to the base model (a tensor under such a prefix that the spec does not know means
+the checkpoint is not what its config says, and is an error). Tensors outside the base model (task heads such as
+``cls.*`` of ``BertForMaskedLM``) are kept as they are.
 
 Example:
   >>> spec = family_spec({"model_type": "bert", "hidden_size": 8, "intermediate_size": 16,
@@ -17,29 +19,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import types
 from typing import Mapping
 
 import numpy as np
 
 from macjax.errors import ModelLoadError, ShapeError
+from macjax.load import architectures
+from macjax.load.architectures import Architecture
 from macjax.load.lazy import shape_of
-from macjax.load.layout import MATRIX_ROLES, MatrixInfo, ModelLayout
-
-# model_type in config.json -> family name of ModelLayout.
-SUPPORTED_MODEL_TYPES = types.MappingProxyType({"llama": "llama", "bert": "bert"})
-
-# Role -> module path inside one transformer block.
-LLAMA_BLOCK_MATRICES = types.MappingProxyType({
-    "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
-})
-BERT_BLOCK_MATRICES = types.MappingProxyType({
-    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-    "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense",
-})
-# The prefix of BERT base-model names in checkpoints of BERT models with a head (BertForMaskedLM, ...).
-BERT_PREFIXES = ("", "bert.")
+from macjax.load.layout import MatrixInfo, ModelLayout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +35,17 @@ class FamilySpec:
   """The tensors a checkpoint of one family must (or may) hold.
 
   Attributes:
-    family: ``"llama"`` or ``"bert"``.
-    num_layers: ``config["num_hidden_layers"]``.
-    required: name -> shape of every tensor the model needs.
+    family: the architecture's name (:data:`~macjax.load.architectures.FAMILIES`).
+    num_layers: the number of transformer blocks.
+    required: name -> shape of every tensor the model needs (``(out, in)`` for matrices, ``Conv1D`` included).
     optional: name -> shape of tensors the model accepts but does not need (e.g. BERT's pooler, a tied LM head).
-    matrices: the transformer-block matrices, ordered by (layer, :data:`MATRIX_ROLES` order).
+    matrices: the transformer-block matrices, ordered by (layer, rule order of the architecture, expert).
     base_prefixes: a name starting with one of these must be in ``required``/``optional``/``buffer_suffixes``.
     buffer_suffixes: names ending with one of these are derived buffers, dropped on load.
-    name_prefix: prefix of all base-model names (``"bert."`` for BERT-with-head checkpoints, else ``""``).
+    name_prefix: prefix of all base-model names (``"bert."`` for BERT-with-head checkpoints, ``"transformer."``
+      for GPT-2 checkpoints saved by ``GPT2LMHeadModel``, else ``""``).
+    conv1d: names of ``Conv1D`` weights (stored ``(in, out)``; loaders transpose them, exporters transpose back).
+    fields: name -> ``(field, layer, expert)`` of every block and global tensor (layer/expert None outside).
   """
 
   family: str
@@ -65,6 +56,8 @@ class FamilySpec:
   base_prefixes: tuple[str, ...]
   buffer_suffixes: tuple[str, ...]
   name_prefix: str = ""
+  conv1d: frozenset = frozenset()
+  fields: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
   def is_buffer(self, name: str) -> bool:
     return any(name.endswith(s) for s in self.buffer_suffixes)
@@ -79,150 +72,100 @@ class FamilySpec:
 
 
 def family_of(config: Mapping[str, object], where: str = "config.json") -> str:
-  """The :class:`ModelLayout` family of a Hugging Face config.
-
-  Raises:
-    ModelLoadError: ``model_type`` is missing or not supported; the message lists the supported ones.
+  """The family name of a Hugging Face config (see :func:`architectures.architecture_of`).
 
   Example:
     >>> family_of({"model_type": "llama"})
     'llama'
   """
-  model_type = config.get("model_type")
-  if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ModelLoadError(
-        f"{where}: model_type {model_type!r} (architectures {config.get('architectures')!r}) is not supported; "
-        f"supported model_type values: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
-  return SUPPORTED_MODEL_TYPES[model_type]
+  return architectures.architecture_of(config, where).name
 
 
-def _int(config: Mapping[str, object], key: str, where: str, default: int | None = None) -> int:
-  value = config.get(key)
-  if value is None:  # absent, or null as some configs write it: the family's default
-    value = default
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
-    raise ModelLoadError(f"{where}: key {key!r} is {value!r}; expected a positive integer")
-  return int(value)
+def _name_prefix(arch: Architecture, names: frozenset[str] | None) -> str:
+  """The first of the architecture's base prefixes that the checkpoint's names use (the first one if none)."""
+  if names is not None:
+    embed = next(t.suffix for t in arch.globals if t.field == "embed")
+    for prefix in arch.base_prefixes:
+      if prefix + embed in names:
+        return prefix
+  return arch.base_prefixes[0]
 
 
-def _block_matrices(num_layers: int, name_of: Mapping[str, str], shape_of: Mapping[str, tuple[int, int]],
-                    block_prefix: str) -> tuple[MatrixInfo, ...]:
-  return tuple(
-      MatrixInfo(name=f"{block_prefix}{layer}.{name_of[role]}.weight", role=role, layer=layer, shape=shape_of[role])
-      for layer in range(num_layers) for role in MATRIX_ROLES if role in name_of)
+def _tied(arch: Architecture, config: Mapping[str, object]) -> bool:
+  default = arch.name in ("gpt2", "gemma2", "gemma3")  # the families whose configs default to tied embeddings
+  value = config.get("tie_word_embeddings")
+  return default if value is None else bool(value)
 
 
-def llama_spec(config: Mapping[str, object], where: str = "config.json") -> FamilySpec:
-  """The tensors of a Hugging Face ``LlamaForCausalLM`` checkpoint.
-
-  With ``H`` = hidden_size, ``I`` = intermediate_size, ``d`` = head_dim (default ``H / num_attention_heads``),
-  ``n_q``/``n_kv`` heads: q ``(n_q d, H)``, k and v ``(n_kv d, H)``, o ``(H, n_q d)``, gate and up ``(I, H)``,
-  down ``(H, I)``, norms ``(H,)``, embeddings ``(vocab, H)``; ``lm_head.weight`` is required unless
-  ``tie_word_embeddings`` (default false, as in ``LlamaConfig``); biases when ``attention_bias``/``mlp_bias``.
-
-  Example:
-    >>> spec = llama_spec({"hidden_size": 8, "intermediate_size": 12, "num_attention_heads": 2,
-    ...     "num_key_value_heads": 1, "num_hidden_layers": 1, "vocab_size": 5, "tie_word_embeddings": True})
-    >>> spec.required["model.layers.0.self_attn.k_proj.weight"]
-    (4, 8)
-  """
-  hidden = _int(config, "hidden_size", where)
-  inter = _int(config, "intermediate_size", where)
-  n_q = _int(config, "num_attention_heads", where)
-  n_kv = _int(config, "num_key_value_heads", where, default=n_q)
-  layers = _int(config, "num_hidden_layers", where)
-  vocab = _int(config, "vocab_size", where)
-  if config.get("head_dim") is None and hidden % n_q:
-    raise ModelLoadError(f"{where}: hidden_size {hidden} is not a multiple of num_attention_heads {n_q} "
-                         "and there is no head_dim")
-  head_dim = _int(config, "head_dim", where, default=hidden // n_q)
-  if n_q % n_kv:
-    raise ModelLoadError(f"{where}: num_attention_heads {n_q} is not a multiple of num_key_value_heads {n_kv}")
-  shapes = {"q": (n_q * head_dim, hidden), "k": (n_kv * head_dim, hidden), "v": (n_kv * head_dim, hidden),
-            "o": (hidden, n_q * head_dim), "gate": (inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
-  matrices = _block_matrices(layers, LLAMA_BLOCK_MATRICES, shapes, "model.layers.")
-  required = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-  for m in matrices:
-    required[m.name] = m.shape
-    if config.get("attention_bias") and m.role in ("q", "k", "v", "o"):
-      required[m.name[:-len("weight")] + "bias"] = (m.shape[0],)
-    if config.get("mlp_bias") and m.role in ("gate", "up", "down"):
-      required[m.name[:-len("weight")] + "bias"] = (m.shape[0],)
-  for layer in range(layers):
-    for norm in ("input_layernorm", "post_attention_layernorm"):
-      required[f"model.layers.{layer}.{norm}.weight"] = (hidden,)
-  optional = {}
-  if config.get("tie_word_embeddings", False):
-    optional["lm_head.weight"] = (vocab, hidden)
-  else:
-    required["lm_head.weight"] = (vocab, hidden)
-  return FamilySpec(family="llama", num_layers=layers, required=required, optional=optional, matrices=matrices,
-                    base_prefixes=("model.", "lm_head."), buffer_suffixes=(".rotary_emb.inv_freq",))
-
-
-def bert_spec(config: Mapping[str, object], where: str = "config.json", name_prefix: str = "") -> FamilySpec:
-  """The tensors of a Hugging Face ``BertModel`` checkpoint (names prefixed with ``name_prefix``).
-
-  With ``H`` = hidden_size and ``I`` = intermediate_size: q, k, v, o ``(H, H)``, up (``intermediate.dense``)
-  ``(I, H)``, down (``output.dense``) ``(H, I)``, every dense layer with a bias, LayerNorms with weight and bias,
-  word/position/token-type embeddings; the pooler is optional. ``embeddings.position_ids`` is a buffer.
-
-  Example:
-    >>> spec = bert_spec({"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
-    ...     "num_hidden_layers": 1, "vocab_size": 10, "max_position_embeddings": 4, "type_vocab_size": 2})
-    >>> spec.required["encoder.layer.0.intermediate.dense.weight"]
-    (16, 8)
-  """
-  if name_prefix not in BERT_PREFIXES:
-    raise ValueError(f"name_prefix {name_prefix!r} is not one of {BERT_PREFIXES}")
-  hidden = _int(config, "hidden_size", where)
-  inter = _int(config, "intermediate_size", where)
-  _int(config, "num_attention_heads", where)
-  layers = _int(config, "num_hidden_layers", where)
-  vocab = _int(config, "vocab_size", where)
-  max_pos = _int(config, "max_position_embeddings", where, default=512)
-  type_vocab = _int(config, "type_vocab_size", where, default=2)
-  p = name_prefix
-  shapes = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "o": (hidden, hidden),
-            "up": (inter, hidden), "down": (hidden, inter)}
-  matrices = _block_matrices(layers, BERT_BLOCK_MATRICES, shapes, f"{p}encoder.layer.")
-  required = {
-      f"{p}embeddings.word_embeddings.weight": (vocab, hidden),
-      f"{p}embeddings.position_embeddings.weight": (max_pos, hidden),
-      f"{p}embeddings.token_type_embeddings.weight": (type_vocab, hidden),
-      f"{p}embeddings.LayerNorm.weight": (hidden,),
-      f"{p}embeddings.LayerNorm.bias": (hidden,),
-  }
-  for m in matrices:
-    required[m.name] = m.shape
-    required[m.name[:-len("weight")] + "bias"] = (m.shape[0],)
-  for layer in range(layers):
-    for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-      required[f"{p}encoder.layer.{layer}.{norm}.weight"] = (hidden,)
-      required[f"{p}encoder.layer.{layer}.{norm}.bias"] = (hidden,)
-  optional = {f"{p}pooler.dense.weight": (hidden, hidden), f"{p}pooler.dense.bias": (hidden,)}
-  return FamilySpec(family="bert", num_layers=layers, required=required, optional=optional, matrices=matrices,
-                    base_prefixes=(f"{p}embeddings.", f"{p}encoder.", f"{p}pooler."),
-                    buffer_suffixes=(f"{p}embeddings.position_ids",), name_prefix=p)
+def _check_supported(arch: Architecture, config: Mapping[str, object], where: str) -> None:
+  """Refuses configs whose tensors the tables do not describe (named)."""
+  if arch.name == "qwen2_moe":
+    if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step") or 1) != 1:
+      raise ModelLoadError(f"{where}: qwen2_moe with dense layers (mlp_only_layers {config.get('mlp_only_layers')!r}, "
+                           f"decoder_sparse_step {config.get('decoder_sparse_step')!r}) is not supported; expected "
+                           "every layer sparse")
 
 
 def family_spec(config: Mapping[str, object], where: str = "config.json",
-                names: frozenset[str] | None = None) -> FamilySpec:
-  """The spec of a config's family; for BERT, the name prefix is detected from ``names`` when given.
+                names: frozenset[str] | None = None, name_prefix: str | None = None) -> FamilySpec:
+  """The spec of a config's family; the base-model name prefix is ``name_prefix`` when given, else detected from
+  ``names`` (else the family's first).
+
+  Raises:
+    ModelLoadError: an unsupported ``model_type``, a config key the shapes need is missing or invalid, or a
+      name prefix the family does not use.
 
   Example:
-    >>> family_spec({"model_type": "llama", "hidden_size": 8, "intermediate_size": 12, "num_attention_heads": 2,
-    ...     "num_hidden_layers": 2, "vocab_size": 5}).num_layers
-    2
+    >>> spec = family_spec({"model_type": "llama", "hidden_size": 8, "intermediate_size": 12,
+    ...     "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 2, "vocab_size": 5,
+    ...     "tie_word_embeddings": True})
+    >>> spec.num_layers, spec.required["model.layers.0.self_attn.k_proj.weight"]
+    (2, (4, 8))
   """
-  family = family_of(config, where)
-  if family == "llama":
-    return llama_spec(config, where)
-  prefix = ""
-  if names is not None and "embeddings.word_embeddings.weight" not in names and any(
-      n.startswith("bert.embeddings.") for n in names):
-    prefix = "bert."
-  return bert_spec(config, where, name_prefix=prefix)
+  arch = architectures.architecture_of(config, where)
+  _check_supported(arch, config, where)
+  dims = architectures.dims_of(arch, config, where)
+  p = _name_prefix(arch, names) if name_prefix is None else name_prefix
+  if p not in arch.base_prefixes:
+    raise ModelLoadError(f"{where}: name prefix {p!r} is not one of the {arch.name} prefixes {arch.base_prefixes}")
+  required: dict[str, tuple[int, ...]] = {}
+  optional: dict[str, tuple[int, ...]] = {}
+  fields: dict[str, tuple] = {}
+  conv1d, matrices = set(), []
+  tied = _tied(arch, config)
+
+  def add(rule, name, layer, expert):
+    if not architectures.flag(config, rule.when):
+      return
+    shape = architectures.shape(rule, dims)
+    (optional if rule.optional or (rule.field == "lm_head" and tied) else required)[name] = shape
+    fields[name] = (rule.field, layer, expert)
+    if rule.conv1d:
+      conv1d.add(name)
+    if rule.role is not None and layer is not None:
+      matrices.append(MatrixInfo(name=name, role=rule.role, layer=layer, shape=shape, expert=expert))
+
+  lm_head_prefix = "" if arch.kind == "decoder" else p  # LM heads sit outside the base model
+  for rule in arch.globals:
+    add(rule, (lm_head_prefix if rule.field == "lm_head" else p) + rule.suffix, None, None)
+  for layer in range(dims["L"]):
+    block = f"{p}{arch.block_prefix}{layer}."
+    for rule in arch.block:
+      add(rule, block + rule.suffix, layer, None)
+    for e in range(dims.get("E", 0) if arch.experts else 0):
+      for rule in arch.experts:
+        add(rule, block + rule.suffix.format(e=e), layer, e)
+  bases = tuple(sorted({(lm_head_prefix if t.field == "lm_head" else p) + t.suffix.split(".", 1)[0] + "."
+                        for t in arch.globals} | {p + arch.block_prefix}))
+  return FamilySpec(family=arch.name, num_layers=dims["L"], required=required, optional=optional,
+                    matrices=tuple(matrices), base_prefixes=bases,
+                    buffer_suffixes=tuple(p + s if not s.startswith(".") else s for s in arch.buffer_suffixes),
+                    name_prefix=p, conv1d=frozenset(conv1d), fields=fields)
+
+
+def llama_spec(config: Mapping[str, object], where: str = "config.json") -> FamilySpec:
+  """The tensors of a Hugging Face ``LlamaForCausalLM`` checkpoint (:func:`family_spec` of ``model_type`` llama)."""
+  return family_spec({**config, "model_type": "llama"}, where)
 
 
 def check_required(names: frozenset[str], spec: FamilySpec, where: str) -> None:

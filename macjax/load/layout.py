@@ -1,8 +1,9 @@
 """What a loaded model is: a flat ``{name: array}`` pytree plus a description of its layout.
 
-Names and array layouts are always those of the model's Hugging Face checkpoint (``torch.nn.Linear`` weights are
-``(out_features, in_features)``), whatever file they were read from, so that every later stage, the exporter and
-the JAX forwards agree on one naming.
+Names are always those of the model's Hugging Face checkpoint, whatever file they were read from, and matrices
+are ``(out_features, in_features)`` as ``torch.nn.Linear`` stores them (GPT-2's ``Conv1D`` weights, stored
+``(in, out)``, are transposed on load and back on export), so that every later stage, the exporter and the JAX
+forwards agree on one naming and one layout.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-# Roles of transformer-block matrices. Attention: q, k, v, o. MLP: gate, up, down (BERT has up/down only).
-MATRIX_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
-FAMILIES = ("llama", "bert")
+from macjax.load.architectures import BY_NAME, FAMILIES, MATRIX_ROLES  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,15 +22,18 @@ class MatrixInfo:
 
   Attributes:
     name: tensor name in the Hugging Face layout, e.g. ``model.layers.3.self_attn.q_proj.weight``.
-    role: one of :data:`MATRIX_ROLES`.
+    role: one of :data:`MATRIX_ROLES` (attention q, k, v, o or fused qkv; MLP gate, up, down or fused gate_up;
+      a mixture-of-experts router).
     layer: index of the transformer block, ``0 <= layer < num_layers``.
     shape: ``(out_features, in_features)``.
+    expert: the expert index of a mixture-of-experts expert's matrix, else None.
   """
 
   name: str
   role: str
   layer: int
   shape: tuple[int, int]
+  expert: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +41,14 @@ class ModelLayout:
   """The structure of a model, enough to group its matrices and to run or export it.
 
   Attributes:
-    family: ``"llama"`` or ``"bert"``.
+    family: the architecture (:data:`FAMILIES`: ``"llama"``, ``"qwen2"``, ``"gpt2"``, ``"bert"`` ...).
     num_layers: number of transformer blocks.
-    matrices: every transformer-block weight matrix, ordered by (layer, role order of :data:`MATRIX_ROLES`).
+    matrices: every transformer-block weight matrix, ordered by (layer, the architecture's rule order, expert).
     config: the model's Hugging Face ``config.json`` as a dict (what ``transformers`` needs to build the model).
     name_prefix: prefix of every base-model tensor name in the checkpoint: ``""`` except for BERT checkpoints
-      saved with a head (``BertForMaskedLM`` ...), whose names start with ``"bert."``; e.g. the word embeddings
-      are ``layout.name_prefix + "embeddings.word_embeddings.weight"``. Matrix names already include it.
+      saved with a head (``BertForMaskedLM`` ...), whose names start with ``"bert."``, and GPT-2 checkpoints saved
+      by ``GPT2LMHeadModel`` (``"transformer."``); e.g. the word embeddings are
+      ``layout.name_prefix + "embeddings.word_embeddings.weight"``. Matrix names already include it.
   """
 
   family: str
@@ -63,10 +66,15 @@ class ModelLayout:
     return frozenset(m.name for m in self.matrices)
 
   @property
+  def kind(self) -> str:
+    """``"decoder"`` (a causal LM) or ``"encoder"`` (BERT)."""
+    return BY_NAME[self.family].kind
+
+  @property
   def block_prefix(self) -> str:
-    """The name prefix of transformer block ``N``'s tensors, without the ``N.``: ``model.layers.`` (LLaMA),
-    ``encoder.layer.`` (BERT, after :attr:`name_prefix`)."""
-    return {"llama": "model.layers.", "bert": f"{self.name_prefix}encoder.layer."}[self.family]
+    """The name prefix of transformer block ``N``'s tensors, without the ``N.``: ``model.layers.`` (LLaMA and
+    most decoders), ``encoder.layer.`` (BERT), ``transformer.h.`` (GPT-2), after :attr:`name_prefix`."""
+    return self.name_prefix + BY_NAME[self.family].block_prefix
 
   def layer_of(self, name: str) -> int | None:
     """The transformer block a tensor belongs to (its matrices, norms, biases), or None for tensors outside the
@@ -97,10 +105,14 @@ class ModelLayout:
     """
     try:
       mats = tuple(MatrixInfo(name=str(m["name"]), role=str(m["role"]), layer=int(m["layer"]),
-                              shape=tuple(int(s) for s in m["shape"])) for m in d["matrices"])
-      return cls(family=str(d["family"]), num_layers=int(d["num_layers"]), matrices=mats, config=dict(d["config"]),
+                              shape=tuple(int(s) for s in m["shape"]),
+                              expert=None if m.get("expert") is None else int(m["expert"])) for m in d["matrices"])
+      family = str(d["family"])
+      if family not in BY_NAME:
+        raise ValueError(f"family {family!r} is not one of {FAMILIES}")
+      return cls(family=family, num_layers=int(d["num_layers"]), matrices=mats, config=dict(d["config"]),
                  name_prefix=str(d.get("name_prefix", "")))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise ValueError(f"malformed model layout record: {e}") from e
 
 

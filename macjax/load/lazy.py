@@ -91,6 +91,21 @@ class LazyTensors(collections.abc.Mapping):
     return LazyTensors({n: self._readers[n] for n in names}, {n: self._shapes[n] for n in names},
                        {n: self._dtypes[n] for n in names}, where=self._where, keep_open=self._keep_open)
 
+  def transposed(self, names) -> "LazyTensors":
+    """The same files, with the 2-D tensors ``names`` read transposed (GPT-2's ``Conv1D`` weights, stored
+    ``(in, out)``, presented as ``(out, in)``)."""
+    names = frozenset(n for n in names if n in self._readers)
+    bad = [n for n in names if len(self._shapes[n]) != 2]
+    if bad:
+      raise ValueError(f"transposed: {bad[0]!r} is not 2-D")
+
+    def transpose(read):
+      return lambda: np.ascontiguousarray(read().T)
+
+    return LazyTensors({n: transpose(r) if n in names else r for n, r in self._readers.items()},
+                       {n: s[::-1] if n in names else s for n, s in self._shapes.items()}, self._dtypes,
+                       where=self._where, keep_open=self._keep_open)
+
   def materialize(self) -> dict[str, np.ndarray]:
     """Every tensor read into memory (each checked finite), as a plain dict."""
     return {name: self[name] for name in self._readers}

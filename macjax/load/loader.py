@@ -16,10 +16,10 @@ from typing import Mapping
 
 import numpy as np
 
-from macjax.errors import ModelLoadError, NonFiniteError
+from macjax.errors import ModelLoadError, NonFiniteError, ShapeError
 from macjax.load import families, gguf_file, hf_folder, registry
 from macjax.load.layout import Model
-from macjax.load.lazy import INTEGER_DTYPES, LazyTensors
+from macjax.load.lazy import INTEGER_DTYPES, LazyTensors, shape_of
 
 
 def check_finite(params: Mapping[str, np.ndarray], where: str) -> None:
@@ -54,6 +54,14 @@ def check_params(params: Mapping[str, np.ndarray], config: Mapping[str, object],
   kept = [n for n in params if not spec.is_buffer(n)]
   lazy = isinstance(params, LazyTensors)
   params = params.select(kept) if lazy else {n: params[n] for n in kept}
+  conv1d = [n for n in spec.conv1d if n in params]
+  for name in conv1d:  # stored (in, out): presented (out, in) like every Linear weight
+    stored = shape_of(params, name)
+    if len(stored) != 2:
+      raise ShapeError(f"{where}: Conv1D weight {name!r} has shape {tuple(stored)}; expected 2-D")
+  if conv1d:
+    params = params.transposed(conv1d) if lazy else {n: (np.ascontiguousarray(a.T) if n in spec.conv1d else a)
+                                                     for n, a in params.items()}
   families.check_tensors(params, spec, where)
   for name in params:
     floating = params.dtype(name) not in INTEGER_DTYPES if lazy else params[name].dtype == np.float32

@@ -143,6 +143,22 @@ def calibration_stats(model: Model, config: PipelineConfig) -> dict:
   return calibrate.input_statistics(model, **config.calibration.sizes())
 
 
+#: Why the invariance rewrite does not apply to a family (said when a config asks for it).
+_NO_REWRITE = {
+    "bert": "post-LayerNorm blocks re-normalize the residual stream after each sub-layer, so a residual rotation "
+            "cannot be absorbed",
+    "gpt2": "LayerNorm re-centres the residual stream (a rotation must first fold the mean away, not implemented)",
+    "llama": "attention biases would have to be rotated with the value heads (not implemented)",
+    "qwen2": "its q/k/v biases would have to be rotated with the value heads (not implemented)",
+    "qwen3": "QK-norm acts on each head, which a head rotation would have to commute with (not implemented)",
+    "gemma2": "its sandwich norms after each sub-block re-normalize the residual stream",
+    "gemma3": "its sandwich norms after each sub-block re-normalize the residual stream",
+    "phi3": "its fused qkv/gate_up projections are not split by the rewrite (not implemented)",
+    "mixtral": "its routers and experts are not rotated by the rewrite (not implemented)",
+    "qwen2_moe": "its routers and experts are not rotated by the rewrite (not implemented)",
+}
+
+
 def rewrite_model(model: Model, config: PipelineConfig) -> tuple[Model, dict]:
   """Applies the config's function-preserving model rewrite (LLaMA: fold norms, rotate the residual stream and value
   heads); returns the rewritten model and a record of what it cost (e.g. untied LM-head weights).
@@ -150,10 +166,10 @@ def rewrite_model(model: Model, config: PipelineConfig) -> tuple[Model, dict]:
   Raises:
     ConfigError: the model's family has no such rewrite, or a tied model would need ``rewrite.untie``.
   """
-  if model.layout.family != "llama":
-    raise ConfigError(f"rewrite: the computational-invariance rewrite is implemented for the LLaMA family; "
-                      f"{model.source} is {model.layout.family} (BERT's post-LayerNorm blocks re-normalize the "
-                      "residual stream after each sub-layer, so a residual rotation cannot be absorbed)")
+  if model.layout.family != "llama" or model.layout.config.get("attention_bias"):
+    why = _NO_REWRITE.get(model.layout.family, "the rewrite was written and tested for LLaMA blocks only")
+    raise ConfigError(f"rewrite: the computational-invariance rewrite is implemented for the llama family (LLaMA, "
+                      f"Mistral, SmolLM; no attention biases); {model.source} is {model.layout.family}: {why}")
   rw = transforms.rotate_llama(dict(model.params), model.layout.config, key=jax.random.PRNGKey(config.seed),
                                residual=config.rewrite.residual, head_rotation=config.rewrite.head_rotation,
                                untie=config.rewrite.untie)

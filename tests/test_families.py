@@ -1,0 +1,155 @@
+"""Every supported decoder family end to end, on tiny random-weight checkpoints built by ``transformers`` itself
+(``scripts/make_family_fixtures.py``: Hub naming, every option the family's real checkpoints use): the JAX
+forward matches ``transformers``' logits; load → compress → decode → export gives a folder with exactly the
+checkpoint's tensor names, shapes and layout (GPT-2's ``Conv1D`` transposed back); calibrated GPTQ runs on fused
+projections and on experts; what is not supported is refused by name."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from macjax.errors import ConfigError, ModelLoadError, ShapeError
+from macjax.evaluate import decoder
+from macjax.export import export_hf
+from macjax.load import load_model
+from macjax.pipeline import compression, config as config_lib
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "families"
+FAMILIES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+NO_EVAL = config_lib.from_dict({"evaluate": {"enabled": False}})
+
+
+def test_every_family_has_a_fixture():
+  assert FAMILIES == ["gemma2", "gemma3", "gpt2", "llama", "mistral", "mixtral", "phi3", "qwen2", "qwen2_moe",
+                      "qwen3"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+  model = load_model(str(FIXTURES / request.param))
+  return request.param, model, np.load(FIXTURES / request.param / "parity.npz")
+
+
+def test_forward_matches_transformers(family):
+  """float32 logits of 3 held-out windows of 40 tokens, against transformers 5.24 + torch 2.13 (measured max
+  difference ≤ 2.1e-6 on logits up to 5 in size)."""
+  name, model, ref = family
+  z = np.asarray(decoder.logits(model.params, model.layout.config, ref["tokens"]))
+  np.testing.assert_allclose(z, ref["logits"], atol=2e-5, rtol=0, err_msg=name)
+
+
+def _stored(folder: pathlib.Path) -> dict[str, np.ndarray]:
+  out = {}
+  for f in sorted(folder.glob("*.safetensors")):
+    out.update(safetensors.numpy.load_file(f))
+  return out
+
+
+def test_export_restores_the_checkpoint_exactly(family, tmp_path):
+  """Loading then exporting (float32) gives the checkpoint's own tensors, bit for bit, in its own layout — what
+  transformers loads strictly (checked with transformers when the fixtures were made)."""
+  name, model, _ = family
+  out = export_hf(model.params, model.layout, model.tokenizer_files, tmp_path / "x")
+  original, exported = _stored(FIXTURES / name), _stored(out)
+  assert set(exported) <= set(original)
+  assert set(original) - set(exported) <= {"lm_head.weight"}  # a tied head need not be stored
+  for k, a in exported.items():
+    assert a.shape == original[k].shape and np.array_equal(a, original[k]), k
+  assert json.loads((out / "config.json").read_text())["model_type"] == json.loads(
+      (FIXTURES / name / "config.json").read_text())["model_type"]
+
+
+def test_compress_decode_export_keeps_the_model(family, tmp_path):
+  """Default config: every tensor decodes to the encoder's reconstruction, the export has the checkpoint's names
+  and shapes, and the decoded model's logits stay close to the reference's."""
+  name, model, ref = family
+  compressed = compression.compress(model, NO_EVAL)
+  decoded = compression.decompress(compressed.units, compressed.manifest)
+  for k, w in decoded.items():
+    assert np.array_equal(w, compressed.reconstruction[k]), k
+  out = export_hf(decoded, model.layout, model.tokenizer_files, tmp_path / "x", dtype="float16")
+  original, exported = _stored(FIXTURES / name), _stored(out)
+  assert {k: a.shape for k, a in exported.items()} == {k: original[k].shape for k in exported}
+  again = load_model(str(out))
+  z = np.asarray(decoder.logits(again.params, again.layout.config, ref["tokens"]))
+  rel = np.linalg.norm(z - ref["logits"]) / np.linalg.norm(ref["logits"])
+  assert rel < 0.05, (name, rel)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "phi3", "mixtral", "qwen2_moe"])
+def test_sequential_gptq_on_fused_projections_and_experts(name):
+  """GPTQ with sequential calibration: fused qkv/gate_up read the attention/MLP inputs, each expert the rows of
+  the tokens routed to it; and it lowers the output error of every matrix against plain rounding."""
+  from macjax import calibrate
+  model = load_model(str(FIXTURES / name))
+  calibration = {"n_seq": 4, "seq_len": 32}
+  gptq = config_lib.from_dict({"quantize": {"gptq": True, "step": 0.5}, "calibration": calibration,
+                               "evaluate": {"enabled": False}})
+  plain = config_lib.from_dict({"quantize": {"step": 0.5}, "evaluate": {"enabled": False}})
+  a, b = compression.compress(model, gptq), compression.compress(model, plain)
+  assert a.manifest["calibration"] == "sequential"
+  stats = calibrate.input_statistics(model, **calibration)
+  experts = [m for m in model.layout.matrices if m.expert is not None]
+  if experts:  # each expert's statistics count only its routed tokens
+    assert all(stats[m.name].count < 4 * 32 for m in experts if m.role != "router")
+
+  def error(rec):
+    return sum(float(np.trace((model.params[m.name] - rec[m.name]) @ stats[m.name].second_moment
+                              @ (model.params[m.name] - rec[m.name]).T)) for m in model.layout.matrices)
+
+  assert error(a.reconstruction) < error(b.reconstruction)
+
+
+def test_matrices_roles_and_experts_are_described():
+  roles = {f: sorted({m.role for m in load_model(str(FIXTURES / f)).layout.matrices}) for f in FAMILIES}
+  assert roles["phi3"] == ["down", "gate_up", "o", "qkv"]
+  assert roles["gpt2"] == ["down", "o", "qkv", "up"]
+  assert roles["mixtral"] == ["down", "gate", "k", "o", "q", "router", "up", "v"]
+  moe = load_model(str(FIXTURES / "qwen2_moe")).layout
+  assert sorted({m.expert for m in moe.matrices} - {None}) == [0, 1, 2, 3]
+  gpt2 = load_model(str(FIXTURES / "gpt2"))
+  assert gpt2.params["transformer.h.0.attn.c_attn.weight"].shape == (96, 32)  # Conv1D (32, 96) presented (out, in)
+
+
+def _copy(name: str, tmp_path: pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(shutil.copytree(FIXTURES / name, tmp_path / name))
+
+
+def test_unknown_or_inconsistent_checkpoints_are_refused(tmp_path):
+  folder = _copy("phi3", tmp_path)
+  cfg = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
+  with pytest.raises(ModelLoadError, match=r"model_type 'falcon'.*supported model_type values: bert, gemma2"):
+    load_model(str(folder))
+  (folder / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 40}))
+  with pytest.raises(ShapeError, match=r"mlp\..*_proj\.weight' has shape .*; the config implies .*40"):
+    load_model(str(folder))
+  tensors = safetensors.numpy.load_file(folder / "model.safetensors")
+  del tensors["model.layers.1.mlp.gate_up_proj.weight"]
+  safetensors.numpy.save_file(tensors, folder / "model.safetensors")
+  (folder / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ModelLoadError, match=r"missing 1 tensor.*phi3.*model\.layers\.1\.mlp\.gate_up_proj\.weight"):
+    load_model(str(folder))
+
+
+def test_unsupported_options_are_named(tmp_path):
+  gpt2 = load_model(str(FIXTURES / "gpt2"))
+  with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
+    decoder.prepare(gpt2.params, {**gpt2.layout.config, "scale_attn_by_inverse_layer_idx": True})
+  llama = load_model(str(FIXTURES / "llama"))
+  with pytest.raises(ConfigError, match="rope type 'yarn'"):
+    decoder.prepare(llama.params, {**llama.layout.config, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
+  folder = _copy("qwen2_moe", tmp_path)
+  cfg = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**cfg, "mlp_only_layers": [1]}))
+  with pytest.raises(ModelLoadError, match="mlp_only_layers"):
+    load_model(str(folder))
+  with pytest.raises(ConfigError, match=r"rewrite.*llama family.*gpt2: LayerNorm"):
+    compression.compress(gpt2, config_lib.from_dict({"rewrite": {"residual": "hadamard"},
+                                                    "evaluate": {"enabled": False}}))
