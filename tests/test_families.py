@@ -153,3 +153,38 @@ def test_unsupported_options_are_named(tmp_path):
   with pytest.raises(ConfigError, match=r"rewrite.*llama family.*gpt2: LayerNorm"):
     compression.compress(gpt2, config_lib.from_dict({"rewrite": {"residual": "hadamard"},
                                                     "evaluate": {"enabled": False}}))
+
+
+def test_families_group_same_role_and_shape():
+  """A mixture of experts' experts are their own families (across layers, or per layer across experts); the
+  shared expert of Qwen2-MoE, of another shape, is a dense family of its role."""
+  layout = load_model(str(FIXTURES / "qwen2_moe")).layout
+  fams = layout.families()
+  assert list(fams)[:4] == ["q", "k", "v", "o"]
+  assert [m.expert for m in fams["gate.experts"]] == [0, 1, 2, 3] * 2 and len(fams["gate"]) == 2
+  per_layer = layout.families("experts")
+  assert [m.expert for m in per_layer["down.experts.1"]] == [0, 1, 2, 3]
+  assert {m.layer for m in per_layer["down.experts.1"]} == {1}
+  assert all(len({tuple(m.shape) for m in ms}) == 1 for ms in {**fams, **per_layer}.values())
+
+
+@pytest.mark.parametrize("across", ["layers", "experts"])
+def test_fit_and_shared_transforms_across_experts_decode_exactly(across):
+  """f_θ over the experts' index and one transform state per expert family: stored once, decoded bit-exactly."""
+  model = load_model(str(FIXTURES / "qwen2_moe"))
+  cfg = config_lib.from_dict({
+      "transform": [{"name": "pca"}], "transform_state": {"share": "role"},
+      "fit": {"enabled": True, "keep": "always", "across": across, "roles": ["gate", "down"],
+              "options": {"width": 8, "depth": 1, "n_fourier": 2, "steps": 20, "chunk": 10}},
+      "evaluate": {"enabled": False}})
+  compressed = compression.compress(model, cfg)
+  records = compressed.manifest["tensors"]
+  fits = sorted(k for k in records if k.startswith("fit:"))
+  expected = (["fit:down", "fit:down.experts", "fit:gate", "fit:gate.experts"] if across == "layers" else
+              ["fit:down", "fit:down.experts.0", "fit:down.experts.1", "fit:gate", "fit:gate.experts.0",
+               "fit:gate.experts.1"])
+  assert fits == expected
+  assert "transform:up.experts" in records and records["transform:up.experts"]["pooled_shape"] == [8 * 24, 32]
+  decoded = compression.decompress(compressed.units, compressed.manifest)
+  for k, w in decoded.items():
+    assert np.array_equal(w, compressed.reconstruction[k]), k

@@ -61,6 +61,39 @@ class ModelLayout:
     """The matrices of one role across layers, in layer order (a *family* of matrices for ``f_θ``)."""
     return tuple(m for m in self.matrices if m.role == role)
 
+  def families(self, across: str = "layers") -> dict[str, tuple[MatrixInfo, ...]]:
+    """Groups of same-role, same-shape matrices that share a transform state or an ``f_θ`` (``{name: members}``).
+
+    ``across="layers"``: one family per role of the dense matrices (named by the role, e.g. ``"q"``) and one per
+    role of the experts (``"gate.experts"``: every layer's experts, layer-major); ``across="experts"``: the
+    experts' families are per layer instead (``"gate.experts.3"``: layer 3's experts, the index being the
+    expert). Members of different shapes are split further (``"down@32x40"``). Families are ordered by
+    :data:`MATRIX_ROLES`, dense before experts, then by layer.
+
+    Example:
+      >>> m = (MatrixInfo("a", "q", 0, (4, 4)), MatrixInfo("b", "q", 1, (4, 4)))
+      >>> list(ModelLayout("llama", 2, m, {}).families())
+      ['q']
+    """
+    if across not in ("layers", "experts"):
+      raise ValueError(f"families: across={across!r}; expected 'layers' or 'experts'")
+    groups: dict[tuple, list[MatrixInfo]] = {}
+    for m in self.matrices:
+      if m.expert is None:
+        key = (MATRIX_ROLES.index(m.role), 0, -1, m.role)
+      else:
+        layer = m.layer if across == "experts" else -1
+        key = (MATRIX_ROLES.index(m.role), 1, layer, f"{m.role}.experts" + (f".{m.layer}" if layer >= 0 else ""))
+      groups.setdefault(key, []).append(m)
+    out = {}
+    for key in sorted(groups):
+      members = groups[key]
+      shapes = sorted({tuple(m.shape) for m in members})
+      for shape in shapes:
+        name = key[3] if len(shapes) == 1 else f"{key[3]}@{shape[0]}x{shape[1]}"
+        out[name] = tuple(m for m in members if tuple(m.shape) == shape)
+    return out
+
   @property
   def matrix_names(self) -> frozenset[str]:
     return frozenset(m.name for m in self.matrices)

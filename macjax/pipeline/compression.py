@@ -462,7 +462,7 @@ class _Decoder:
   @classmethod
   def from_plan(cls, config: PipelineConfig, plan: Plan) -> "_Decoder":
     """The decoder of what ``plan`` encodes (its shared states and predictions, without reading them back)."""
-    shared = {m.role: plan.states[m.name] for m in plan.model.layout.matrices if m.role in plan.shared_roles}
+    shared = {family: plan.states[name] for name, family in plan.shared_families.items()}
     return cls(config, Chains.of(config), shared, dict(plan.predictions))
 
   def tensor(self, rec: TensorRecord, parts: dict[str, np.ndarray], verify: bool) -> np.ndarray:
@@ -504,7 +504,7 @@ def _shared_decoding(manifest: dict, config: PipelineConfig, parts: dict) -> tup
         if chain is None:
           raise ValueError("the config has no [[transform]] chain")
         shape = tuple(int(s) for s in rec["pooled_shape"])
-        states[rec["role"]] = stages.leaves_from_parts(parts.get(name, {}), "transform", chain.state_structure(shape))
+        states[rec.get("family", rec["role"])] = stages.leaves_from_parts(parts.get(name, {}), "transform", chain.state_structure(shape))
       except (KeyError, ValueError, TypeError, MacjaxError) as e:
         raise ArtifactError(f"artifact: the shared transform state {name} cannot be restored "
                             f"({type(e).__name__}: {e})") from e
@@ -517,9 +517,13 @@ def _shared_decoding(manifest: dict, config: PipelineConfig, parts: dict) -> tup
       except (KeyError, ValueError, TypeError, MacjaxError) as e:
         raise ArtifactError(f"artifact: θ of {name} cannot be restored ({type(e).__name__}: {e})") from e
       pred = ff.predict(theta, shape)
-      members = sorted((r["layer"], n) for n, r in tensors.items() if isinstance(r, dict) and r.get("fit") == rec["role"])
-      for li, (_, n) in enumerate(members):
-        predictions[n] = pred[li]
+      members = rec.get("members") or [n for _, n in sorted(
+          (r["layer"], n) for n, r in tensors.items() if isinstance(r, dict) and r.get("fit") == rec["role"])]
+      if not isinstance(members, list) or len(members) != pred.shape[0]:
+        raise ArtifactError(f"artifact: {name} lists {len(members) if isinstance(members, list) else members!r} "
+                            f"members for a prediction of {pred.shape[0]}")
+      for li, n in enumerate(members):
+        predictions[str(n)] = pred[li]
   return states, predictions
 
 

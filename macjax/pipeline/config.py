@@ -152,7 +152,11 @@ class FitSection:
 
   Attributes:
     enabled: run the fit.
-    roles: families to fit (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``); empty means all.
+    roles: roles whose families are fitted (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``, ``qkv``,
+      ``gate_up``, ``router``); empty means all.
+    across: the index a family runs over (:meth:`~macjax.load.layout.ModelLayout.families`): ``layers`` (one f_θ
+      per role across layers; experts across layers and experts) or ``experts`` (a mixture of experts' expert
+      matrices: one f_θ per role and layer, across that layer's experts).
     keep: ``if_pays`` keeps a family's f_θ only when the codes' entropy it saves (measured at the same steps) exceeds
       θ's stored bits, else θ is dropped and the decision recorded; ``always`` keeps every fit.
     theta_bits_per_weight: if > 0, θ's size is chosen by this rate budget: each family gets the largest MLP width
@@ -163,6 +167,7 @@ class FitSection:
 
   enabled: bool = False
   roles: tuple[str, ...] = ()
+  across: str = "layers"
   keep: str = "if_pays"
   theta_bits_per_weight: float = 0.0
   options: Options = ()
@@ -170,6 +175,7 @@ class FitSection:
   def __post_init__(self):
     from macjax import fit  # pylint: disable=g-import-not-at-top
     _check(self.keep in ("if_pays", "always"), f"fit.keep = {self.keep!r}; expected 'if_pays' or 'always'")
+    _check(self.across in ("layers", "experts"), f"fit.across = {self.across!r}; expected 'layers' or 'experts'")
     _check(0 <= self.theta_bits_per_weight <= 8, f"fit.theta_bits_per_weight = {self.theta_bits_per_weight}; "
            "expected 0 (off: width from fit.options) or a budget in (0, 8] bits per weight of the family")
     _check(not (self.theta_bits_per_weight and "width" in dict(self.options)),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import zlib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -48,9 +49,10 @@ class Plan:
     model: the model to encode (the rewritten one when ``[rewrite]`` ran).
     stats: calibration statistics per block matrix, or None.
     states: per-matrix transform states fitted ahead (shared by a role, or fitted for f_θ / the allocation).
-    shared_roles: roles whose state is shared (stored once in ``transform:{role}``).
+    shared_families: block matrix -> its family (:meth:`~macjax.load.layout.ModelLayout.families`) when the
+      family shares one transform state (stored once in ``transform:{family}``).
     predictions: ``f_θ(α)`` per block matrix (families whose fit was kept).
-    fit_roles: block matrix -> the role of its kept fit.
+    fit_roles: block matrix -> the family of its kept fit (``fit:{family}``).
     step_scales: per block matrix step multiplier (allocation), 1 when off.
     records: manifest records of the shared states (``transform:{role}``, ``fit:{role}``).
     parts: their parts, ``{record name: parts}``.
@@ -65,7 +67,7 @@ class Plan:
   model: Model
   stats: dict | None = None
   states: dict[str, Any] = dataclasses.field(default_factory=dict)
-  shared_roles: frozenset = frozenset()
+  shared_families: dict[str, str] = dataclasses.field(default_factory=dict)
   predictions: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
   fit_roles: dict[str, str] = dataclasses.field(default_factory=dict)
   step_scales: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -88,7 +90,7 @@ class Plan:
     return MatrixContext(
         name=info.name, shape=tuple(info.shape), role=info.role, key=matrix_key(seed, index), stats=stats,
         hessian=hessian, transform_state=self.states.get(info.name),
-        transform_shared=info.role if info.role in self.shared_roles else None,
+        transform_shared=self.shared_families.get(info.name),
         prediction=self.predictions.get(info.name), fit_role=self.fit_roles.get(info.name),
         step_scale=jnp.float32(self.step_scales.get(info.name, 1.0)), device=device)
 
@@ -98,9 +100,11 @@ def matrix_key(seed: int, index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), index)
 
 
-def role_key(seed: int, role: str) -> jax.Array:
-  """The key of a role's shared transform state (apart from the per-matrix keys and the fit's)."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), 20_000 + MATRIX_ROLES.index(role))
+def role_key(seed: int, family: str) -> jax.Array:
+  """The key of a family's shared transform state (apart from the per-matrix keys and the fit's): by role for the
+  families named by a role, by a hash of the name for the others (``"gate.experts"`` ...)."""
+  index = MATRIX_ROLES.index(family) if family in MATRIX_ROLES else 30_000 + zlib.crc32(family.encode()) % 1_000_000
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 20_000 + index)
 
 
 def fit_key(seed: int, role_index: int) -> jax.Array:
@@ -201,32 +205,27 @@ def _check_chain(config: PipelineConfig, chain: TransformChain | None) -> None:
 
 
 def _shared_states(plan: Plan, config: PipelineConfig, chain: TransformChain, say) -> None:
-  """One input-side chain state per role: ``chain.init`` on the members' rows stacked, ``[W_1; …; W_L]``, with
-  their pooled calibration statistics."""
+  """One input-side chain state per family (:meth:`~macjax.load.layout.ModelLayout.families`): ``chain.init`` on
+  the members' rows stacked, ``[W_1; …; W_L]``, with their pooled calibration statistics."""
   model = plan.model
-  roles = []
-  for role in MATRIX_ROLES:
-    fam = model.layout.by_role(role)
-    if not fam:
-      continue
-    say(f"transform: one state for the {len(fam)} '{role}' matrices")
+  for family, fam in model.layout.families().items():
+    say(f"transform: one state for the {len(fam)} '{family}' matrices")
     pooled = jnp.concatenate([jnp.asarray(model.params[m.name], jnp.float32) for m in fam], axis=0)
     s = (chain.stats_for(pooled_stats([plan.stats[m.name] for m in fam]))
          if plan.stats is not None and chain.needs_stats() else None)
     try:
-      state = chain.init(pooled, role_key(config.seed, role), s)
+      state = chain.init(pooled, role_key(config.seed, family), s)
     except MacjaxError as e:
-      raise type(e)(f"shared transform of role '{role}' ({len(fam)} matrices): {e}") from e
-    name = f"transform:{role}"
+      raise type(e)(f"shared transform of family '{family}' ({len(fam)} matrices): {e}") from e
+    name = f"transform:{family}"
     plan.parts[name] = leaves_parts("transform", "transform", state)
     plan.records[name] = {
-        "group": "transform", "role": role, "members": [m.name for m in fam],
+        "group": "transform", "role": fam[0].role, "family": family, "members": [m.name for m in fam],
         "pooled_shape": [int(pooled.shape[0]), int(fam[0].shape[1])],
         "bits": {"transform": int(sum(a.nbytes for _, a in plan.parts[name].values()) * 8)}}
     for m in fam:
       plan.states[m.name] = state
-    roles.append(role)
-  plan.shared_roles = frozenset(roles)
+      plan.shared_families[m.name] = family
 
 
 def _coords(plan: Plan, config: PipelineConfig, chain: TransformChain | None) -> dict[str, jax.Array]:
@@ -298,44 +297,48 @@ def _fit_role(cfg: dict, role: str, stack: jax.Array, key: jax.Array, say) -> tu
 
 
 def _fits(plan: Plan, cfg: dict, coords: dict[str, jax.Array], seed: int, say, devices: list) -> None:
-  """f_θ per family (role) in the transformed coordinates; kept when it pays (or ``fit.keep = "always"``).
+  """f_θ per family (:meth:`~macjax.load.layout.ModelLayout.families`, ``fit.across``) in the transformed
+  coordinates; kept when it pays (or ``fit.keep = "always"``). The family's index (layer, or expert) is f_θ's
+  first coordinate.
 
   The families are independent fits: with several devices each runs on its own (largest first, on the least
   loaded device), concurrently; a fit's arithmetic does not depend on where it runs, so neither does the artifact.
   """
-  layout = plan.model.layout
   wanted = cfg["fit"]["roles"] or list(MATRIX_ROLES)
-  roles = [r for r in MATRIX_ROLES if r in wanted and layout.by_role(r)]
-  sizes = {r: sum(int(np.prod(m.shape)) for m in layout.by_role(r)) for r in roles}
+  families = {f: ms for f, ms in plan.model.layout.families(cfg["fit"]["across"]).items() if ms[0].role in wanted}
+  names = list(families)
+  sizes = {f: sum(int(np.prod(m.shape)) for m in ms) for f, ms in families.items()}
   load, where = [0] * len(devices), {}
-  for r in sorted(roles, key=lambda r: (-sizes[r], roles.index(r))):
+  for f in sorted(names, key=lambda f: (-sizes[f], names.index(f))):
     k = min(range(len(devices)), key=lambda i: (load[i], i))
-    where[r], load[k] = devices[k], load[k] + sizes[r]
+    where[f], load[k] = devices[k], load[k] + sizes[f]
 
-  def run(r_idx: int, role: str):
-    with jax.default_device(where[role]):
-      stack = jax.device_put(jnp.stack([coords[m.name] for m in layout.by_role(role)]), where[role])
-      return _fit_role(cfg, role, stack, jax.device_put(fit_key(seed, r_idx), where[role]), say)
+  def run(index: int, family: str):
+    with jax.default_device(where[family]):
+      stack = jax.device_put(jnp.stack([coords[m.name] for m in families[family]]), where[family])
+      return _fit_role(cfg, family, stack, jax.device_put(fit_key(seed, index), where[family]), say)
 
-  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(devices), len(roles)))) as pool:
-    outcomes = list(pool.map(run, range(len(roles)), roles))
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(devices), len(names)))) as pool:
+    outcomes = list(pool.map(run, range(len(names)), names))
   decisions = {}
-  for role, (decision, arrays, pred) in zip(roles, outcomes):
+  for family, (decision, arrays, pred) in zip(names, outcomes):
     options, per_layer = decision.pop("options"), decision.pop("per_layer")
-    decisions[role] = decision
+    decisions[family] = decision
     if not decision["kept"]:
-      say(f"  f_θ '{role}' dropped: saves {decision['code_bits_saved']:,.0f} code bits, costs "
+      say(f"  f_θ '{family}' dropped: saves {decision['code_bits_saved']:,.0f} code bits, costs "
           f"{decision['theta_bits']:,} θ bits")
       continue
-    name = f"fit:{role}"
+    name = f"fit:{family}"
+    members = families[family]
     plan.parts[name] = {f"theta.{k}": ("theta", a) for k, a in sorted(arrays.items())}
     plan.records[name] = {
-        "group": "fit", "role": role, "shape": list(pred.shape), "theta_keys": sorted(arrays), "options": options,
+        "group": "fit", "role": members[0].role, "family": family, "members": [m.name for m in members],
+        "shape": list(pred.shape), "theta_keys": sorted(arrays), "options": options,
         "bits": {"theta": decision["theta_bits"]}, "explained_energy": decision["explained_energy"],
         "explained_energy_per_layer": per_layer}
-    for li, m in enumerate(layout.by_role(role)):
+    for li, m in enumerate(members):
       plan.predictions[m.name] = jnp.asarray(pred[li])  # uncommitted: usable on whichever device encodes m
-      plan.fit_roles[m.name] = role
+      plan.fit_roles[m.name] = family
   plan.fit_decisions = decisions or None
 
 
