@@ -188,3 +188,75 @@ def test_fit_and_shared_transforms_across_experts_decode_exactly(across):
   decoded = compression.decompress(compressed.units, compressed.manifest)
   for k, w in decoded.items():
     assert np.array_equal(w, compressed.reconstruction[k]), k
+
+
+GGUF_FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3",
+                 "gpt2": "gpt2"}
+
+
+def write_family_gguf(path: pathlib.Path, name: str, arch: str) -> pathlib.Path:
+  """A family fixture as llama.cpp's ``convert_hf_to_gguf.py`` writes it: names from ``gguf``'s TensorNameMap,
+  metadata under ``<arch>.``, Gemma norm gains stored as ``1 + w``, GPT-2 ``Conv1D`` weights transposed to
+  ``(out, in)`` (q/k rows are permuted for ``llama`` only, tested in test_load.py)."""
+  import gguf
+  from macjax.load import families, gguf_file
+  from test_load import MERGES, SPECIALS, tiny_tokens  # pylint: disable=g-import-not-at-top
+  model = load_model(str(FIXTURES / name))
+  cfg = dict(model.layout.config)
+  spec = families.family_spec(cfg, name_prefix=model.layout.name_prefix)
+  to_gguf = {hf: g for g, hf in gguf_file.name_map(arch, spec).items()}
+  w = gguf.GGUFWriter(str(path), arch)
+  gpt2 = arch == "gpt2"
+  w.add_block_count(cfg["n_layer" if gpt2 else "num_hidden_layers"])
+  w.add_context_length(cfg["n_positions" if gpt2 else "max_position_embeddings"])
+  w.add_embedding_length(cfg["n_embd" if gpt2 else "hidden_size"])
+  w.add_head_count(cfg["n_head" if gpt2 else "num_attention_heads"])
+  w.add_vocab_size(cfg["vocab_size"])
+  if gpt2:
+    w.add_feed_forward_length(4 * cfg["n_embd"])
+    w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
+  else:
+    rope = cfg["rope_parameters"].get("full_attention", cfg["rope_parameters"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(rope["rope_theta"])
+    w.add_rope_dimension_count(int(cfg["head_dim"] * rope.get("partial_rotary_factor", 1.0)))
+  if arch in ("gemma2", "gemma3"):
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_sliding_window_pattern(2)
+  if arch == "gemma2":
+    w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+    w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+  tokens = tiny_tokens()
+  tokens += [f"<x{i}>" for i in range(cfg["vocab_size"] - len(tokens))]
+  w.add_tokenizer_model("gpt2")
+  w.add_tokenizer_pre("gpt2")
+  w.add_token_list(tokens)
+  w.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS)))
+  w.add_token_merges(MERGES)
+  for hf, array in model.params.items():
+    if arch in ("gemma2", "gemma3") and hf.endswith("norm.weight"):
+      array = array + np.float32(1)
+    w.add_tensor(to_gguf[hf], np.ascontiguousarray(array))  # Conv1D: already (out, in), as llama.cpp stores it
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return path
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_FAMILIES))
+def test_gguf_files_of_each_architecture_load_like_the_checkpoint(name, tmp_path):
+  """The same weights read from a GGUF file: identical tensors, and the forward matches transformers."""
+  hf = load_model(str(FIXTURES / name))
+  model = load_model(str(write_family_gguf(tmp_path / f"{name}.gguf", name, GGUF_FAMILIES[name])))
+  assert model.layout.family == hf.layout.family and model.layout.matrices == hf.layout.matrices
+  assert set(model.params) == set(hf.params) - {"lm_head.weight"} or set(model.params) == set(hf.params)
+  for k, a in model.params.items():
+    np.testing.assert_allclose(a, hf.params[k], rtol=0, atol=1e-6 if "norm" in k else 0, err_msg=k)
+  ref = np.load(FIXTURES / name / "parity.npz")
+  z = np.asarray(decoder.logits(model.params, model.layout.config, ref["tokens"]))
+  np.testing.assert_allclose(z, ref["logits"], atol=2e-5, rtol=0, err_msg=name)

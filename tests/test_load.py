@@ -330,9 +330,9 @@ def test_gguf_config_matches_metadata(tmp_path):
   model = load_model(str(write_tiny_gguf(tmp_path / "tiny.gguf", config, tiny_llama_params(config))))
   got = model.layout.config
   for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
-              "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-              "tie_word_embeddings"):
+              "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
     assert got[key] == config[key], key
+  assert got["rope_parameters"] == {"rope_type": "default", "rope_theta": config["rope_theta"]}
   assert (got["bos_token_id"], got["eos_token_id"], got["pad_token_id"]) == (1, 2, 2)
   assert got["architectures"] == ["LlamaForCausalLM"] and got["hidden_act"] == "silu"
 
@@ -487,8 +487,8 @@ def _case_unknown_model_type(tmp):
 
 def _case_other_gguf_arch(tmp):
   config = tiny_llama_config()
-  write_tiny_gguf(tmp / "q.gguf", config, tiny_llama_params(config), arch="qwen2")
-  return tmp / "q.gguf", ModelLoadError, r"q\.gguf.*architecture is 'qwen2'.*supported: llama"
+  write_tiny_gguf(tmp / "q.gguf", config, tiny_llama_params(config), arch="falcon")
+  return tmp / "q.gguf", ModelLoadError, r"q\.gguf.*architecture is 'falcon'.*supported: llama, qwen2, qwen3, gemma2"
 
 
 def _case_hf_shape(tmp):

@@ -1,4 +1,10 @@
-"""Read a GGUF file of architecture ``llama`` into Hugging Face ``LlamaForCausalLM`` names, layout and config.
+"""Read a GGUF file into Hugging Face names, layout and config (architectures of :data:`ARCHITECTURES`).
+
+The config is rebuilt from the ``<arch>.*`` metadata (:func:`hf_config`); tensor names come from the family's
+naming rules (:mod:`macjax.load.architectures`) mapped to llama.cpp's with the ``gguf`` package's own
+``TensorNameMap``; llama.cpp's converter conventions are undone per tensor: the q/k row permutation (``llama``),
+the ``+1`` baked into Gemma's ``(1 + w)`` norm gains (``gemma2``, ``gemma3``), the transposition of GPT-2's
+``Conv1D`` weights (``gpt2``; given back in the checkpoint's ``(in, out)`` so the loader treats both files alike).
 
 Every tensor is dequantized to float32 with ``gguf.quants.dequantize`` when it is accessed: ``gguf.GGUFReader``
 parses the header (and maps the file, which gives each tensor's offset, dtype and block shape); the tensor's bytes
@@ -20,46 +26,55 @@ from __future__ import annotations
 
 import functools
 import pathlib
-import re
 import types
 from typing import Mapping
 
 import numpy as np
 
 from macjax.errors import ModelLoadError, ShapeError
+from macjax.load import families
 from macjax.load.gguf_tokenizer import tokenizer_files_from_gguf
 from macjax.load.lazy import LazyTensors
 from macjax.load.raw import RawCheckpoint
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+#: GGUF ``general.architecture`` -> Hugging Face ``model_type`` (Mistral GGUFs are ``llama``).
+ARCHITECTURES = types.MappingProxyType({"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+                                        "gemma3": "gemma3_text", "phi3": "phi3", "gpt2": "gpt2"})
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 GGUF_MAGIC = b"GGUF"
-# GGUF name (without .weight/.bias) -> Hugging Face name, outside the blocks.
-GLOBAL_NAMES = types.MappingProxyType(
-    {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"})
-# GGUF block part -> Hugging Face module inside ``model.layers.N``.
-BLOCK_NAMES = types.MappingProxyType({
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-})
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-_GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
+_SUFFIXES = (".weight", ".bias")
 
 
-def hf_name(gguf_name: str) -> str | None:
-  """The Hugging Face LLaMA name of a GGUF tensor name, or None if it has none.
+def name_map(arch: str, spec) -> dict[str, str]:
+  """``{GGUF tensor name: Hugging Face name}`` for every tensor of ``spec`` (a
+  :class:`~macjax.load.families.FamilySpec`), from the ``gguf`` package's ``TensorNameMap`` of ``arch``.
 
   Example:
-    >>> hf_name("blk.3.attn_output.weight")
-    'model.layers.3.self_attn.o_proj.weight'
+    >>> from macjax.load import families
+    >>> spec = families.family_spec({"model_type": "llama", "hidden_size": 8, "intermediate_size": 12,
+    ...     "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 5})
+    >>> name_map("llama", spec)["blk.0.attn_output.weight"]
+    'model.layers.0.self_attn.o_proj.weight'
   """
-  if m := _BLOCK_RE.fullmatch(gguf_name):
-    layer, part, kind = m.groups()
-    return f"model.layers.{int(layer)}.{BLOCK_NAMES[part]}.{kind}" if part in BLOCK_NAMES else None
-  if m := _GLOBAL_RE.fullmatch(gguf_name):
-    part, kind = m.groups()
-    return f"{GLOBAL_NAMES[part]}.{kind}" if part in GLOBAL_NAMES else None
-  return None
+  import gguf  # pylint: disable=g-import-not-at-top
+  arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+  tmap = gguf.get_tensor_name_map(arch_enum, spec.num_layers)
+  out = {}
+  for name in [*spec.required, *spec.optional]:
+    base, suffix = _split(name)
+    mapped = tmap.get_name(base)
+    if mapped is None and name == "lm_head.weight":
+      mapped = "output"
+    if mapped is not None:
+      out[mapped + suffix] = name
+  return out
+
+
+def _split(name: str) -> tuple[str, str]:
+  for suffix in _SUFFIXES:
+    if name.endswith(suffix):
+      return name[:-len(suffix)], suffix
+  return name, ""
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -120,56 +135,122 @@ def _meta(metadata: Mapping[str, object], key: str, where: str, kind: type, defa
   return value
 
 
-def llama_config(metadata: Mapping[str, object], has_output: bool, where: str) -> dict[str, object]:
-  """The Hugging Face ``config.json`` of a llama GGUF, from its metadata.
-
-  Args:
-    metadata: GGUF key -> value.
-    has_output: whether the file has ``output.weight`` (an untied LM head).
-    where: the file name, for messages.
-
-  Example:
-    >>> llama_config(meta, has_output=False, where="x.gguf")["tie_word_embeddings"]  # doctest: +SKIP
-    True
-  """
-  a = "llama."
+def _common(metadata: Mapping[str, object], a: str, where: str) -> dict[str, object]:
   n_q = _meta(metadata, a + "attention.head_count", where, int)
   hidden = _meta(metadata, a + "embedding_length", where, int)
-  head_dim = _meta(metadata, a + "attention.key_length", where, int, default=hidden // n_q if n_q else 0)
-  rope_dims = _meta(metadata, a + "rope.dimension_count", where, int, default=head_dim)
-  if rope_dims != head_dim:
-    raise ModelLoadError(f"{where}: llama.rope.dimension_count is {rope_dims}; expected the head dimension "
-                         f"{head_dim} (partial rotary embeddings are not supported)")
-  for key in (a + "rope.scaling.type", a + "expert_count"):
-    if key in metadata and metadata[key] not in ("none", 0):
-      raise ModelLoadError(f"{where}: GGUF metadata {key!r} = {metadata[key]!r} is not supported")
   tokens = metadata.get("tokenizer.ggml.tokens")
-  vocab_default = len(tokens) if isinstance(tokens, list) else ...
-  config: dict[str, object] = {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "hidden_size": hidden,
-      "intermediate_size": _meta(metadata, a + "feed_forward_length", where, int),
-      "num_attention_heads": n_q,
+  return {
+      "hidden_size": hidden, "num_attention_heads": n_q, "num_hidden_layers": _meta(metadata, a + "block_count", where, int),
       "num_key_value_heads": _meta(metadata, a + "attention.head_count_kv", where, int, default=n_q),
-      "num_hidden_layers": _meta(metadata, a + "block_count", where, int),
-      "head_dim": head_dim,
-      "hidden_act": "silu",
-      "rms_norm_eps": _meta(metadata, a + "attention.layer_norm_rms_epsilon", where, float),
-      "rope_theta": _meta(metadata, a + "rope.freq_base", where, float, default=10000.0),
-      "rope_scaling": None,
-      "vocab_size": _meta(metadata, a + "vocab_size", where, int, default=vocab_default),
+      "head_dim": _meta(metadata, a + "attention.key_length", where, int, default=hidden // n_q if n_q else 0),
+      "intermediate_size": _meta(metadata, a + "feed_forward_length", where, int),
+      "vocab_size": _meta(metadata, a + "vocab_size", where, int,
+                          default=len(tokens) if isinstance(tokens, list) else ...),
       "max_position_embeddings": _meta(metadata, a + "context_length", where, int),
-      "tie_word_embeddings": not has_output,
-      "attention_bias": False,
-      "mlp_bias": False,
-      "torch_dtype": "float32",
   }
+
+
+def _rope(metadata: Mapping[str, object], a: str, where: str, head_dim: int, *, partial: bool = False) -> dict:
+  rope_dims = _meta(metadata, a + "rope.dimension_count", where, int, default=head_dim)
+  if rope_dims != head_dim and not partial:
+    raise ModelLoadError(f"{where}: {a}rope.dimension_count is {rope_dims}; expected the head dimension "
+                         f"{head_dim} (partial rotary embeddings are not supported for this architecture)")
+  rope = {"rope_type": "default", "rope_theta": _meta(metadata, a + "rope.freq_base", where, float, default=10000.0)}
+  kind = metadata.get(a + "rope.scaling.type", "none")
+  if kind == "linear":
+    rope.update(rope_type="linear", factor=_meta(metadata, a + "rope.scaling.factor", where, float))
+  elif kind not in ("none", None):
+    raise ModelLoadError(f"{where}: GGUF metadata {a}rope.scaling.type = {kind!r} is not supported")
+  if partial:
+    rope["partial_rotary_factor"] = rope_dims / head_dim
+  return rope
+
+
+def _gemma_scalar(config: dict) -> int:
+  """``query_pre_attn_scalar``, which GGUF does not store: llama.cpp's rule, ``hidden / heads`` for the 27B models
+  (Gemma 2: 46 layers, Gemma 3: 62 layers), else the head dimension."""
+  big = config["num_hidden_layers"] in (46, 62) and config["hidden_size"] in (4608, 5376)
+  return config["hidden_size"] // config["num_attention_heads"] if big else config["head_dim"]
+
+
+def hf_config(arch: str, metadata: Mapping[str, object], has_output: bool, where: str) -> dict[str, object]:
+  """The Hugging Face ``config.json`` of a GGUF file of architecture ``arch``, from its metadata.
+
+  Raises:
+    ModelLoadError: a needed key is missing or of the wrong type, or an option this toolkit does not compute.
+  """
+  a = arch + "."
+  for key in (a + "expert_count",):
+    if metadata.get(key) not in (None, 0):
+      raise ModelLoadError(f"{where}: GGUF metadata {key!r} = {metadata[key]!r}: mixtures of experts are read from "
+                           "Hugging Face safetensors only")
+  c = _common(metadata, a, where)
+  config: dict[str, object] = {"model_type": ARCHITECTURES[arch], "tie_word_embeddings": not has_output,
+                               "torch_dtype": "float32"}
+  rms = lambda: _meta(metadata, a + "attention.layer_norm_rms_epsilon", where, float)  # noqa: E731
+  if arch == "gpt2":
+    config.update(n_embd=c["hidden_size"], n_layer=c["num_hidden_layers"], n_head=c["num_attention_heads"],
+                  n_positions=c["max_position_embeddings"], n_inner=c["intermediate_size"],
+                  vocab_size=c["vocab_size"], activation_function="gelu_new",
+                  layer_norm_epsilon=_meta(metadata, a + "attention.layer_norm_epsilon", where, float))
+  else:
+    config.update(c, rms_norm_eps=rms(), hidden_act="silu",
+                  rope_parameters=_rope(metadata, a, where, c["head_dim"], partial=arch == "phi3"))
+  if arch == "llama":
+    config.update(architectures=["LlamaForCausalLM"], attention_bias=False, mlp_bias=False)
+  if arch in ("gemma2", "gemma3"):
+    window = _meta(metadata, a + "attention.sliding_window", where, int)
+    # Gemma 2 alternates local/global, Gemma 3 has 5 local then 1 global, unless the file says otherwise
+    every = _meta(metadata, a + "attention.sliding_window_pattern", where, int, default=2 if arch == "gemma2" else 6)
+    config.update(hidden_activation="gelu_pytorch_tanh", sliding_window=window, query_pre_attn_scalar=_gemma_scalar(c),
+                  layer_types=["sliding_attention" if (i + 1) % every else "full_attention"
+                               for i in range(c["num_hidden_layers"])])
+  if arch == "gemma2":
+    config.update(attn_logit_softcapping=_meta(metadata, a + "attn_logit_softcapping", where, float, default=None),
+                  final_logit_softcapping=_meta(metadata, a + "final_logit_softcapping", where, float, default=None))
+  if arch == "gemma3":  # local layers rotate with base 10000 (llama.cpp's rope_freq_base_train_swa)
+    config["rope_parameters"] = {"full_attention": config["rope_parameters"],
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": _meta(
+                                     metadata, a + "rope.freq_base_swa", where, float, default=10000.0)}}
+  if arch == "phi3" and a + "attention.sliding_window" in metadata:
+    config["sliding_window"] = _meta(metadata, a + "attention.sliding_window", where, int)
   for hf_key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                            ("pad_token_id", "padding_token_id")):
     if "tokenizer.ggml." + gguf_key in metadata:
       config[hf_key] = _meta(metadata, "tokenizer.ggml." + gguf_key, where, int)
   return config
+
+
+def llama_config(metadata: Mapping[str, object], has_output: bool, where: str) -> dict[str, object]:
+  """:func:`hf_config` of a ``llama`` GGUF."""
+  return hf_config("llama", metadata, has_output, where)
+
+
+def _fixup(arch: str, config: Mapping[str, object], hf: str):
+  """What undoes llama.cpp's converter on one tensor (None: nothing)."""
+  if arch == "llama" and hf.endswith(("q_proj.weight", "k_proj.weight")):
+    n = config["num_attention_heads"] if hf.endswith("q_proj.weight") else config["num_key_value_heads"]
+    return functools.partial(_unpermuted, n_head=int(n))
+  if arch in ("gemma2", "gemma3") and hf.endswith("norm.weight"):
+    return _minus_one
+  return None
+
+
+def _unpermuted(array: np.ndarray, name: str, n_head: int) -> np.ndarray:
+  try:
+    return unpermute_rows(array, n_head)
+  except ShapeError as e:
+    raise ShapeError(f"tensor {name!r} of shape {array.shape}: {e}") from e
+
+
+def _minus_one(array: np.ndarray, name: str) -> np.ndarray:
+  del name
+  return array - np.float32(1)
+
+
+def _transposed(array: np.ndarray, name: str) -> np.ndarray:
+  del name
+  return np.ascontiguousarray(array.T)
 
 
 def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
@@ -209,25 +290,30 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
                          f"({type(e).__name__}: {e})") from e
   metadata = _read_metadata(reader, where)
   arch = metadata.get("general.architecture")
-  if arch not in SUPPORTED_ARCHITECTURES:
+  if arch not in ARCHITECTURES:
     raise ModelLoadError(f"{where}: GGUF general.architecture is {arch!r}; supported: "
                          f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-  n_heads = {"q_proj": _meta(metadata, "llama.attention.head_count", where, int)}
-  n_heads["k_proj"] = _meta(metadata, "llama.attention.head_count_kv", where, int, default=n_heads["q_proj"])
-
+  names = {t.name for t in reader.tensors}
+  if "rope_freqs.weight" in names:
+    raise ModelLoadError(f"{where}: GGUF tensor 'rope_freqs.weight' (llama.cpp's baked RoPE frequency factors, e.g. "
+                         "Llama 3.1's 'llama3' scaling) is not supported; convert the Hugging Face checkpoint instead")
+  config = hf_config(arch, metadata, has_output="output.weight" in names, where=where)
+  spec = families.family_spec(config, where)
+  to_hf = name_map(arch, spec)
   readers, shapes, dtypes = {}, {}, {}
   for tensor in reader.tensors:
-    name = hf_name(tensor.name)
+    name = to_hf.get(tensor.name)
     if name is None:
-      raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} has no Hugging Face LLaMA equivalent; known: "
-                           f"{', '.join(GLOBAL_NAMES)}, blk.N.{{{', '.join(BLOCK_NAMES)}}}")
+      raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} has no Hugging Face {spec.family} equivalent; "
+                           f"known: {', '.join(sorted(to_hf)[:8])} ...")
     if name in readers:
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
-    readers[name] = functools.partial(_dequantized, tensor, path, n_heads.get(name.split(".")[-2]))
-    shapes[name] = tuple(int(d) for d in reversed(tensor.shape))
+    fixes = [f for f in (_fixup(arch, config, name), _transposed if name in spec.conv1d else None) if f]
+    readers[name] = functools.partial(_dequantized, tensor, path, tuple(fixes), name)
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    shapes[name] = shape[::-1] if name in spec.conv1d else shape
     dtypes[name] = tensor.tensor_type.name
   params = LazyTensors(readers, shapes, dtypes, where=where, keep_open=(reader,))
-  config = llama_config(metadata, has_output="lm_head.weight" in params, where=where)
   return RawCheckpoint(params=params, config=config, tokenizer_files=tokenizer_files_from_gguf(metadata, where),
                        source_dtypes=dtypes)
 
@@ -242,8 +328,9 @@ def _stored_bytes(tensor, path: pathlib.Path) -> np.ndarray:
   return data.reshape(view.shape)
 
 
-def _dequantized(tensor, path: pathlib.Path, n_head: int | None) -> np.ndarray:
-  """One GGUF tensor as a fresh float32 array in Hugging Face layout (q/k rows un-permuted when ``n_head``)."""
+def _dequantized(tensor, path: pathlib.Path, fixes: tuple, name: str) -> np.ndarray:
+  """One GGUF tensor as a fresh float32 array in Hugging Face layout (llama.cpp's conventions undone by
+  ``fixes``)."""
   import gguf  # pylint: disable=g-import-not-at-top
   where = str(path)
   expected = tuple(int(d) for d in reversed(tensor.shape))
@@ -258,9 +345,9 @@ def _dequantized(tensor, path: pathlib.Path, n_head: int | None) -> np.ndarray:
   if array.shape != expected:
     raise ShapeError(f"{where}: tensor {tensor.name!r} dequantized to shape {array.shape}; its GGUF shape "
                      f"{list(map(int, tensor.shape))} reversed is {expected}")
-  if n_head is not None:
+  for fix in fixes:
     try:
-      array = unpermute_rows(array, n_head)
+      array = fix(array, tensor.name)
     except ShapeError as e:
-      raise ShapeError(f"{where}: tensor {tensor.name!r} of shape {array.shape}: {e}") from e
+      raise ShapeError(f"{where}: {e}") from e
   return array
