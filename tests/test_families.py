@@ -194,7 +194,7 @@ GGUF_FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3
                  "gpt2": "gpt2"}
 
 
-def write_family_gguf(path: pathlib.Path, name: str, arch: str) -> pathlib.Path:
+def write_family_gguf(path: pathlib.Path, name: str, arch: str, pre: str = "gpt2") -> pathlib.Path:
   """A family fixture as llama.cpp's ``convert_hf_to_gguf.py`` writes it: names from ``gguf``'s TensorNameMap,
   metadata under ``<arch>.``, Gemma norm gains stored as ``1 + w``, GPT-2 ``Conv1D`` weights transposed to
   ``(out, in)`` (q/k rows are permuted for ``llama`` only, tested in test_load.py)."""
@@ -233,7 +233,7 @@ def write_family_gguf(path: pathlib.Path, name: str, arch: str) -> pathlib.Path:
   tokens = tiny_tokens()
   tokens += [f"<x{i}>" for i in range(cfg["vocab_size"] - len(tokens))]
   w.add_tokenizer_model("gpt2")
-  w.add_tokenizer_pre("gpt2")
+  w.add_tokenizer_pre(pre)
   w.add_token_list(tokens)
   w.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS)))
   w.add_token_merges(MERGES)
@@ -260,3 +260,17 @@ def test_gguf_files_of_each_architecture_load_like_the_checkpoint(name, tmp_path
   ref = np.load(FIXTURES / name / "parity.npz")
   z = np.asarray(decoder.logits(model.params, model.layout.config, ref["tokens"]))
   np.testing.assert_allclose(z, ref["logits"], atol=2e-5, rtol=0, err_msg=name)
+
+
+def test_a_gguf_tokenizer_that_cannot_be_rebuilt_leaves_the_weights_usable(tmp_path):
+  """Qwen2's own pre-tokenizer is not rebuilt: the weights load and compress; what needs text says why it cannot."""
+  from macjax import calibrate
+  model = load_model(str(write_family_gguf(tmp_path / "q.gguf", "qwen2", "qwen2", pre="qwen2")))
+  assert model.tokenizer_files == {} and "tokenizer.ggml.pre is 'qwen2'" in model.tokenizer_error
+  compression.compress(model, NO_EVAL)
+  with pytest.raises(ModelLoadError, match=r"tokenizer\.ggml\.pre is 'qwen2'.*run without them"):
+    calibrate.input_statistics(model, n_seq=1, seq_len=8)
+  from macjax import cli
+  args = ["compress", str(tmp_path / "q.gguf"), "--out", str(tmp_path / "art")]
+  assert cli.main(args) == 2 and not (tmp_path / "art").exists()  # evaluation asked for: refused before any work
+  assert cli.main(args + ["--no-eval"]) == 0

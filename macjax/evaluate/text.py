@@ -112,8 +112,10 @@ def tokenizer_for(model):
 
   files = getattr(model, "tokenizer_files", None) or {}
   if "tokenizer.json" not in files:
+    why = getattr(model, "tokenizer_error", None)
     raise ModelLoadError(f"text: model {getattr(model, 'source', '?')!r} has no 'tokenizer.json' in its tokenizer "
-                         f"files (found {sorted(files)})")
+                         f"files (found {sorted(files)})" + (f": {why}; calibration and evaluation need text, so "
+                                                             "run without them (--no-eval, no GPTQ)" if why else ""))
   return Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
 
 

@@ -90,23 +90,21 @@ _ATTENTION = (
     T("v", "self_attn.v_proj.weight", "KVO,H", "v"),
     T("o", "self_attn.o_proj.weight", "H,QO", "o"),
 )
-_ATTENTION_BIAS = (
-    T("q_bias", "self_attn.q_proj.bias", "QO", when="attention_bias"),
-    T("k_bias", "self_attn.k_proj.bias", "KVO", when="attention_bias"),
-    T("v_bias", "self_attn.v_proj.bias", "KVO", when="attention_bias"),
-    T("o_bias", "self_attn.o_proj.bias", "H", when="attention_bias"),
-)
-_QKV_BIAS = tuple(T(t.field, t.suffix, t.shape) for t in _ATTENTION_BIAS[:3])  # Qwen2: q, k, v biases, no o bias
+
+
+def _biases(rules: tuple[Tensor, ...], when: str | None) -> tuple[Tensor, ...]:
+  """The bias rule of each matrix rule (``{field}_bias``, ``….bias``, the matrix's output size)."""
+  return tuple(T(f"{t.field}_bias", t.suffix[:-len("weight")] + "bias", t.shape[:1], when=when) for t in rules)
+
+
+_ATTENTION_BIAS = _biases(_ATTENTION, "attention_bias")
+_QKV_BIAS = _biases(_ATTENTION[:3], None)  # Qwen2: q, k, v biases, no o bias
 _GATED_MLP = (
     T("gate", "mlp.gate_proj.weight", "I,H", "gate"),
     T("up", "mlp.up_proj.weight", "I,H", "up"),
     T("down", "mlp.down_proj.weight", "H,I", "down"),
 )
-_MLP_BIAS = (
-    T("gate_bias", "mlp.gate_proj.bias", "I", when="mlp_bias"),
-    T("up_bias", "mlp.up_proj.bias", "I", when="mlp_bias"),
-    T("down_bias", "mlp.down_proj.bias", "H", when="mlp_bias"),
-)
+_MLP_BIAS = _biases(_GATED_MLP, "mlp_bias")
 _PRE_NORMS = (T("attn_norm", "input_layernorm.weight", "H"), T("mlp_norm", "post_attention_layernorm.weight", "H"))
 _SANDWICH_NORMS = (  # Gemma 2/3: a norm before and after each sub-block
     T("attn_norm", "input_layernorm.weight", "H"), T("post_attn_norm", "post_attention_layernorm.weight", "H"),

@@ -314,8 +314,12 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
     shapes[name] = shape[::-1] if name in spec.conv1d else shape
     dtypes[name] = tensor.tensor_type.name
   params = LazyTensors(readers, shapes, dtypes, where=where, keep_open=(reader,))
-  return RawCheckpoint(params=params, config=config, tokenizer_files=tokenizer_files_from_gguf(metadata, where),
-                       source_dtypes=dtypes)
+  try:  # the weights are usable without a tokenizer (compression needs none unless it calibrates or evaluates)
+    tokenizer_files, tokenizer_error = tokenizer_files_from_gguf(metadata, where), None
+  except ModelLoadError as e:
+    tokenizer_files, tokenizer_error = {}, str(e)
+  return RawCheckpoint(params=params, config=config, tokenizer_files=tokenizer_files, source_dtypes=dtypes,
+                       tokenizer_error=tokenizer_error)
 
 
 def _stored_bytes(tensor, path: pathlib.Path) -> np.ndarray:

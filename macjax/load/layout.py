@@ -163,6 +163,8 @@ class Model:
     source_dtypes: tensor name -> how the source file stored it (``"F32"``, ``"BF16"``, GGUF types such as
       ``"Q4_1"``). Weights read from a quantized GGUF sit on that quantizer's grid: reports should say so, and no
       method should be tuned to that grid.
+    tokenizer_error: why ``tokenizer_files`` is empty (a GGUF tokenizer that cannot be rebuilt), else None:
+      stages that need text (calibration, evaluation) then fail with this reason; the others work.
   """
 
   params: dict[str, np.ndarray]
@@ -170,6 +172,7 @@ class Model:
   source: str
   tokenizer_files: dict[str, bytes]
   source_dtypes: dict[str, str] = dataclasses.field(default_factory=dict)
+  tokenizer_error: str | None = None
 
   @property
   def num_params(self) -> int:

@@ -119,7 +119,8 @@ def open_model(source: str) -> Model:
   params, spec = check_params(raw.params, raw.config, where)
   return Model(params=params, layout=families.build_layout(spec, raw.config), source=source,
                tokenizer_files=raw.tokenizer_files,
-               source_dtypes={n: raw.source_dtypes[n] for n in params if n in raw.source_dtypes})
+               source_dtypes={n: raw.source_dtypes[n] for n in params if n in raw.source_dtypes},
+               tokenizer_error=raw.tokenizer_error)
 
 
 def load_model(source: str) -> Model:

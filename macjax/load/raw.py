@@ -22,9 +22,11 @@ class RawCheckpoint:
     config: the Hugging Face ``config.json`` dict.
     tokenizer_files: file name -> bytes.
     source_dtypes: tensor name -> how the file stored it (``"F32"``, ``"BF16"``, ``"Q4_1"`` ...).
+    tokenizer_error: why there are no tokenizer files (a GGUF tokenizer this toolkit cannot rebuild), else None.
   """
 
   params: dict[str, np.ndarray]
   config: dict
   tokenizer_files: dict[str, bytes]
   source_dtypes: dict[str, str]
+  tokenizer_error: str | None = None

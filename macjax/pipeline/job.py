@@ -24,13 +24,13 @@ import numpy as np
 
 import macjax
 from macjax import artifact
-from macjax.errors import ConfigError
+from macjax.errors import ConfigError, ModelLoadError
 from macjax.load import open_model
 from macjax.load.digest import source_fingerprint
 from macjax.load.loader import resolve_source
 from macjax.pipeline import compression
 from macjax.pipeline.config import PipelineConfig, to_dict
-from macjax.pipeline.plan import calibrates_sequentially, streams
+from macjax.pipeline.plan import calibrates_sequentially, needs_calibration, streams
 from macjax.pipeline.progress import Progress
 from macjax.pipeline.report import artifact_report
 
@@ -134,6 +134,10 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   t0 = time.perf_counter()
   progress.say(f"open {source}")
   model = open_model(source)
+  do_eval = config.evaluate.enabled if evaluate is None else evaluate
+  if model.tokenizer_error and (do_eval or needs_calibration(config)):
+    raise ModelLoadError(f"{source}: {model.tokenizer_error}; evaluation and calibration need the tokenizer: run "
+                         "with --no-eval and a config without calibration (no GPTQ), or from a Hugging Face folder")
   if not streams(config):
     progress.say("this config makes a pass over the whole model first ([rewrite], whole-model calibration, "
                  "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it")
@@ -151,7 +155,6 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   manifest = artifact.read_manifest(out)
   report: dict[str, Any] = {"path": str(out), "artifact": artifact_report(out, manifest), "processes": count,
                             "devices": len(devices) if devices is not None else jax.device_count()}
-  do_eval = config.evaluate.enabled if evaluate is None else evaluate
   decoded = {} if do_eval else None
   if verify or do_eval:
     report["weight_error"] = _read_back(out, manifest, plan, stages, progress, decoded)
