@@ -636,3 +636,17 @@ def test_hostile_safetensors_headers_are_refused(tmp_path, header, pattern):
     tensors = open_safetensors(path)
     for name in tensors:
       tensors[name]
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe"])
+def test_gguf_pre_tokenizers_match_transformers(pre):
+  """Qwen2's and Llama 3's GGUF pre-tokenizers give transformers' ids (fixture from
+  scripts/make_gguf_tokenizer_fixture.py: transformers' own conversion of the same GGUF metadata)."""
+  import sys
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+  import make_gguf_tokenizer_fixture as fixture  # pylint: disable=g-import-not-at-top
+  from macjax.load.gguf_tokenizer import tokenizer_files_from_gguf
+  stored = json.loads((pathlib.Path(__file__).parent / "fixtures" / "gguf_tokenizers.json").read_text())
+  tok = tokenizers.Tokenizer.from_str(
+      tokenizer_files_from_gguf(fixture.tokenizer_metadata(pre), "t")["tokenizer.json"].decode())
+  assert [tok.encode(t, add_special_tokens=False).ids for t in stored["texts"]] == stored["ids"][pre]

@@ -2,8 +2,9 @@
 
 ``transformers`` cannot convert a GGUF tokenizer without torch, so this module rebuilds it. Supported:
 ``tokenizer.ggml.model = gpt2`` (byte-level BPE) with the pre-tokenizers ``smollm`` (SmolLM/SmolLM2:
-``Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False, use_regex=True)]``) and ``gpt2``
-(``ByteLevel`` alone). Tokens whose ``token_type`` is CONTROL (3) become special added tokens, USER_DEFINED (4)
+``Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False, use_regex=True)]``), ``gpt2``
+(``ByteLevel`` alone), ``qwen2`` (Qwen2/2.5/3) and ``llama-bpe`` (Llama 3): their split pattern, then
+``ByteLevel(use_regex=False)``, as ``transformers`` converts these GGUF tokenizers. Tokens whose ``token_type`` is CONTROL (3) become special added tokens, USER_DEFINED (4)
 non-special added tokens; no normalizer; a ``ByteLevel`` decoder.
 
 Example:
@@ -40,10 +41,31 @@ def _gpt2_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
   return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
 
+# The split patterns of llama.cpp's pre-tokenizers (the same as the models' own tokenizer.json files).
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                r"|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _split_then_bytes(pattern: str) -> Callable[[], pre_tokenizers.PreTokenizer]:
+  def make():
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+  return make
+
+
 # tokenizer.ggml.pre -> factory of the Hugging Face pre-tokenizer it stands for.
 PRE_TOKENIZERS: Mapping[str, Callable[[], pre_tokenizers.PreTokenizer]] = types.MappingProxyType({
     "smollm": _smollm_pre_tokenizer,
     "gpt2": _gpt2_pre_tokenizer,
+    "qwen2": _split_then_bytes(_QWEN2_SPLIT),
+    "deepseek-r1-qwen": _split_then_bytes(_QWEN2_SPLIT),
+    "llama-bpe": _split_then_bytes(_LLAMA3_SPLIT),
+    "llama3": _split_then_bytes(_LLAMA3_SPLIT),
+    "llama-v3": _split_then_bytes(_LLAMA3_SPLIT),
 })
 
 
