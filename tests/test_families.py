@@ -190,13 +190,32 @@ def test_fit_and_shared_transforms_across_experts_decode_exactly(across):
 
 
 GGUF_FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3",
-                 "gpt2": "gpt2"}
+                 "gpt2": "gpt2", "llama": "llama"}
+
+
+def llama_cpp_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+  """llama.cpp's ``rope_freqs`` for HF's ``llama3`` scaling (convert_hf_to_gguf.py, LlamaModel)."""
+  import math
+  freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  old, low, high, factor = (rope["original_max_position_embeddings"], rope["low_freq_factor"],
+                            rope["high_freq_factor"], rope["factor"])
+  out = []
+  for freq in freqs:
+    wavelen = 2 * math.pi / freq
+    if wavelen < old / high:
+      out.append(1.0)
+    elif wavelen > old / low:
+      out.append(factor)
+    else:
+      smooth = (old / wavelen - low) / (high - low)
+      out.append(1 / ((1 - smooth) / factor + smooth))
+  return np.asarray(out, np.float32)
 
 
 def write_family_gguf(path: pathlib.Path, name: str, arch: str, pre: str = "gpt2") -> pathlib.Path:
   """A family fixture as llama.cpp's ``convert_hf_to_gguf.py`` writes it: names from ``gguf``'s TensorNameMap,
   metadata under ``<arch>.``, Gemma norm gains stored as ``1 + w``, GPT-2 ``Conv1D`` weights transposed to
-  ``(out, in)`` (q/k rows are permuted for ``llama`` only, tested in test_load.py)."""
+  ``(out, in)``, q/k rows permuted and ``llama3`` RoPE scaling baked into ``rope_freqs`` for ``llama``."""
   import gguf
   from macjax.load import families, gguf_file
   from test_load import MERGES, SPECIALS, tiny_tokens  # pylint: disable=g-import-not-at-top
@@ -236,9 +255,15 @@ def write_family_gguf(path: pathlib.Path, name: str, arch: str, pre: str = "gpt2
   w.add_token_list(tokens)
   w.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS)))
   w.add_token_merges(MERGES)
+  if not gpt2 and rope.get("rope_type") == "llama3":
+    w.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(rope, cfg["head_dim"]))
   for hf, array in model.params.items():
     if arch in ("gemma2", "gemma3") and hf.endswith("norm.weight"):
       array = array + np.float32(1)
+    if arch == "llama" and hf.endswith(("q_proj.weight", "k_proj.weight")):
+      from test_load import llama_cpp_permute  # pylint: disable=g-import-not-at-top
+      heads = cfg["num_attention_heads"] if hf.endswith("q_proj.weight") else cfg["num_key_value_heads"]
+      array = llama_cpp_permute(array, heads)
     w.add_tensor(to_gguf[hf], np.ascontiguousarray(array))  # Conv1D: already (out, in), as llama.cpp stores it
   w.write_header_to_file()
   w.write_kv_data_to_file()
@@ -274,3 +299,19 @@ def test_a_gguf_tokenizer_that_cannot_be_rebuilt_leaves_the_weights_usable(tmp_p
   args = ["compress", str(tmp_path / "q.gguf"), "--out", str(tmp_path / "art")]
   assert cli.main(args) == 2 and not (tmp_path / "art").exists()  # evaluation asked for: refused before any work
   assert cli.main(args + ["--no-eval"]) == 0
+
+
+def test_llama3_rope_is_recovered_from_llama_cpp_factors():
+  """Llama 3.1's scaling (θ 500000, head_dim 128, factor 8, bands 1/4, 8192 original positions) comes back
+  exactly from the factors llama.cpp bakes; factors no such scaling gives are refused."""
+  from macjax.load import gguf_file
+  rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+  got = gguf_file.llama3_rope(llama_cpp_rope_factors(rope, 128), 500000.0, 128, "x")
+  assert got["factor"] == 8.0 and abs(got["original_max_position_embeddings"] - 8192) < 1e-2
+  other = gguf_file.llama3_rope(llama_cpp_rope_factors({**rope, "high_freq_factor": 2.0}, 128), 500000.0, 128, "x")
+  assert abs(other["high_freq_factor"] - 2.0) < 1e-3 and abs(other["original_max_position_embeddings"] - 8192) < 1
+  bumpy = llama_cpp_rope_factors(rope, 128)
+  bumpy[40] *= 1.5
+  with pytest.raises(ModelLoadError, match="not llama.cpp's 'llama3' scaling"):
+    gguf_file.llama3_rope(bumpy, 500000.0, 128, "x")

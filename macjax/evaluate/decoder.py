@@ -313,6 +313,11 @@ def _act(x, opts: DecoderOptions):
   return jax.nn.gelu(x, approximate=opts.act == "gelu_tanh")
 
 
+def inv_freq(rope: Mapping[str, Any], rotary_dim: int) -> tuple[float, ...]:
+  """RoPE frequencies of HF rope parameters (``rope_type`` ``default``, ``linear`` or ``llama3``)."""
+  return _inv_freq(rope, rotary_dim, "rope")
+
+
 def default_inv_freq(theta: float, rotary_dim: int) -> tuple[float, ...]:
   """HF's default RoPE frequencies :math:`\theta^{-2j/d}`, :math:`j < d/2`."""
   return _inv_freq({"rope_theta": theta}, rotary_dim, "rope")

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import pathlib
 import types
 from typing import Mapping
@@ -226,6 +227,47 @@ def llama_config(metadata: Mapping[str, object], has_output: bool, where: str) -
   return hf_config("llama", metadata, has_output, where)
 
 
+def llama3_rope(factors: np.ndarray, theta: float, head_dim: int, where: str) -> dict[str, object]:
+  """Hugging Face's ``llama3`` RoPE parameters from llama.cpp's per-frequency factors (``rope_freqs``).
+
+  llama.cpp divides frequency ``ω_j`` by ``f_j``: 1 above the high-frequency band, ``factor`` below the low one,
+  ``1 / ((1 − s)/factor + s)`` between, with ``s = (old/λ_j − low) / (high − low)`` and ``λ_j = 2π/ω_j``. The
+  frequencies depend on ``(old, low, high)`` only through ``a = old/(high − low)`` and ``b = low/(high − low)``:
+  fitted on the middle band (``low = 1`` chosen), or, with fewer than two middle frequencies, ``low = 1, high = 4``
+  assumed (Llama 3.x's values); the result must reproduce every factor (else an error).
+  """
+  factors = np.asarray(factors, np.float64).reshape(-1)
+  omega = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  if factors.shape != omega.shape or not np.all(np.isfinite(factors)) or np.any(factors < 1 - 1e-6):
+    raise ModelLoadError(f"{where}: rope_freqs has {factors.size} factors {factors[:4]}...; expected {omega.size} "
+                         "finite factors >= 1")
+  factor = float(factors.max())
+  wavelen = 2 * math.pi / omega
+  middle = (factors > 1 + 1e-6) & (factors < factor - 1e-6)
+  smooth = (1 / factors[middle] - 1 / factor) / (1 - 1 / factor)
+  low, high = 1.0, 4.0
+  if middle.sum() >= 2:  # s = a/λ − b with a = old/(high − low), b = low/(high − low): both from the band
+    (a, b), *_ = np.linalg.lstsq(np.stack([1 / wavelen[middle], -np.ones(middle.sum())], 1), smooth, rcond=None)
+    if b > 0:
+      old, high = float(a / b), float(1 + 1 / b)
+    else:
+      old = float(np.mean(wavelen[middle] * (3 * smooth + 1)))
+  elif middle.any():
+    old = float(np.mean(wavelen[middle] * (3 * smooth + 1)))
+  else:  # any old with old/4 above the unscaled wavelengths and old below the scaled ones
+    lo = wavelen[factors <= 1 + 1e-6].max(initial=0.0) * 4
+    hi = wavelen[factors >= factor - 1e-6].min(initial=np.inf)
+    old = float(np.sqrt(lo * hi)) if np.isfinite(hi) and lo > 0 else float(hi if lo == 0 else lo)
+  rope = {"rope_type": "llama3", "rope_theta": float(theta), "factor": factor, "low_freq_factor": low,
+          "high_freq_factor": high, "original_max_position_embeddings": old}
+  from macjax.evaluate.decoder import inv_freq  # pylint: disable=g-import-not-at-top
+  ours = np.asarray(inv_freq(rope, head_dim), np.float64)
+  if not np.allclose(omega / factors, ours, rtol=1e-4, atol=0):
+    raise ModelLoadError(f"{where}: rope_freqs is not llama.cpp's 'llama3' scaling (no factor, band and context "
+                         "length reproduce it); convert the Hugging Face checkpoint instead")
+  return rope
+
+
 def _fixup(arch: str, config: Mapping[str, object], hf: str):
   """What undoes llama.cpp's converter on one tensor (None: nothing)."""
   if arch == "llama" and hf.endswith(("q_proj.weight", "k_proj.weight")):
@@ -294,14 +336,20 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
     raise ModelLoadError(f"{where}: GGUF general.architecture is {arch!r}; supported: "
                          f"{', '.join(SUPPORTED_ARCHITECTURES)}")
   names = {t.name for t in reader.tensors}
-  if "rope_freqs.weight" in names:
-    raise ModelLoadError(f"{where}: GGUF tensor 'rope_freqs.weight' (llama.cpp's baked RoPE frequency factors, e.g. "
-                         "Llama 3.1's 'llama3' scaling) is not supported; convert the Hugging Face checkpoint instead")
   config = hf_config(arch, metadata, has_output="output.weight" in names, where=where)
+  if "rope_freqs.weight" in names:  # Llama 3.1/3.2: the 'llama3' RoPE scaling, baked into per-frequency factors
+    if arch != "llama":
+      raise ModelLoadError(f"{where}: GGUF tensor 'rope_freqs.weight' in a {arch} file is not supported")
+    tensor = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    factors = _dequantized(tensor, path, (), tensor.name)
+    config["rope_parameters"] = llama3_rope(factors, config["rope_parameters"]["rope_theta"], config["head_dim"],
+                                            where)
   spec = families.family_spec(config, where)
   to_hf = name_map(arch, spec)
   readers, shapes, dtypes = {}, {}, {}
   for tensor in reader.tensors:
+    if tensor.name == "rope_freqs.weight":
+      continue  # read into the config above
     name = to_hf.get(tensor.name)
     if name is None:
       raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} has no Hugging Face {spec.family} equivalent; "
