@@ -190,7 +190,7 @@ def test_fit_and_shared_transforms_across_experts_decode_exactly(across):
 
 
 GGUF_FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3",
-                 "gpt2": "gpt2", "llama": "llama"}
+                 "gpt2": "gpt2", "llama": "llama", "mixtral": "llama", "qwen2_moe": "qwen2moe"}
 
 
 def llama_cpp_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
@@ -222,7 +222,9 @@ def write_family_gguf(path: pathlib.Path, name: str, arch: str, pre: str = "gpt2
   model = load_model(str(FIXTURES / name))
   cfg = dict(model.layout.config)
   spec = families.family_spec(cfg, name_prefix=model.layout.name_prefix)
-  to_gguf = {hf: g for g, hf in gguf_file.name_map(arch, spec).items()}
+  to_gguf = {}
+  for g, hf in gguf_file.name_map(arch, spec).items():
+    to_gguf.update({hf: g} if isinstance(hf, str) else {n: [g] for n in hf})
   w = gguf.GGUFWriter(str(path), arch)
   gpt2 = arch == "gpt2"
   w.add_block_count(cfg["n_layer" if gpt2 else "num_hidden_layers"])
@@ -245,6 +247,15 @@ def write_family_gguf(path: pathlib.Path, name: str, arch: str, pre: str = "gpt2
   if arch in ("gemma2", "gemma3"):
     w.add_sliding_window(cfg["sliding_window"])
     w.add_sliding_window_pattern(2)
+  if name == "mixtral":
+    w.add_expert_count(cfg["num_local_experts"])
+    w.add_expert_used_count(cfg["num_experts_per_tok"])
+  if name == "qwen2_moe":
+    w.add_expert_count(cfg["num_experts"])
+    w.add_expert_used_count(cfg["num_experts_per_tok"])
+    w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    w.add_expert_weights_norm(cfg["norm_topk_prob"])
   if arch == "gemma2":
     w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
     w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
@@ -257,14 +268,22 @@ def write_family_gguf(path: pathlib.Path, name: str, arch: str, pre: str = "gpt2
   w.add_token_merges(MERGES)
   if not gpt2 and rope.get("rope_type") == "llama3":
     w.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(rope, cfg["head_dim"]))
+  merged: dict[str, list] = {}
   for hf, array in model.params.items():
+    if isinstance(to_gguf[hf], list):  # experts: merged into one [experts, rows, cols] tensor
+      continue
     if arch in ("gemma2", "gemma3") and hf.endswith("norm.weight"):
       array = array + np.float32(1)
     if arch == "llama" and hf.endswith(("q_proj.weight", "k_proj.weight")):
       from test_load import llama_cpp_permute  # pylint: disable=g-import-not-at-top
       heads = cfg["num_attention_heads"] if hf.endswith("q_proj.weight") else cfg["num_key_value_heads"]
       array = llama_cpp_permute(array, heads)
+    if hf.endswith("shared_expert_gate.weight"):
+      array = array[0]  # llama.cpp stores it as [H]
     w.add_tensor(to_gguf[hf], np.ascontiguousarray(array))  # Conv1D: already (out, in), as llama.cpp stores it
+  for g, names in gguf_file.name_map(arch, spec).items():
+    if isinstance(names, list):
+      w.add_tensor(g, np.stack([model.params[n] for n in names]))
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()

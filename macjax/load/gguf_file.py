@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
+import threading
 import types
 from typing import Mapping
 
@@ -40,15 +41,17 @@ from macjax.load.raw import RawCheckpoint
 
 #: GGUF ``general.architecture`` -> Hugging Face ``model_type`` (Mistral GGUFs are ``llama``).
 ARCHITECTURES = types.MappingProxyType({"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
-                                        "gemma3": "gemma3_text", "phi3": "phi3", "gpt2": "gpt2"})
+                                        "gemma3": "gemma3_text", "phi3": "phi3", "gpt2": "gpt2",
+                                        "qwen2moe": "qwen2_moe"})  # llama with <arch>.expert_count: mixtral
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 GGUF_MAGIC = b"GGUF"
 _SUFFIXES = (".weight", ".bias")
 
 
-def name_map(arch: str, spec) -> dict[str, str]:
+def name_map(arch: str, spec) -> dict[str, str | list[str]]:
   """``{GGUF tensor name: Hugging Face name}`` for every tensor of ``spec`` (a
-  :class:`~macjax.load.families.FamilySpec`), from the ``gguf`` package's ``TensorNameMap`` of ``arch``.
+  :class:`~macjax.load.families.FamilySpec`), from the ``gguf`` package's ``TensorNameMap`` of ``arch``; a mixture
+  of experts' merged tensor (``blk.N.ffn_gate_exps``) maps to the list of its experts' names, in expert order.
 
   Example:
     >>> from macjax.load import families
@@ -60,14 +63,23 @@ def name_map(arch: str, spec) -> dict[str, str]:
   import gguf  # pylint: disable=g-import-not-at-top
   arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
   tmap = gguf.get_tensor_name_map(arch_enum, spec.num_layers)
-  out = {}
+  out: dict[str, str | list[str]] = {}
+  experts: dict[str, list[tuple[int, str]]] = {}
   for name in [*spec.required, *spec.optional]:
+    _, layer, expert = spec.fields.get(name, (None, None, None))
     base, suffix = _split(name)
+    if expert is not None:  # ….experts.{e}.w1 -> ….experts.w1, the merged tensor's name
+      base = base.replace(f".experts.{expert}.", ".experts.")
     mapped = tmap.get_name(base)
     if mapped is None and name == "lm_head.weight":
       mapped = "output"
-    if mapped is not None:
+    if mapped is None:
+      continue
+    if expert is None:
       out[mapped + suffix] = name
+    else:
+      experts.setdefault(mapped + suffix, []).append((expert, name))
+  out.update({g: [n for _, n in sorted(members)] for g, members in experts.items()})
   return out
 
 
@@ -144,7 +156,7 @@ def _common(metadata: Mapping[str, object], a: str, where: str) -> dict[str, obj
       "hidden_size": hidden, "num_attention_heads": n_q, "num_hidden_layers": _meta(metadata, a + "block_count", where, int),
       "num_key_value_heads": _meta(metadata, a + "attention.head_count_kv", where, int, default=n_q),
       "head_dim": _meta(metadata, a + "attention.key_length", where, int, default=hidden // n_q if n_q else 0),
-      "intermediate_size": _meta(metadata, a + "feed_forward_length", where, int),
+      "intermediate_size": _meta(metadata, a + "feed_forward_length", where, int, default=None),
       "vocab_size": _meta(metadata, a + "vocab_size", where, int,
                           default=len(tokens) if isinstance(tokens, list) else ...),
       "max_position_embeddings": _meta(metadata, a + "context_length", where, int),
@@ -181,13 +193,13 @@ def hf_config(arch: str, metadata: Mapping[str, object], has_output: bool, where
     ModelLoadError: a needed key is missing or of the wrong type, or an option this toolkit does not compute.
   """
   a = arch + "."
-  for key in (a + "expert_count",):
-    if metadata.get(key) not in (None, 0):
-      raise ModelLoadError(f"{where}: GGUF metadata {key!r} = {metadata[key]!r}: mixtures of experts are read from "
-                           "Hugging Face safetensors only")
+  experts = _meta(metadata, a + "expert_count", where, int, default=0)
   c = _common(metadata, a, where)
-  config: dict[str, object] = {"model_type": ARCHITECTURES[arch], "tie_word_embeddings": not has_output,
+  model_type = "mixtral" if arch == "llama" and experts else ARCHITECTURES[arch]
+  config: dict[str, object] = {"model_type": model_type, "tie_word_embeddings": not has_output,
                                "torch_dtype": "float32"}
+  if experts:
+    config.update(_moe(metadata, a, arch, experts, where))
   rms = lambda: _meta(metadata, a + "attention.layer_norm_rms_epsilon", where, float)  # noqa: E731
   if arch == "gpt2":
     config.update(n_embd=c["hidden_size"], n_layer=c["num_hidden_layers"], n_head=c["num_attention_heads"],
@@ -195,9 +207,9 @@ def hf_config(arch: str, metadata: Mapping[str, object], has_output: bool, where
                   vocab_size=c["vocab_size"], activation_function="gelu_new",
                   layer_norm_epsilon=_meta(metadata, a + "attention.layer_norm_epsilon", where, float))
   else:
-    config.update(c, rms_norm_eps=rms(), hidden_act="silu",
+    config.update({k: v for k, v in c.items() if v is not None}, rms_norm_eps=rms(), hidden_act="silu",
                   rope_parameters=_rope(metadata, a, where, c["head_dim"], partial=arch == "phi3"))
-  if arch == "llama":
+  if model_type == "llama":
     config.update(architectures=["LlamaForCausalLM"], attention_bias=False, mlp_bias=False)
   if arch in ("gemma2", "gemma3"):
     window = _meta(metadata, a + "attention.sliding_window", where, int)
@@ -220,6 +232,17 @@ def hf_config(arch: str, metadata: Mapping[str, object], has_output: bool, where
     if "tokenizer.ggml." + gguf_key in metadata:
       config[hf_key] = _meta(metadata, "tokenizer.ggml." + gguf_key, where, int)
   return config
+
+
+def _moe(metadata: Mapping[str, object], a: str, arch: str, experts: int, where: str) -> dict[str, object]:
+  """The mixture-of-experts keys of a Mixtral (``llama`` arch) or Qwen2-MoE config."""
+  used = _meta(metadata, a + "expert_used_count", where, int)
+  if arch == "llama":
+    return {"num_local_experts": experts, "num_experts_per_tok": used}
+  return {"num_experts": experts, "num_experts_per_tok": used, "qkv_bias": True,
+          "moe_intermediate_size": _meta(metadata, a + "expert_feed_forward_length", where, int),
+          "shared_expert_intermediate_size": _meta(metadata, a + "expert_shared_feed_forward_length", where, int),
+          "norm_topk_prob": _meta(metadata, a + "expert_weights_norm", where, bool, default=False)}
 
 
 def llama_config(metadata: Mapping[str, object], has_output: bool, where: str) -> dict[str, object]:
@@ -345,22 +368,7 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
     config["rope_parameters"] = llama3_rope(factors, config["rope_parameters"]["rope_theta"], config["head_dim"],
                                             where)
   spec = families.family_spec(config, where)
-  to_hf = name_map(arch, spec)
-  readers, shapes, dtypes = {}, {}, {}
-  for tensor in reader.tensors:
-    if tensor.name == "rope_freqs.weight":
-      continue  # read into the config above
-    name = to_hf.get(tensor.name)
-    if name is None:
-      raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} has no Hugging Face {spec.family} equivalent; "
-                           f"known: {', '.join(sorted(to_hf)[:8])} ...")
-    if name in readers:
-      raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
-    fixes = [f for f in (_fixup(arch, config, name), _transposed if name in spec.conv1d else None) if f]
-    readers[name] = functools.partial(_dequantized, tensor, path, tuple(fixes), name)
-    shape = tuple(int(d) for d in reversed(tensor.shape))
-    shapes[name] = shape[::-1] if name in spec.conv1d else shape
-    dtypes[name] = tensor.tensor_type.name
+  readers, shapes, dtypes = _tensor_readers(reader, path, arch, config, spec)
   params = LazyTensors(readers, shapes, dtypes, where=where, keep_open=(reader,))
   try:  # the weights are usable without a tokenizer (compression needs none unless it calibrates or evaluates)
     tokenizer_files, tokenizer_error = tokenizer_files_from_gguf(metadata, where), None
@@ -368,6 +376,69 @@ def read_gguf(path: str | pathlib.Path) -> RawCheckpoint:
     tokenizer_files, tokenizer_error = {}, str(e)
   return RawCheckpoint(params=params, config=config, tokenizer_files=tokenizer_files, source_dtypes=dtypes,
                        tokenizer_error=tokenizer_error)
+
+
+def _tensor_readers(reader, path: pathlib.Path, arch: str, config: dict, spec) -> tuple[dict, dict, dict]:
+  """``(readers, shapes, dtypes)`` of every Hugging Face tensor, each reader dequantizing its GGUF tensor (or its
+  expert's slice of a merged one) and undoing llama.cpp's conventions."""
+  where = str(path)
+  to_hf = name_map(arch, spec)
+  readers, shapes, dtypes = {}, {}, {}
+  for tensor in reader.tensors:
+    if tensor.name == "rope_freqs.weight":
+      continue  # read into the config
+    target = to_hf.get(tensor.name)
+    if target is None:
+      raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} has no Hugging Face {spec.family} equivalent; "
+                           f"known: {', '.join(sorted(to_hf)[:8])} ...")
+    names = [target] if isinstance(target, str) else target
+    gguf_shape = tuple(int(d) for d in reversed(tensor.shape))
+    merged = None if isinstance(target, str) else _Merged(tensor, path, len(names))
+    for e, name in enumerate(names):
+      if name in readers:
+        raise ModelLoadError(f"{where}: GGUF tensor {tensor.name!r} appears twice")
+      fixes = tuple(f for f in (_fixup(arch, config, name), _transposed if name in spec.conv1d else None) if f)
+      expected = spec.expected_shape(name)
+      if merged is not None:
+        readers[name] = functools.partial(merged.expert, e, fixes)
+        shape = gguf_shape[1:]
+      else:
+        readers[name] = functools.partial(_dequantized, tensor, path, fixes, name, expected)
+        shape = expected if expected and _same_but_ones(expected, gguf_shape) else gguf_shape
+      shapes[name] = shape[::-1] if name in spec.conv1d else shape
+      dtypes[name] = tensor.tensor_type.name
+  return readers, shapes, dtypes
+
+
+def _same_but_ones(a, b) -> bool:
+  """Whether two shapes differ only by axes of size 1 (llama.cpp drops them: ``(1, H)`` is stored ``[H]``)."""
+  return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
+
+
+class _Merged:
+  """A merged ``[experts, rows, cols]`` GGUF tensor read once for all its experts (the last one read is kept, so a
+  layer's experts, encoded together, cost one dequantization)."""
+
+  def __init__(self, tensor, path: pathlib.Path, experts: int):
+    self.tensor, self.path, self.experts = tensor, path, experts
+    self._array: np.ndarray | None = None
+    self._done: set[int] = set()
+    self._lock = threading.Lock()
+
+  def expert(self, e: int, fixes: tuple) -> np.ndarray:
+    with self._lock:
+      if self._array is None:
+        self._array = _dequantized(self.tensor, self.path, (), self.tensor.name, None)
+        if self._array.shape[0] != self.experts:
+          raise ShapeError(f"{self.path}: merged tensor {self.tensor.name!r} holds {self._array.shape[0]} experts; "
+                           f"the metadata says {self.experts}")
+      array = np.array(self._array[e])
+      self._done.add(e)
+      if len(self._done) == self.experts:  # every expert handed out: drop the whole tensor
+        self._array, self._done = None, set()
+    for fix in fixes:
+      array = fix(array, self.tensor.name)
+    return array
 
 
 def _stored_bytes(tensor, path: pathlib.Path) -> np.ndarray:
@@ -380,7 +451,7 @@ def _stored_bytes(tensor, path: pathlib.Path) -> np.ndarray:
   return data.reshape(view.shape)
 
 
-def _dequantized(tensor, path: pathlib.Path, fixes: tuple, name: str) -> np.ndarray:
+def _dequantized(tensor, path: pathlib.Path, fixes: tuple, name: str, expected_hf=None) -> np.ndarray:
   """One GGUF tensor as a fresh float32 array in Hugging Face layout (llama.cpp's conventions undone by
   ``fixes``)."""
   import gguf  # pylint: disable=g-import-not-at-top
@@ -397,6 +468,8 @@ def _dequantized(tensor, path: pathlib.Path, fixes: tuple, name: str) -> np.ndar
   if array.shape != expected:
     raise ShapeError(f"{where}: tensor {tensor.name!r} dequantized to shape {array.shape}; its GGUF shape "
                      f"{list(map(int, tensor.shape))} reversed is {expected}")
+  if expected_hf is not None and array.shape != tuple(expected_hf) and _same_but_ones(expected_hf, array.shape):
+    array = array.reshape(expected_hf)  # e.g. Qwen2-MoE's shared-expert gate, (1, H) in HF, [H] in llama.cpp
   for fix in fixes:
     try:
       array = fix(array, tensor.name)
