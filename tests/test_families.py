@@ -334,3 +334,26 @@ def test_llama3_rope_is_recovered_from_llama_cpp_factors():
   bumpy[40] *= 1.5
   with pytest.raises(ModelLoadError, match="not llama.cpp's 'llama3' scaling"):
     gguf_file.llama3_rope(bumpy, 500000.0, 128, "x")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2_moe", "gemma3"])
+def test_bf16_sharded_checkpoints_load_like_the_float32_one(name, tmp_path):
+  """The same checkpoint saved as bf16 in three shards with Hugging Face's index: the same names, shapes and layout
+  (Conv1D included), values rounded to bf16."""
+  import ml_dtypes
+  folder = _copy(name, tmp_path)
+  tensors = safetensors.numpy.load_file(folder / "model.safetensors")
+  (folder / "model.safetensors").unlink()
+  names = sorted(tensors)
+  parts = [names[i::3] for i in range(3)]
+  weight_map = {}
+  for k, part in enumerate(parts):
+    file = f"model-{k + 1:05d}-of-00003.safetensors"
+    safetensors.numpy.save_file({n: tensors[n].astype(ml_dtypes.bfloat16) for n in part}, folder / file)
+    weight_map.update({n: file for n in part})
+  (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+  bf16, f32 = load_model(str(folder)), load_model(str(FIXTURES / name))
+  assert bf16.layout == f32.layout and set(bf16.params) == set(f32.params)
+  for k, a in bf16.params.items():
+    expected = f32.params[k].astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert a.shape == expected.shape and np.array_equal(a, expected), k
