@@ -82,7 +82,7 @@ def test_compress_decode_export_keeps_the_model(family, tmp_path):
   assert rel < 0.05, (name, rel)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "phi3", "mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("name", ["gpt2", "qwen2_moe"])
 def test_sequential_gptq_on_fused_projections_and_experts(name):
   """GPTQ with sequential calibration: fused qkv/gate_up read the attention/MLP inputs, each expert the rows of
   the tokens routed to it; and it lowers the output error of every matrix against plain rounding."""
