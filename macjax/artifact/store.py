@@ -304,9 +304,7 @@ class ArtifactWriter:
       json.dumps(record)
     except TypeError as e:
       raise ArtifactError(f"unit {unit}: its record is not JSON-serializable: {e}") from e
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      _ocp().save_pytree(folder, {k: np.ascontiguousarray(v) for k, v in buckets.items()})
+    save_buckets(folder, buckets)
     _write_json(self.partial / UNITS_DIR / f"{unit}.json", record)
     return record
 
@@ -369,6 +367,13 @@ def save(path: str | os.PathLike, units: Mapping[str, tuple[Mapping[str, np.ndar
     return writer.finish(manifest, assets)
   finally:
     writer.close()
+
+
+def save_buckets(folder: str | os.PathLike, buckets: Mapping[str, np.ndarray]) -> None:
+  """Writes one unit's buckets as an Orbax checkpoint at ``folder`` (which must not exist)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    _ocp().save_pytree(pathlib.Path(folder).absolute(), {k: np.ascontiguousarray(v) for k, v in buckets.items()})
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
