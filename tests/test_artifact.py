@@ -280,12 +280,15 @@ def test_helpers_join_only_a_running_primary_with_the_same_process_count(tmp_pat
   artifact.load(primary.finish({}))
 
 
-@pytest.mark.parametrize("edit, pattern", [
-    (lambda b: b.update(shape=[2**50]), "claims"),
-    (lambda b: b.update(shape=[4, 4]), "malformed bucket table"),
-    (lambda b: b.update(dtype="object"), "malformed bucket table"),
-], ids=["allocation-bomb", "not-flat", "object-dtype"])
-def test_bucket_table_is_checked_before_anything_is_allocated(tmp_path, edit, pattern):
+@pytest.mark.parametrize("edit, pattern, in_memory", [
+    (lambda b: b.update(shape=[2**50]), r"shape\[0\] is 1125899906842624; expected an int in", "claims"),
+    (lambda b: b.update(shape=[2**35]), r"claims", "claims"),  # within the manifest's bounds, not the disk's
+    (lambda b: b.update(shape=[4, 4]), r"shape is \[4, 4\]; expected a list of 1 ints", "malformed bucket table"),
+    (lambda b: b.update(dtype="object"), r"dtype is 'object'; expected one of", "malformed bucket table"),
+], ids=["allocation-bomb", "more-than-on-disk", "not-flat", "object-dtype"])
+def test_bucket_table_is_checked_before_anything_is_allocated(tmp_path, edit, pattern, in_memory):
+  """Opening the artifact validates the manifest (macjax.artifact.validate); a unit loaded with a manifest given in
+  memory is checked again by load_unit, against the bytes on disk."""
   path, _, _ = _save(tmp_path)
   meta = pathlib.Path(path) / "manifest.json"
   d = json.loads(meta.read_text())
@@ -293,3 +296,5 @@ def test_bucket_table_is_checked_before_anything_is_allocated(tmp_path, edit, pa
   meta.write_text(json.dumps(d))
   with pytest.raises(ArtifactError, match=pattern):
     artifact.load(path)
+  with pytest.raises(ArtifactError, match=in_memory):
+    artifact.load_unit(path, d, "globals")

@@ -172,8 +172,7 @@ def _deadline(seconds: float):
     signal.signal(signal.SIGALRM, old)
 
 
-def classify(path: pathlib.Path, reference: dict[str, str], timeout: float) -> tuple[str, str]:
-  """``(outcome, message)`` of reading one damaged copy."""
+def _outcome(path: pathlib.Path, reference: dict[str, str], timeout: float) -> tuple[str, str]:
   try:
     with _deadline(timeout):
       got = read_all(path)
@@ -183,15 +182,66 @@ def classify(path: pathlib.Path, reference: dict[str, str], timeout: float) -> t
     return "clean_error", str(e)[:300]
   except Exception as e:  # pylint: disable=broad-except  (what the harness is looking for)
     return "crash", f"{type(e).__name__}: {str(e)[:300]}"
-  return ("harmless", "") if got == reference else ("wrong_weights", f"{sum(got.get(k) != v for k, v in reference.items())} "
-                                                                     "tensors differ")
+  if got == reference:
+    return "harmless", ""
+  return "wrong_weights", f"{sum(got.get(k) != v for k, v in reference.items())} tensors differ"
+
+
+def classify(path: pathlib.Path, reference: dict[str, str], timeout: float) -> tuple[str, str]:
+  """``(outcome, message)`` of reading one damaged copy, in this process."""
+  return _outcome(path, reference, timeout)
+
+
+def _quiet() -> None:
+  import logging  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  logging.disable(logging.CRITICAL)
+  warnings.simplefilter("ignore")
+
+
+class _Isolated:
+  """Reads in a child process (spawned once, replaced when a read kills it): an abort or an out-of-memory kill in
+  a decoder is then a ``crash`` outcome, not the end of the run."""
+
+  def __init__(self, timeout: float):
+    self.timeout, self.pool = timeout, None
+
+  def _pool(self):
+    import concurrent.futures  # pylint: disable=g-import-not-at-top
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    if self.pool is None:
+      self.pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                         initializer=_quiet)
+    return self.pool
+
+  def __call__(self, path: pathlib.Path, reference: dict[str, str]) -> tuple[str, str]:
+    import concurrent.futures  # pylint: disable=g-import-not-at-top
+    future = self._pool().submit(_outcome, path, reference, self.timeout)
+    try:
+      return future.result(timeout=self.timeout + 60)
+    except concurrent.futures.process.BrokenProcessPool as e:
+      self.close()
+      return "crash", f"the reading process died ({e})"
+    except concurrent.futures.TimeoutError:
+      self.close(kill=True)
+      return "hang", f"no answer within {self.timeout + 60} s"
+
+  def close(self, kill: bool = False) -> None:
+    if self.pool is not None:
+      if kill:
+        for p in list(getattr(self.pool, "_processes", {}).values()):
+          p.kill()
+      self.pool.shutdown(wait=False, cancel_futures=True)
+      self.pool = None
 
 
 def run(path: str | pathlib.Path, *, cases: int = 300, seed: int = 0, timeout: float = 60.0,
-        kinds: tuple[str, ...] = KINDS, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+        kinds: tuple[str, ...] = KINDS, isolate: bool = False,
+        say: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Damages ``cases`` copies of the artifact ``path`` (kinds in turn, positions from ``seed``) and classifies
-  each read (module docstring). Returns ``{"outcomes": {outcome: count}, "by_kind": ..., "defects": [cases],
-  "cases": n, "seconds": ...}``."""
+  each read (module docstring); ``isolate`` reads in a child process, so that a read that kills its process is
+  counted rather than ending the run. Returns ``{"outcomes": {outcome: count}, "by_kind": ..., "defects":
+  [cases], "cases": n, "seconds": ...}``."""
   path = pathlib.Path(path).absolute()
   reference = read_all(path)
   rng = np.random.default_rng(seed)
@@ -199,13 +249,16 @@ def run(path: str | pathlib.Path, *, cases: int = 300, seed: int = 0, timeout: f
   by_kind = {k: {o: 0 for o in OUTCOMES} for k in kinds}
   defects: list[dict] = []
   t0 = time.perf_counter()
-  with tempfile.TemporaryDirectory(prefix="macjax-fuzz-") as tmp:
+  read = _Isolated(timeout) if isolate else (lambda p, ref: classify(p, ref, timeout))
+  with tempfile.TemporaryDirectory(prefix="macjax-fuzz-") as tmp, contextlib.ExitStack() as stack:
+    if isolate:
+      stack.callback(read.close)
     for i in range(cases):
       kind = kinds[i % len(kinds)]
       copy = pathlib.Path(tmp) / f"case{i:06d}"
       shutil.copytree(path, copy)
       case = Case(i, kind, MUTATIONS[kind](rng, copy))
-      case.outcome, case.message = classify(copy, reference, timeout)
+      case.outcome, case.message = read(copy, reference)
       counts[case.outcome] += 1
       by_kind[kind][case.outcome] += 1
       if case.outcome in DEFECTS:

@@ -404,6 +404,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
                         f"{FORMAT_VERSION}")
   if not isinstance(manifest.get("units"), dict):
     raise ArtifactError(f"{path}: manifest has no unit table")
+  from macjax.artifact import validate  # pylint: disable=g-import-not-at-top
+  validate.check_manifest(manifest, str(path))
   return manifest
 
 

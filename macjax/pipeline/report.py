@@ -44,7 +44,7 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
   block_params = int(sum(int(np.prod(r["shape"])) for r in block.values()))
   block_bits = {k: int(sum(r["bits"].get(k, 0) for r in list(block.values()) + list(shared.values())))
                 for k in ("codes", "tables", "scales", "transform", "theta")}
-  coded = sum(r["bits"]["codes"] for r in tensors.values() if "information_bits" in r)
+  coded = sum(r["bits"].get("codes", 0) for r in tensors.values() if "information_bits" in r)
   info = sum(r["information_bits"] for r in tensors.values() if "information_bits" in r)
   weight_bytes = sizes["total"] - sizes["assets"]
   by_group = {}
@@ -55,15 +55,14 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
     if group == "block":
       bits += int(sum(sum(r["bits"].values()) for r in shared.values()))
     by_group[group] = {"params": n, "bits": bits, "bits_per_weight": bits / n if n else 0.0}
-  fit_report = {
-      r["role"]: {"theta_bits": r["bits"]["theta"],
-                  "theta_bits_per_weight": r["bits"]["theta"] / int(np.prod(r["shape"])),
-                  "residual_bits_per_weight": sum(sum(b["bits"].get(k, 0) for k in ("codes", "tables", "scales"))
-                                                  for b in block.values() if b.get("fit") == r["role"])
-                                              / int(np.prod(r["shape"])),
-                  "explained_energy": r["explained_energy"],
-                  "explained_energy_per_layer": r["explained_energy_per_layer"]}
-      for r in fits.values()}
+  fit_report = {}
+  for r in fits.values():
+    family, n = r.get("family", r["role"]), max(int(np.prod(r["shape"])), 1)
+    residual = sum(sum(b["bits"].get(k, 0) for k in ("codes", "tables", "scales"))
+                   for b in block.values() if b.get("fit") == family)
+    fit_report[family] = {"theta_bits": r["bits"].get("theta", 0), "theta_bits_per_weight": r["bits"].get("theta", 0) / n,
+                          "residual_bits_per_weight": residual / n, "explained_energy": r.get("explained_energy"),
+                          "explained_energy_per_layer": r.get("explained_energy_per_layer")}
   return {
       "source": manifest.get("source"),
       "family": manifest["layout"]["family"],
