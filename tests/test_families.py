@@ -357,3 +357,35 @@ def test_bf16_sharded_checkpoints_load_like_the_float32_one(name, tmp_path):
   for k, a in bf16.params.items():
     expected = f32.params[k].astype(ml_dtypes.bfloat16).astype(np.float32)
     assert a.shape == expected.shape and np.array_equal(a, expected), k
+
+
+def test_a_broken_tokenizer_json_leaves_the_weights_usable(tmp_path):
+  """tokenizer.json that `tokenizers` cannot build: the model loads and compresses without text; what needs text
+  is refused up front, naming the file (no traceback)."""
+  from macjax import cli
+  folder = _copy("qwen2", tmp_path)
+  (folder / "tokenizer.json").write_text('{"garbage')
+  model = load_model(str(folder))
+  assert "tokenizer.json is not a tokenizer" in model.tokenizer_error
+  args = ["compress", str(folder), "--out", str(tmp_path / "art")]
+  assert cli.main(args) == 2 and not (tmp_path / "art").exists()
+  assert cli.main(args + ["--no-eval"]) == 0
+
+
+@pytest.mark.parametrize("shape", [(0, 32), (96 * 32,), (96, 32, 1), (32, 96)], ids=["zero-rows", "1-d", "3-d",
+                                                                                     "transposed"])
+def test_odd_tensor_shapes_are_refused_by_name(tmp_path, shape):
+  folder = _copy("phi3", tmp_path)
+  tensors = safetensors.numpy.load_file(folder / "model.safetensors")
+  tensors["model.layers.0.mlp.gate_up_proj.weight"] = np.zeros(shape, np.float32)
+  safetensors.numpy.save_file(tensors, folder / "model.safetensors")
+  with pytest.raises(ShapeError, match=r"model\.layers\.0\.mlp\.gate_up_proj\.weight.*has shape"):
+    load_model(str(folder))
+
+
+def test_a_weights_file_that_is_a_symlink_to_something_else_is_refused(tmp_path):
+  folder = _copy("gpt2", tmp_path)
+  (folder / "model.safetensors").unlink()
+  (folder / "model.safetensors").symlink_to(folder / "config.json")
+  with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
+    load_model(str(folder))

@@ -111,8 +111,11 @@ def tokenizer_for(model):
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
 
   files = getattr(model, "tokenizer_files", None) or {}
+  why = getattr(model, "tokenizer_error", None)
+  if "tokenizer.json" in files and why:
+    raise ModelLoadError(f"text: {why}; calibration and evaluation need text, so run without them (--no-eval, "
+                         "no GPTQ)")
   if "tokenizer.json" not in files:
-    why = getattr(model, "tokenizer_error", None)
     raise ModelLoadError(f"text: model {getattr(model, 'source', '?')!r} has no 'tokenizer.json' in its tokenizer "
                          f"files (found {sorted(files)})" + (f": {why}; calibration and evaluation need text, so "
                                                              "run without them (--no-eval, no GPTQ)" if why else ""))

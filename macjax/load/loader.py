@@ -73,6 +73,19 @@ def check_params(params: Mapping[str, np.ndarray], config: Mapping[str, object],
   return params, spec
 
 
+def _tokenizer_problem(files: Mapping[str, bytes], where: str) -> str | None:
+  """Why ``tokenizer.json`` cannot be used (not UTF-8, not a tokenizer ``tokenizers`` can build), else None. The
+  weights stay usable; what needs text refuses with this reason."""
+  if "tokenizer.json" not in files:
+    return None
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  try:
+    tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
+  except Exception as e:  # pylint: disable=broad-except  (tokenizers raises a bare Exception)
+    return f"{where}: tokenizer.json is not a tokenizer that `tokenizers` can build ({str(e)[:200]})"
+  return None
+
+
 def resolve_source(source: str) -> pathlib.Path:
   """The local path of a model alias or path (see :func:`load_model`)."""
   if registry.is_alias(source):
@@ -117,6 +130,8 @@ def open_model(source: str) -> Model:
   else:
     raise ModelLoadError(f"{where}: neither a folder with config.json nor a .gguf file")
   params, spec = check_params(raw.params, raw.config, where)
+  if raw.tokenizer_error is None:
+    raw.tokenizer_error = _tokenizer_problem(raw.tokenizer_files, where)
   return Model(params=params, layout=families.build_layout(spec, raw.config), source=source,
                tokenizer_files=raw.tokenizer_files,
                source_dtypes={n: raw.source_dtypes[n] for n in params if n in raw.source_dtypes},

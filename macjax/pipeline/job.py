@@ -136,8 +136,8 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   model = open_model(source)
   do_eval = config.evaluate.enabled if evaluate is None else evaluate
   if model.tokenizer_error and (do_eval or needs_calibration(config)):
-    raise ModelLoadError(f"{source}: {model.tokenizer_error}; evaluation and calibration need the tokenizer: run "
-                         "with --no-eval and a config without calibration (no GPTQ), or from a Hugging Face folder")
+    raise ModelLoadError(f"{model.tokenizer_error}; evaluation and calibration need the tokenizer: run with "
+                         "--no-eval and a config without calibration (no GPTQ)")
   if not streams(config):
     progress.say("this config makes a pass over the whole model first ([rewrite], whole-model calibration, "
                  "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it")
