@@ -5,7 +5,8 @@ Each case copies a (small) artifact, damages the copy in one way and reads it th
 
 * ``truncate`` / ``flip`` / ``delete``: a random file of the folder cut short, a few bits flipped, or removed;
 * ``manifest``: one random field of ``manifest.json`` replaced by a hostile value (negative, huge, zero, wrong type,
-  missing) — the manifest is trusted by nothing downstream;
+  missing) and the manifest's checksum recomputed, as an attacker would (accidental damage to the manifest is the
+  ``truncate``/``flip`` cases, which its checksum catches);
 * ``bitstream``: a random run of one bucket's bytes rewritten, *and its SHA-256 in the manifest rewritten to match*,
   as an attacker would, so that the damage reaches the decoders.
 
@@ -112,7 +113,8 @@ def _manifest(rng, folder: pathlib.Path) -> str:
     del parent[path[-1]]
   else:
     parent[path[-1]] = value
-  (folder / "manifest.json").write_text(json.dumps(m))
+  from macjax.artifact import store  # pylint: disable=g-import-not-at-top
+  (folder / "manifest.json").write_text(json.dumps(store.seal(m)))  # checksum recomputed: a hostile edit
   return f"manifest {'/'.join(map(str, path))} = {value!r}"
 
 
@@ -136,7 +138,7 @@ def _bitstream(rng, folder: pathlib.Path) -> str:
   shutil.rmtree(folder / store.UNITS_DIR / unit)
   store.save_buckets(folder / store.UNITS_DIR / unit, buckets)
   m["units"][unit]["buckets"][name]["sha256"] = store.sha256_of(a)
-  (folder / "manifest.json").write_text(json.dumps(m))
+  (folder / "manifest.json").write_text(json.dumps(store.seal(m)))
   return f"{unit}/{name}[{start}:{stop}] rewritten, SHA-256 rewritten"
 
 

@@ -1,6 +1,6 @@
 """Saving and restoring artifacts: the one module that touches the artifact's files.
 
-An artifact (format 2) is a folder written one *unit* at a time, so that neither side ever holds the whole model::
+An artifact (format 3) is a folder written one *unit* at a time, so that neither side ever holds the whole model::
 
     ARTIFACT/
       manifest.json        JSON: format, version, config, source, layout, per-tensor records, and per unit the
@@ -51,7 +51,7 @@ import numpy as np
 from macjax.errors import ArtifactError
 
 FORMAT = "macjax-artifact"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: manifest.json carries a SHA-256 of itself (see docs/FORMAT.md)
 MANIFEST = "manifest.json"
 UNITS_DIR = "units"
 ASSETS_DIR = "assets"
@@ -310,7 +310,8 @@ class ArtifactWriter:
 
   def finish(self, manifest: dict, assets: Mapping[str, bytes] | None = None) -> pathlib.Path:
     """Writes the manifest (with the ``units`` table of every finished unit) and the assets, and moves the
-    artifact into place. ``format``, ``format_version``, ``units`` and ``assets`` are set here.
+    artifact into place. ``format``, ``format_version``, ``units``, ``assets`` and the manifest's ``checksum`` are
+    set here.
 
     Raises:
       ArtifactError: the manifest is not JSON-serializable, an asset name is not allowed, or ``path`` appeared
@@ -335,7 +336,7 @@ class ArtifactWriter:
       (self.partial / ASSETS_DIR).mkdir(exist_ok=True)
       for name, content in assets.items():
         (self.partial / ASSETS_DIR / name).write_bytes(content)
-    _write_json(self.partial / MANIFEST, manifest)
+    _write_json(self.partial / MANIFEST, seal(manifest))
     # The records now live in the manifest; the fingerprint goes last, so that a kill in between still resumes.
     for unit in units:
       (self.partial / UNITS_DIR / f"{unit}.json").unlink()
@@ -367,6 +368,18 @@ def save(path: str | os.PathLike, units: Mapping[str, tuple[Mapping[str, np.ndar
     return writer.finish(manifest, assets)
   finally:
     writer.close()
+
+
+def manifest_checksum(manifest: Mapping) -> str:
+  """SHA-256 of the manifest's canonical JSON (sorted keys, no spaces), its ``checksum`` field left out."""
+  body = {k: v for k, v in manifest.items() if k != "checksum"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def seal(manifest: dict) -> dict:
+  """``manifest`` with its ``checksum`` set (what :class:`ArtifactWriter` writes)."""
+  manifest["checksum"] = {"sha256": manifest_checksum(manifest)}
+  return manifest
 
 
 def save_buckets(folder: str | os.PathLike, buckets: Mapping[str, np.ndarray]) -> None:
@@ -402,6 +415,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
   if version != FORMAT_VERSION:
     raise ArtifactError(f"{path}: written by artifact format {version!r}, this macjax reads format "
                         f"{FORMAT_VERSION}")
+  checksum = manifest.get("checksum")
+  if not isinstance(checksum, dict) or checksum.get("sha256") != manifest_checksum(manifest):
+    raise ArtifactError(f"{path}: {MANIFEST} does not match its checksum: it was damaged or edited")
   if not isinstance(manifest.get("units"), dict):
     raise ArtifactError(f"{path}: manifest has no unit table")
   from macjax.artifact import validate  # pylint: disable=g-import-not-at-top
