@@ -174,7 +174,8 @@ def _deadline(seconds: float):
     signal.signal(signal.SIGALRM, old)
 
 
-def _outcome(path: pathlib.Path, reference: dict[str, str], timeout: float) -> tuple[str, str]:
+def classify(path: pathlib.Path, reference: dict[str, str], timeout: float) -> tuple[str, str]:
+  """``(outcome, message)`` of reading one damaged copy, in this process."""
   try:
     with _deadline(timeout):
       got = read_all(path)
@@ -187,11 +188,6 @@ def _outcome(path: pathlib.Path, reference: dict[str, str], timeout: float) -> t
   if got == reference:
     return "harmless", ""
   return "wrong_weights", f"{sum(got.get(k) != v for k, v in reference.items())} tensors differ"
-
-
-def classify(path: pathlib.Path, reference: dict[str, str], timeout: float) -> tuple[str, str]:
-  """``(outcome, message)`` of reading one damaged copy, in this process."""
-  return _outcome(path, reference, timeout)
 
 
 def _quiet() -> None:
@@ -218,7 +214,7 @@ class _Isolated:
 
   def __call__(self, path: pathlib.Path, reference: dict[str, str]) -> tuple[str, str]:
     import concurrent.futures  # pylint: disable=g-import-not-at-top
-    future = self._pool().submit(_outcome, path, reference, self.timeout)
+    future = self._pool().submit(classify, path, reference, self.timeout)
     try:
       return future.result(timeout=self.timeout + 60)
     except concurrent.futures.process.BrokenProcessPool as e:

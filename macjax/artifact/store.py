@@ -473,7 +473,7 @@ def load_unit(path: str | os.PathLike, manifest: dict, unit: str) -> dict[str, n
 
 #: How many times its bytes on disk a unit's buckets may claim (see :func:`load_unit`).
 MAX_EXPANSION = 4096
-_BUCKET_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float16", "float32", "float64",
+BUCKET_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float16", "float32", "float64",
                   "bool")
 
 
@@ -481,8 +481,8 @@ def _bucket_spec(b: dict) -> tuple[int, str]:
   """``(elements, dtype)`` of a bucket table entry: a flat array of a known dtype."""
   shape, dtype = b["shape"], b["dtype"]
   if (not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) or isinstance(shape[0], bool)
-      or shape[0] < 0 or dtype not in _BUCKET_DTYPES):
-    raise ValueError(f"bucket entry {b!r}: expected a flat shape [n] and one of {_BUCKET_DTYPES}")
+      or shape[0] < 0 or dtype not in BUCKET_DTYPES):
+    raise ValueError(f"bucket entry {b!r}: expected a flat shape [n] and one of {BUCKET_DTYPES}")
   return shape[0], dtype
 
 

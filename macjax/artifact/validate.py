@@ -15,11 +15,10 @@ import math
 import re
 from typing import Any, Mapping
 
+from macjax.artifact.store import BUCKET_DTYPES
 from macjax.errors import ArtifactError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_BUCKET_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float16", "float32", "float64",
-                  "bool")
 #: Elements of one bucket, part or tensor at most (2^40).
 MAX_ELEMENTS = 1 << 40
 _STATE_GROUPS = ("fit", "transform")
@@ -70,8 +69,8 @@ def _check_unit(name: str, unit: Any, where: str) -> None:
     what = f"unit {name!r} bucket {b!r}"
     entry = _dict(entry, where, what)
     sizes[b] = _shape(entry.get("shape"), where, f"{what} shape", ndim=(1,))[0]
-    if entry.get("dtype") not in _BUCKET_DTYPES:
-      raise _fail(where, f"{what} dtype", entry.get("dtype"), f"one of {_BUCKET_DTYPES}")
+    if entry.get("dtype") not in BUCKET_DTYPES:
+      raise _fail(where, f"{what} dtype", entry.get("dtype"), f"one of {BUCKET_DTYPES}")
     _sha(entry.get("sha256"), where, f"{what} sha256")
   for tensor, parts in _dict(unit.get("index"), where, f"unit {name!r} index").items():
     for part, loc in _dict(parts, where, f"unit {name!r} index of {tensor!r}").items():

@@ -80,10 +80,6 @@ class DecoderOptions:
   top_k: int = 0
   norm_topk: bool = False
 
-  @property
-  def kind(self) -> str:
-    return "moe" if self.num_experts else "dense"
-
 
 def _rope_params(config: Mapping[str, Any], layer_type: str | None) -> dict:
   rope = config.get("rope_parameters") or {}

@@ -245,11 +245,6 @@ def _moe(metadata: Mapping[str, object], a: str, arch: str, experts: int, where:
           "norm_topk_prob": _meta(metadata, a + "expert_weights_norm", where, bool, default=False)}
 
 
-def llama_config(metadata: Mapping[str, object], has_output: bool, where: str) -> dict[str, object]:
-  """:func:`hf_config` of a ``llama`` GGUF."""
-  return hf_config("llama", metadata, has_output, where)
-
-
 def llama3_rope(factors: np.ndarray, theta: float, head_dim: int, where: str) -> dict[str, object]:
   """Hugging Face's ``llama3`` RoPE parameters from llama.cpp's per-frequency factors (``rope_freqs``).
 

@@ -19,11 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from macjax.artifact.validate import MAX_ELEMENTS  # noqa: F401  (one bound for every reader)
 from macjax.errors import ArtifactError
 
 GROUPS = ("block", "other", "vector")
-#: At most this many elements per tensor (2^40: an allocation bound for records that were tampered with).
-MAX_ELEMENTS = 1 << 40
 
 
 @dataclasses.dataclass(frozen=True)
