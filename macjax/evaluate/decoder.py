@@ -70,7 +70,7 @@ class DecoderOptions:
   inv_freq: tuple[float, ...]     # RoPE frequencies (global layers)
   local_inv_freq: tuple[float, ...]  # RoPE frequencies of sliding layers (Gemma 3), else = inv_freq
   rotary_dim: int
-  attn_scale: float
+  attn_divisor: float            # scores are divided by it: √head_dim, or √query_pre_attn_scalar (Gemma)
   attn_softcap: float | None
   final_softcap: float | None
   embed_scale: float | None
@@ -186,7 +186,7 @@ def _read_options(config: dict) -> DecoderOptions:
       norm_eps=float(config.get("layer_norm_epsilon") or config.get("rms_norm_eps") or 1e-6),
       norm_offset=1.0 if gemma else 0.0, act=_act_of(family, config),
       positions="learned" if family == "gpt2" else "rope", inv_freq=inv, local_inv_freq=local, rotary_dim=rotary,
-      attn_scale=float(scalar) ** -0.5 if scalar else hd ** -0.5,
+      attn_divisor=float(np.sqrt(float(scalar) if scalar else hd)),
       attn_softcap=config.get("attn_logit_softcapping") if gemma else None,
       final_softcap=config.get("final_logit_softcapping") if gemma else None,
       embed_scale=float(np.float32(d["H"] ** 0.5)) if gemma else None,
@@ -380,7 +380,7 @@ def _attention(h, p, rope, sliding, opts: DecoderOptions):
     q, k = apply_rope(q, cos, sin, opts.rotary_dim), apply_rope(k, cos, sin, opts.rotary_dim)
   groups = opts.num_heads // opts.num_kv_heads
   q = q.reshape(batch, seq, opts.num_kv_heads, groups, opts.head_dim)
-  scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * np.float32(opts.attn_scale)
+  scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) / np.float32(opts.attn_divisor)
   if opts.attn_softcap:
     scores = opts.attn_softcap * jnp.tanh(scores / opts.attn_softcap)
   i, j = np.arange(seq)[:, None], np.arange(seq)[None, :]
