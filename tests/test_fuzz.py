@@ -41,7 +41,34 @@ def test_damaged_and_hostile_artifacts_fail_cleanly(tiny_artifact):
 def test_the_harness_sees_a_defect(tiny_artifact, monkeypatch):
   """A reader that decodes wrong weights without an error is classified as such (the harness can fail)."""
   reference = fuzz.read_all(tiny_artifact)
-  monkeypatch.setattr(fuzz, "read_all", lambda path: {**reference, next(iter(reference)): "0" * 64})
+  monkeypatch.setattr(fuzz, "read_all", lambda path, units=None: {**reference, next(iter(reference)): "0" * 64})
   assert fuzz.classify(tiny_artifact, reference, 10)[0] == "wrong_weights"
-  monkeypatch.setattr(fuzz, "read_all", lambda path: (_ for _ in ()).throw(KeyError("x")))
+  monkeypatch.setattr(fuzz, "read_all", lambda path, units=None: (_ for _ in ()).throw(KeyError("x")))
   assert fuzz.classify(tiny_artifact, reference, 10)[0] == "crash"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_decoding_only_reachable_units_changes_no_outcome(tiny_artifact):
+  """Focused reads (only the units a damage can reach) classify every case as reading everything does."""
+  logging.disable(logging.CRITICAL)
+  try:
+    runs = [fuzz.run(tiny_artifact, cases=60, seed=3, focus=focus) for focus in (True, False)]
+  finally:
+    logging.disable(logging.NOTSET)
+  assert runs[0]["by_kind"] == runs[1]["by_kind"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["smollm2-135m", "minilm-l6"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_default_models_artifacts_5000_cases_each(model, tmp_path):
+  """The issue's 10,000-case run on the real default models (benchmarks/fuzz_artifacts.py --real commits it)."""
+  compressed = compression.compress(load_model(model), config_lib.from_dict({"evaluate": {"enabled": False}}))
+  compression.save(tmp_path / "art", compressed)
+  logging.disable(logging.CRITICAL)
+  try:
+    summary = fuzz.run(tmp_path / "art", cases=5000, seed=0, isolate=True)
+  finally:
+    logging.disable(logging.NOTSET)
+  assert not summary["defects"], summary["defects"][:3]
+  assert summary["by_kind"]["bitstream"]["clean_error"] > 500
