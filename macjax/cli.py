@@ -124,8 +124,20 @@ def _run(args) -> int:
   return 0
 
 
+def _drop_closed_loop_callbacks(default=sys.unraisablehook):
+  """An unraisable-exception hook that drops TensorStore's late callbacks into the event loop Orbax closed after
+  a failed read or write (``RuntimeError: Event loop is closed``: noise, the failure itself is reported as one
+  error line); everything else goes to ``default``."""
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      default(unraisable)
+  return hook
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  sys.unraisablehook = _drop_closed_loop_callbacks()
   try:
     return _run(args)
   except MacjaxError as e:

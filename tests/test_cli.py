@@ -143,3 +143,45 @@ def test_process_index_out_of_range_is_a_user_error(capsys, tiny_llama_dir, tmp_
   code, _, err = _run(capsys, "compress", tiny_llama_dir, "--out", tmp_path / "a", "--no-eval", "--process-index",
                       "3", "--process-count", "2")
   _assert_user_error(code, err, "process index 3 of 2")
+
+
+def test_full_disk_while_compressing_then_resume(capsys, tiny_llama_dir, tmp_path, monkeypatch):
+  """A failing write (here: the second unit's Orbax save, as a full disk reports it) is one error line; nothing
+  looks finished; the same command then resumes and writes what an uninterrupted run writes."""
+  from macjax.artifact import store  # pylint: disable=g-import-not-at-top
+  real, saves = store._ocp(), []
+
+  class FullDisk:
+    def save_pytree(self, folder, tree):
+      saves.append(folder)
+      if len(saves) == 2:
+        (folder.parent / f"{folder.name}.orbax-checkpoint-tmp-1").mkdir()  # what Orbax leaves half-written
+        raise ValueError(f"RESOURCE_EXHAUSTED: Error writing in OCDBT database at {folder}: Failed to write 697509 "
+                         "bytes to file 18: No space left on device [os_error_code='28']\nmore lines")
+      return real.save_pytree(folder, tree)
+
+  art = tmp_path / "art"
+  monkeypatch.setattr(store, "_ocp", FullDisk)
+  code, _, err = _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval")
+  _assert_user_error(code, err, "writing unit", "No space left on device", "run the same command again to resume")
+  monkeypatch.undo()
+  assert not art.exists() and not list(tmp_path.rglob("*orbax-checkpoint-tmp*"))
+  code, _, err = _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval")
+  assert code == 0 and "resuming" in err
+  assert _run(capsys, "compress", tiny_llama_dir, "--out", tmp_path / "whole", "--no-eval")[0] == 0
+  units = [json.loads((p / "manifest.json").read_text())["units"] for p in (art, tmp_path / "whole")]
+  assert units[0] == units[1]
+
+
+def test_full_disk_while_decompressing(capsys, tiny_llama_dir, tmp_path, monkeypatch):
+  import safetensors  # pylint: disable=g-import-not-at-top
+  art = tmp_path / "art"
+  assert _run(capsys, "compress", tiny_llama_dir, "--out", art, "--no-eval")[0] == 0
+
+  def full(*args, **kwargs):
+    raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+  monkeypatch.setattr("safetensors.numpy.save_file", full)
+  code, _, err = _run(capsys, "decompress", art, "--out", tmp_path / "hf")
+  _assert_user_error(code, err, "writing failed, nothing was changed there", "No space left on device")
+  assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf*"))  # no half-written folder either

@@ -34,9 +34,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -135,11 +137,15 @@ def bucket_table(buckets: Mapping[str, np.ndarray]) -> dict[str, dict]:
 def _write_json(path: pathlib.Path, value) -> None:
   """Writes JSON atomically (a temporary sibling, flushed, renamed)."""
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(value, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def _read_json(path: pathlib.Path, what: str) -> dict:
@@ -304,9 +310,20 @@ class ArtifactWriter:
       json.dumps(record)
     except TypeError as e:
       raise ArtifactError(f"unit {unit}: its record is not JSON-serializable: {e}") from e
-    save_buckets(folder, buckets)
-    _write_json(self.partial / UNITS_DIR / f"{unit}.json", record)
+    with self._writing(f"unit {unit}"):
+      save_buckets(folder, buckets)
+      _write_json(self.partial / UNITS_DIR / f"{unit}.json", record)
     return record
+
+  @contextlib.contextmanager
+  def _writing(self, what: str):
+    """Reports a failed write (a full disk, ...) as one error that says where the finished units wait."""
+    try:
+      yield
+    except (OSError, ArtifactError) as e:
+      raise ArtifactError(f"{self.path}: writing {what} failed, nothing was moved into place ({e}); the units "
+                          f"finished so far are kept in {self.partial}: free space (or fix the cause) and run the same "
+                          f"command again to resume, or delete that folder") from e
 
   def finish(self, manifest: dict, assets: Mapping[str, bytes] | None = None) -> pathlib.Path:
     """Writes the manifest (with the ``units`` table of every finished unit) and the assets, and moves the
@@ -332,11 +349,12 @@ class ArtifactWriter:
       json.dumps(manifest)
     except TypeError as e:
       raise ArtifactError(f"artifact manifest is not JSON-serializable: {e}") from e
-    if assets:
-      (self.partial / ASSETS_DIR).mkdir(exist_ok=True)
-      for name, content in assets.items():
-        (self.partial / ASSETS_DIR / name).write_bytes(content)
-    _write_json(self.partial / MANIFEST, seal(manifest))
+    with self._writing("the manifest and assets"):
+      if assets:
+        (self.partial / ASSETS_DIR).mkdir(exist_ok=True)
+        for name, content in assets.items():
+          (self.partial / ASSETS_DIR / name).write_bytes(content)
+      _write_json(self.partial / MANIFEST, seal(manifest))
     # The records now live in the manifest; the fingerprint goes last, so that a kill in between still resumes.
     for unit in units:
       (self.partial / UNITS_DIR / f"{unit}.json").unlink()
@@ -383,10 +401,27 @@ def seal(manifest: dict) -> dict:
 
 
 def save_buckets(folder: str | os.PathLike, buckets: Mapping[str, np.ndarray]) -> None:
-  """Writes one unit's buckets as an Orbax checkpoint at ``folder`` (which must not exist)."""
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    _ocp().save_pytree(pathlib.Path(folder).absolute(), {k: np.ascontiguousarray(v) for k, v in buckets.items()})
+  """Writes one unit's buckets as an Orbax checkpoint at ``folder`` (which must not exist).
+
+  Raises:
+    ArtifactError: the write failed (a full disk, a read-only or vanished folder: Orbax and TensorStore report
+      these as ``OSError``, ``ValueError`` or their own types, so every failure is reported as this one).
+  """
+  folder = pathlib.Path(folder).absolute()
+  absl = logging.getLogger("absl")  # Orbax logs a failed write's traceback from its thread: the error says it all
+  level = absl.level
+  absl.setLevel(logging.CRITICAL)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      _ocp().save_pytree(folder, {k: np.ascontiguousarray(v) for k, v in buckets.items()})
+  except Exception as e:  # pylint: disable=broad-except  (see Raises)
+    for tmp in folder.parent.glob(f"{folder.name}.orbax-checkpoint-tmp*"):
+      shutil.rmtree(tmp, ignore_errors=True)  # Orbax's half-written temporary folder: it never looks finished
+    why = str(e).splitlines()[0][:400] if str(e) else type(e).__name__
+    raise ArtifactError(f"{folder}: writing failed ({why})") from e
+  finally:
+    absl.setLevel(level)
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -193,7 +193,7 @@ def export_hf_stream(tensors: Iterator[tuple[str, np.ndarray]], layout: ModelLay
       (tmp / name).write_bytes(bytes(blob))
     _prepare_out_dir(out, overwrite)  # again: another writer may have filled it meanwhile
     _move_into_place(tmp, out)
-  except OSError as e:
+  except (OSError, safetensors.SafetensorError) as e:  # e.g. a full disk (safetensors reports it as its own error)
     raise ExportError(f"out_dir {out}: writing failed, nothing was changed there ({e})") from e
   finally:
     shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move
