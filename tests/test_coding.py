@@ -205,6 +205,19 @@ def test_bad_header_value_raises(key, value):
     decode(c._replace(header=dict(c.header, **{key: value})))
 
 
+@pytest.mark.parametrize("model,extra", [("grouped", {"group_rows": 1}), ("classed", {"row_classes": 256,
+                                                                                     "col_classes": 256})])
+def test_header_asking_for_huge_tables_is_refused_before_allocating(model, extra):
+  """Every table is expanded to ``alphabet`` cells: 2^16 tables × 2^20 symbols would be 512 GiB (an allocation
+  bomb a hostile header could ask for within the tensor's size)."""
+  c = _coded()  # shape (64, 96)
+  h = dict(c.header, model=model, shape=[4096, 1], alphabet=1 << 20, **extra)
+  with pytest.raises(ArtifactError, match="table cells"):
+    decode(c._replace(header=h))
+  with pytest.raises(ConfigError, match="table cells"):
+    encode(np.array([[0], [1 << 19]] * 40, np.int32), group_rows=1)
+
+
 @pytest.mark.parametrize("shape", [[64, 97], [64, 95], [64]], ids=["more", "fewer", "far-fewer"])
 def test_header_shape_mismatch_raises(shape):
   c = _coded()  # shape (64, 96)

@@ -5,13 +5,18 @@ process, so that an abort would be counted, not end the test run."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import pathlib
+import re
 
 import pytest
 
 from macjax.artifact import fuzz
+from macjax.coding import codec
 from macjax.load import load_model
-from macjax.pipeline import compression, config as config_lib
+from macjax.pipeline import compression, config as config_lib, records
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +77,31 @@ def test_default_models_artifacts_5000_cases_each(model, tmp_path):
     logging.disable(logging.NOTSET)
   assert not summary["defects"], summary["defects"][:3]
   assert summary["by_kind"]["bitstream"]["clean_error"] > 500
+
+
+
+FORMAT_MD = pathlib.Path(__file__).parents[1] / "docs" / "FORMAT.md"
+
+
+def _section(title: str) -> str:
+  return FORMAT_MD.read_text().split(title + "\n", 1)[1].split("\n#", 1)[0]
+
+
+def _table_fields(title: str) -> set[str]:
+  """Field names in the first column of the table under ``title`` in docs/FORMAT.md."""
+  rows = [line.split("|")[1] for line in _section(title).splitlines() if line.startswith("| `")]
+  return {name for row in rows for name in re.findall(r"`([a-z_0-9]+)`", row)}
+
+
+def test_format_md_lists_what_the_code_writes(tiny_artifact):
+  """docs/FORMAT.md's field lists equal the manifest keys written, the tensor record's fields and the coder
+  header's keys (so the document cannot fall behind the code)."""
+  manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+  assert _table_fields("## manifest.json") == set(manifest)
+  documented = _table_fields("### Tensor records")
+  assert documented == {f.name for f in dataclasses.fields(records.TensorRecord)} - {"name"}
+  assert {k for r in manifest["tensors"].values() for k in r} <= documented
+  coder = _section("### Coded streams").split("The\nsymbols", 1)[0]
+  named = set(re.findall(r'"([a-z_]+)"', coder)) | set(re.findall(r"`([a-z_]+)`", coder))
+  assert named - {"grouped", "classed", "ans"} == (set(codec._HEADER_KEYS)  # pylint: disable=protected-access
+                                                            | {"group_rows", "row_classes", "col_classes"})

@@ -650,3 +650,37 @@ def test_gguf_pre_tokenizers_match_transformers(pre):
   tok = tokenizers.Tokenizer.from_str(
       tokenizer_files_from_gguf(fixture.tokenizer_metadata(pre), "t")["tokenizer.json"].decode())
   assert [tok.encode(t, add_special_tokens=False).ids for t in stored["texts"]] == stored["ids"][pre]
+
+
+def _lie(path: pathlib.Path, what: str) -> None:
+  """Edits one number of a GGUF header in place: counts, a string length, a tensor's dimension or data offset."""
+  data = bytearray(path.read_bytes())
+  u64 = lambda at, v: data.__setitem__(slice(at, at + 8), int(v).to_bytes(8, "little"))  # noqa: E731
+  name = b"token_embd.weight"
+  info = [i for i in range(len(data)) if data[i:i + len(name)] == name and
+          int.from_bytes(data[i - 8:i], "little") == len(name)][-1] + len(name)  # its tensor-info entry
+  n_dims = int.from_bytes(data[info:info + 4], "little")
+  if what == "tensor-count":
+    u64(8, 2 ** 60)
+  elif what == "kv-count":
+    u64(16, 2 ** 60)
+  elif what == "string-length":
+    u64(24, 2 ** 62)  # the first metadata key's length
+  elif what == "dimension":
+    u64(info + 4, 2 ** 40)
+  elif what == "offset":
+    u64(info + 4 + 8 * n_dims + 4, len(data) * 4)
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("what", ["tensor-count", "kv-count", "string-length", "dimension", "offset"])
+def test_lying_gguf_headers_are_refused(tmp_path, what):
+  """A GGUF whose header lies (counts, lengths, shapes or offsets past the end of the file) gives one clear error
+  when opened or when the tensor is read: no crash, no hang, no huge allocation."""
+  config = tiny_llama_config()
+  path = write_tiny_gguf(tmp_path / "l.gguf", config, tiny_llama_params(config))
+  _lie(path, what)
+  with pytest.raises(ModelLoadError, match=r"l\.gguf: corrupt or truncated GGUF file"):
+    model = load_model(str(path))
+    for name in model.names():
+      model[name]

@@ -50,6 +50,27 @@ _MAX_GROUPS = 1 << 16
 AUTO_CLASSES = ((2, 2), (4, 4), (8, 8))
 # Most histogram cells a grid's class search and context histograms may take (memory bound); auto skips beyond it.
 _MAX_ASSIGN_CELLS = 1 << 24
+#: Most probability-table cells (segments × alphabet, int64 each) a coded tensor of ``n`` symbols may ask for:
+#: ``MAX_TABLE_CELLS + 4·n``. The decoder expands every table to ``alphabet`` cells, so a header that asks for more
+#: is refused before anything is allocated (a hostile header could otherwise ask for 2^16 groups × 2^20 symbols).
+MAX_TABLE_CELLS = 1 << 24
+
+
+def _too_many_table_cells(header: dict, n: int) -> str:
+  """What is wrong when the header's tables would take more than ``MAX_TABLE_CELLS + 4·n`` cells, else ``""``."""
+  model = header["model"]
+  if model == "grouped":
+    rows = int(header["shape"][0])
+    contexts = -(-rows // header["group_rows"])
+  elif model == "classed":
+    contexts = header["row_classes"] * header["col_classes"]
+  else:
+    contexts = 1
+  cells = contexts * header["alphabet"] if model != "raw" else 0
+  if cells <= MAX_TABLE_CELLS + 4 * n:
+    return ""
+  return (f"{contexts} tables × alphabet {header['alphabet']} = {cells} table cells for {n} symbols, more than "
+          f"{MAX_TABLE_CELLS} + 4 per symbol")
 
 
 class CodedTensor(NamedTuple):
@@ -126,6 +147,9 @@ def _check_header(header) -> dict:
     if not (all(_is_int(k) and 1 <= k <= contexts.MAX_CLASSES for k in (rc, cc)) and len(shape) >= 1):
       raise ArtifactError(f"coded tensor header: a classed model needs int row_classes and col_classes in "
                           f"[1, {contexts.MAX_CLASSES}] and a shape of rank >= 1, got {rc!r}, {cc!r}, shape={shape!r}")
+  too_many = _too_many_table_cells(header, math.prod(int(d) for d in shape))
+  if too_many:
+    raise ArtifactError(f"coded tensor header: {too_many} (altered)")
   return header
 
 
@@ -434,6 +458,10 @@ def encode(codes, *, model: str = "histogram", table_bits: int = 16, group_rows:
           header, table, weights = classed, t, w
     else:
       header["model"], header["group_rows"] = "grouped", int(group_rows)
+      too_many = _too_many_table_cells(header, arr.size)
+      if too_many:
+        raise ConfigError(f"coding: group_rows={group_rows} on codes of shape {arr.shape}: {too_many}; use larger "
+                          "groups or a coarser quantizer")
       bounds = np.cumsum([0] + _segments(header))
       hists = np.array([np.bincount(sym[a:b], minlength=alphabet) for a, b in zip(bounds[:-1], bounds[1:])],
                        np.int64).reshape(-1, alphabet)
