@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True)
   c = sub.add_parser("compress", help="compress a model into an artifact and print a report")
   c.add_argument("model", help="alias (smollm2-135m, minilm-l6) or path to a HF folder / .gguf file")
-  c.add_argument("--config", help="TOML pipeline config (default: the built-in default, = configs/default.toml)")
+  c.add_argument("--config", default="default",
+                 help="a preset (default: the recommended operating point, = configs/default.toml; plain: no "
+                      "calibration, = configs/plain.toml) or a TOML pipeline config file")
   c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
   c.add_argument("--out", help="artifact folder to write (default: artifacts/<model name>)")
   c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
@@ -100,7 +102,7 @@ def _run(args) -> int:
   # Imported here so that `macjax --help` and argument errors answer at once.
   from macjax.pipeline import config as config_lib, job, report  # pylint: disable=g-import-not-at-top
   if args.command == "compress":
-    cfg = config_lib.load(args.config) if args.config else config_lib.PipelineConfig()
+    cfg = config_lib.load_or_preset(args.config)
     cfg = config_lib.with_overrides(cfg, args.set)
     out = pathlib.Path(args.out) if args.out else _default_out(args.model)
     index, count = process_slot(args.process_index, args.process_count, os.environ)

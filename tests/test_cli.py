@@ -185,3 +185,20 @@ def test_full_disk_while_decompressing(capsys, tiny_llama_dir, tmp_path, monkeyp
   code, _, err = _run(capsys, "decompress", art, "--out", tmp_path / "hf")
   _assert_user_error(code, err, "writing failed, nothing was changed there", "No space left on device")
   assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf*"))  # no half-written folder either
+
+
+def test_report_opens_with_the_source_file_and_says_when_it_is_quantized(capsys, tiny_llama_dir, tmp_path):
+  import gguf  # pylint: disable=g-import-not-at-top
+  from test_load import tiny_llama_config, write_tiny_gguf  # pylint: disable=g-import-not-at-top
+  config = tiny_llama_config()
+  q41 = write_tiny_gguf(tmp_path / "t.gguf", config, tiny_llama_params(config=config),
+                        qtype=gguf.GGMLQuantizationType.Q4_1)
+  for source, quantized in ((q41, True), (tiny_llama_dir, False)):
+    out = tmp_path / f"art-{quantized}"
+    code, text, _ = _run(capsys, "compress", source, "--out", out, "--no-eval", "--config", "plain")
+    lines = text.splitlines()
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    src = q41.stat().st_size if quantized else sum(f.stat().st_size for f in tiny_llama_dir.iterdir())
+    assert code == 0 and lines[0].startswith("source ") and f"{src / 1e6:.1f} MB" in lines[0]
+    assert lines[1].startswith("artifact ") and f"{size / src:.3f} × the source" in lines[1]
+    assert ("already quantized (Q4_1)" in text) == quantized, text

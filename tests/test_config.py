@@ -1,4 +1,4 @@
-"""Pipeline config: the shipped default equals the code's default, and bad configs are refused by name."""
+"""Pipeline config: the shipped configs equal the presets, and bad configs are refused by name."""
 
 from __future__ import annotations
 
@@ -12,8 +12,18 @@ from macjax.pipeline import config as config_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_default_toml_is_the_default():
-  assert config_lib.load(ROOT / "configs" / "default.toml") == config_lib.PipelineConfig()
+@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+def test_each_preset_is_spelled_out_in_configs(name):
+  assert config_lib.load(ROOT / "configs" / f"{name}.toml") == config_lib.preset(name)
+  assert config_lib.load_or_preset(name) == config_lib.preset(name)
+
+
+def test_plain_is_the_code_default_and_unknown_presets_are_refused():
+  assert config_lib.preset("plain") == config_lib.PipelineConfig()
+  with pytest.raises(ConfigError, match="unknown config preset 'fast'.*default.*plain"):
+    config_lib.preset("fast")
+  with pytest.raises(ConfigError, match="does not exist"):
+    config_lib.load_or_preset("fast")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)

@@ -317,7 +317,8 @@ def test_a_gguf_tokenizer_that_cannot_be_rebuilt_leaves_the_weights_usable(tmp_p
   from macjax import cli
   args = ["compress", str(tmp_path / "q.gguf"), "--out", str(tmp_path / "art")]
   assert cli.main(args) == 2 and not (tmp_path / "art").exists()  # evaluation asked for: refused before any work
-  assert cli.main(args + ["--no-eval"]) == 0
+  assert cli.main(args + ["--no-eval"]) == 2  # the default config calibrates: refused too
+  assert cli.main(args + ["--no-eval", "--config", "plain"]) == 0
 
 
 def test_llama3_rope_is_recovered_from_llama_cpp_factors():
@@ -369,7 +370,7 @@ def test_a_broken_tokenizer_json_leaves_the_weights_usable(tmp_path):
   assert "tokenizer.json is not a tokenizer" in model.tokenizer_error
   args = ["compress", str(folder), "--out", str(tmp_path / "art")]
   assert cli.main(args) == 2 and not (tmp_path / "art").exists()
-  assert cli.main(args + ["--no-eval"]) == 0
+  assert cli.main(args + ["--no-eval", "--config", "plain"]) == 0
 
 
 @pytest.mark.parametrize("shape", [(0, 32), (96 * 32,), (96, 32, 1), (32, 96)], ids=["zero-rows", "1-d", "3-d",

@@ -132,7 +132,7 @@ def test_kill_9_then_the_same_command_resumes(synthetic_dir, tmp_path, when):
   """A process killed with SIGKILL mid-run; the same command run again resumes and writes the same artifact."""
   job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "whole", verify=False)
   (tmp_path / "driver.py").write_text(_KILL_DRIVER)
-  args = ["compress", str(synthetic_dir), "--out", str(tmp_path / "art"), "--no-eval"]
+  args = ["compress", str(synthetic_dir), "--out", str(tmp_path / "art"), "--no-eval", "--config", "plain"]
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   killed = subprocess.run([sys.executable, str(tmp_path / "driver.py"), when, "3", *args], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -236,7 +236,7 @@ def test_processes_sharing_the_work_write_the_same_artifact(synthetic_dir, tmp_p
   job.run_compress(str(synthetic_dir), NO_EVAL, tmp_path / "one", verify=False)
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   base = [sys.executable, "-m", "macjax.cli", "compress", str(synthetic_dir), "--out", str(tmp_path / "art"),
-          "--no-eval"]
+          "--no-eval", "--config", "plain"]
   launchers = [{"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}, {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "3"}]
   helpers = [subprocess.Popen(base + ["--process-index", "auto", "--process-count", "auto"], env={**env, **slot},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

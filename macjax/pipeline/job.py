@@ -32,7 +32,7 @@ from macjax.pipeline import compression
 from macjax.pipeline.config import PipelineConfig, to_dict
 from macjax.pipeline.plan import calibrates_sequentially, needs_calibration, streams
 from macjax.pipeline.progress import Progress
-from macjax.pipeline.report import artifact_report
+from macjax.pipeline.report import artifact_report, source_report
 
 
 def peak_rss_bytes() -> int:
@@ -137,7 +137,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   do_eval = config.evaluate.enabled if evaluate is None else evaluate
   if model.tokenizer_error and (do_eval or needs_calibration(config)):
     raise ModelLoadError(f"{model.tokenizer_error}; evaluation and calibration need the tokenizer: run with "
-                         "--no-eval and a config without calibration (no GPTQ)")
+                         "--no-eval and a config without calibration (--config plain)")
   if not streams(config):
     progress.say("this config makes a pass over the whole model first ([rewrite], whole-model calibration, "
                  "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it")
@@ -153,7 +153,8 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
     return {"path": str(out), "process": [index, count], "timings": stages.timings, "stages": stages.table,
             "units_written": written}
   manifest = artifact.read_manifest(out)
-  report: dict[str, Any] = {"path": str(out), "artifact": artifact_report(out, manifest), "processes": count,
+  report: dict[str, Any] = {"path": str(out), "source": source_report(model),
+                            "artifact": artifact_report(out, manifest), "processes": count,
                             "devices": len(devices) if devices is not None else jax.device_count()}
   decoded = {} if do_eval else None
   if verify or do_eval:

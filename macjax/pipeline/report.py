@@ -83,6 +83,54 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
   }
 
 
+FLOAT_STORAGE = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16")
+
+
+def source_report(model) -> dict:
+  """What a model was read from: ``{"path", "files", "bytes", "params", "stored_as": {dtype: params},
+  "quantized": [dtypes that are quantizer grids]}``. The files are those the loader reads (a GGUF file; a folder's
+  safetensors, index, config and tokenizer files). Weights of a quantized source (a GGUF ``Q4_1`` ...) sit on that
+  quantizer's grid and are the reference every quality figure is measured against."""
+  from macjax.load import lazy, loader  # pylint: disable=g-import-not-at-top
+  path = loader.resolve_source(model.source)
+  if path.is_dir():
+    names = ({f.name for f in path.glob("*.safetensors")} | set(model.tokenizer_files)
+             | {"config.json", "model.safetensors.index.json"})
+    files = sorted(path / n for n in names if (path / n).is_file())
+  else:
+    files = [path]
+  stored: dict[str, int] = {}
+  for name in model.params:
+    dtype = model.source_dtypes.get(name, "?")
+    stored[dtype] = stored.get(dtype, 0) + int(np.prod(lazy.shape_of(model.params, name), dtype=np.int64))
+  return {"path": str(path), "files": [f.name for f in files], "bytes": int(sum(f.stat().st_size for f in files)),
+          "params": int(sum(stored.values())), "stored_as": dict(sorted(stored.items(), key=lambda kv: -kv[1])),
+          "quantized": sorted(d for d in stored if d not in FLOAT_STORAGE and d != "?")}
+
+
+def _source_lines(report: dict) -> list[str]:
+  """The report's opening: the source file and its size, the artifact's size and the ratio between them."""
+  src, total = report["source"], report["artifact"]["bytes"]["total"]
+  stored = ", ".join(f"{_share(n, src['params'])} {d}" for d, n in src["stored_as"].items())
+  name = src["files"][0] if len(src["files"]) == 1 else f"{src['path']} ({len(src['files'])} files)"
+  lines = [f"source           {name}: {src['bytes'] / 1e6:.1f} MB, {8 * src['bytes'] / src['params']:.2f} bits/param "
+           f"(weights stored as {stored})",
+           f"artifact         {report['path']}: {total / 1e6:.1f} MB = {total / src['bytes']:.3f} × the source "
+           f"({'smaller' if total < src['bytes'] else 'LARGER'} by {abs(1 - total / src['bytes']):.1%})"]
+  if src["quantized"]:
+    grids = "/".join(src["quantized"])
+    lines += [f"                 note: the source is already quantized ({grids}): quality below is measured against "
+              f"its dequantized weights, not the original model's,",
+              f"                 and the artifact re-quantizes weights that sit on that grid (nothing here is tuned "
+              f"to it; coding the grid's indices losslessly is not implemented)"]
+  return lines
+
+
+def _share(n: int, total: int) -> str:
+  pct = 100 * n / total if total else 0.0
+  return f"{pct:.0f} %" if pct >= 1 or pct == 0 else "<1 %"
+
+
 def _fmt_bytes(n: int) -> str:
   for unit in ("B", "KiB", "MiB", "GiB"):
     if abs(n) < 1024 or unit == "GiB":
@@ -96,14 +144,17 @@ def format_report(report: dict) -> str:
   ``timings`` keys) as text."""
   a = report["artifact"] if "artifact" in report else report
   lines = []
+  if "source" in report and "artifact" in report:
+    lines = _source_lines(report)
   lines.append(f"model            {a['source']} ({a['family']}), {a['params']:,} parameters "
                f"({a['block_params']:,} in transformer-block matrices)")
-  if "path" in report:
+  if "path" in report and "source" not in report:
     lines.append(f"artifact         {report['path']}")
   b = a["bytes"]
   lines.append(f"size on disk     {_fmt_bytes(b['total'])}  = " + " + ".join(
       f"{k} {_fmt_bytes(b[k])}" for k in ("codes", "tables", "scales", "theta", "transform", "raw", "assets",
-                                          "manifest", "container") if b[k]))
+                                          "manifest", "container") if b[k]) + (" (Orbax files net of their zstd)"
+                                                                              if b["container"] else ""))
   lines.append(f"bits/param       {a['bits_per_param']:.3f} (whole model, all bytes but tokenizer assets); "
                f"{a['bits_per_param_with_assets']:.3f} with assets")
   parts = a["block_bits_per_weight_parts"]
