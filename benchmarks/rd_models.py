@@ -41,10 +41,10 @@ import numpy as np
 
 from macjax import diagnose
 from macjax.evaluate import Evaluator
-from macjax.evaluate import metrics
+from macjax.evaluate import metrics, peers
 from macjax.load import load_model
 from macjax.pipeline import compression, plan as pipeline_plan
-from macjax.pipeline import config as pconfig
+from macjax.pipeline import config as pconfig, report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -142,7 +142,6 @@ METHODS = {
     "gptq+trellis+act+layer_alloc": recipe("trellis", gptq="descending", options=COLUMNS, allocation="layer_output"),
 }
 PEERS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "rtn_int4_g64", "rtn_int3_g64")
-GGUF_BITS = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5}
 
 # Quoted from /work/shared/DESIGN.md (measured elsewhere, NOT re-run by this script).
 QUOTED = {
@@ -220,30 +219,9 @@ NOTES = {
 
 # --- peers ------------------------------------------------------------------------------------------------------
 
-def rtn_groups(W: np.ndarray, bits: int, group: int = 64) -> np.ndarray:
-  """Asymmetric round-to-nearest with min/max per group of ``group`` consecutive input weights; float16 scale and
-  zero (both stored, 32 bits per group: ``bits + 32/group`` bits/weight)."""
-  rows, cols = W.shape
-  g = W.reshape(rows, cols // group, group).astype(np.float32)
-  lo, hi = g.min(-1, keepdims=True), g.max(-1, keepdims=True)
-  levels = 2**bits - 1
-  scale = ((hi - lo) / levels).astype(np.float16).astype(np.float32)
-  scale = np.where(scale == 0, np.float32(1.0), scale)
-  zero = lo.astype(np.float16).astype(np.float32)
-  q = np.clip(np.rint((g - zero) / scale), 0, levels)
-  return (q * scale + zero).reshape(rows, cols)
-
-
 def peer_quantize(name: str, W: np.ndarray) -> tuple[np.ndarray, float]:
-  """Returns (dequantized W, nominal bits/weight incl. scales) of a peer format."""
-  if name.startswith("rtn_int"):
-    b = int(name[len("rtn_int")])
-    return rtn_groups(W, b), b + 32 / 64
-  import gguf  # pylint: disable=g-import-not-at-top
-  from gguf import quants  # pylint: disable=g-import-not-at-top
-  qtype = getattr(gguf.GGMLQuantizationType, name)
-  packed = quants.quantize(np.ascontiguousarray(W, np.float32), qtype)
-  return np.asarray(quants.dequantize(packed, qtype), np.float32).reshape(W.shape), GGUF_BITS[name]
+  """Returns (dequantized W, nominal bits/weight incl. scales) of a peer format (``rtn_int4`` = groups of 64)."""
+  return peers.quantize(name.removesuffix("_g64"), W)
 
 
 # --- pipeline ---------------------------------------------------------------------------------------------------
@@ -261,23 +239,6 @@ def stats_for(model, cfg, cache: dict):
   return cache[key]
 
 
-def manifest_bits(manifest: dict) -> dict:
-  """Block bits/weight (report.artifact_report's formula) and every counted bit over all parameters."""
-  tensors = manifest["tensors"]
-  # θ ("fit") and role-shared transform states ("transform") are stored once per role and count with the blocks.
-  fits = [r for r in tensors.values() if r.get("group") in ("fit", "transform")]
-  block = [r for r in tensors.values() if r.get("group") == "block"]
-  n_block = sum(int(np.prod(r["shape"])) for r in block)
-  parts = {k: sum(r["bits"].get(k, 0) for r in block + fits) for k in ("codes", "tables", "scales", "transform",
-                                                                         "theta")}
-  others = [r for r in tensors.values() if r.get("group") not in ("fit", "transform")]
-  n_all = sum(int(np.prod(r["shape"])) for r in others)
-  all_bits = sum(sum(r["bits"].values()) for r in tensors.values())
-  return {"block_bits_per_weight": sum(parts.values()) / n_block,
-          "block_bits_parts": {k: v / n_block for k, v in parts.items()},
-          "all_bits_per_param": all_bits / n_all}
-
-
 def quality_fields(q: dict) -> dict:
   keys = ("cosine_mean", "cosine_mean_stderr", "cosine_min", "perplexity", "perplexity_reference",
           "perplexity_rel_change", "perplexity_rel_change_stderr", "kl", "kl_stderr")
@@ -293,7 +254,7 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
     cfg = pconfig.from_dict(data)
     out = compression.compress(model, cfg, stats=stats_for(model, cfg, stats_cache))
     params = out.reconstruction
-    row = manifest_bits(out.manifest)
+    row = report.counted_bits(out.manifest)
     row["config"] = pconfig.to_dict(cfg)["quantize"] | {"allocation": data.get("allocation", {}),
                                                        "coding": data.get("coding", {}),
                                                        "embeddings": data.get("embeddings", {})}

@@ -4,6 +4,10 @@
                     [--no-eval] [--no-verify] [--process-index I|auto --process-count N|auto]
     macjax decompress ARTIFACT --out DIR [--overwrite] [--dtype float32|float16] [--max-shard-mb N]
     macjax info ARTIFACT [--json]
+    macjax rd MODEL [--configs default,plain,FILE.toml] [--steps 0.0625,0.125,0.25] [--baselines Q4_0,Q5_0,Q8_0]
+              [--peers FILE.json] [--out DIR] [--n-seq N] [--restart]
+    macjax analyze MODEL [--scopes identity,hadamard,orthogonal,pca] [--step 0.25] [--error 0.05] [--out DIR]
+                   [--no-plots] [--json]
 
 MODEL is an alias (``smollm2-135m``, ``minilm-l6``) or a path (a Hugging Face folder or a ``.gguf`` file).
 User errors (:class:`~macjax.errors.MacjaxError`) print one line, ``macjax: error: ...``, and exit with status 2.
@@ -56,6 +60,28 @@ def _parser() -> argparse.ArgumentParser:
   i = sub.add_parser("info", help="print an artifact's bit accounting")
   i.add_argument("artifact")
   i.add_argument("--json", action="store_true")
+  r = sub.add_parser("rd", help="rate–distortion sweep: configs over steps and baselines; table, JSON/CSV and a "
+                     "PNG plot with the Shannon bound")
+  r.add_argument("model", help="alias or path, as for compress")
+  r.add_argument("--configs", default="default,plain", help="comma-separated presets or TOML files")
+  r.add_argument("--steps", default="0.0625,0.125,0.25", help="comma-separated base steps (relative to row RMS)")
+  r.add_argument("--baselines", default="Q4_0,Q5_0,Q8_0",
+                 help="comma-separated: GGUF Q4_0 Q4_1 Q5_0 Q5_1 Q8_0, rtn_int8/4/3/2 (groups of 64); '' for none")
+  r.add_argument("--peers", help="JSON list of quoted peer points to draw: {name, bits, rel_weight_error / "
+                 "perplexity_rel_change / cosine_mean, source}")
+  r.add_argument("--out", help="folder for rd.json, rd.csv and rd.png (default: rd/<model name>)")
+  r.add_argument("--n-seq", type=int, default=0, help="held-out windows per evaluation (causal LMs; 0: default)")
+  r.add_argument("--restart", action="store_true", help="ignore the points of an earlier sweep in --out")
+  r.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+  a = sub.add_parser("analyze", help="statistics of every block matrix under identity / Hadamard / random "
+                     "orthogonal / PCA coordinates: a table, JSON and PNG figures")
+  a.add_argument("model", help="alias or path, as for compress")
+  a.add_argument("--scopes", default="identity,hadamard,orthogonal,pca", help="comma-separated coordinates")
+  a.add_argument("--step", type=float, default=0.25, help="code entropy's step, relative to each matrix's std")
+  a.add_argument("--error", type=float, default=0.05, help="relative weight error of the Shannon lower bound")
+  a.add_argument("--out", help="folder for analysis.json and the figures (default: analysis/<model name>)")
+  a.add_argument("--no-plots", action="store_true", help="write the JSON only")
+  a.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
   return p
 
 
@@ -93,6 +119,18 @@ def process_slot(index: str, count: str, environ: Mapping[str, str]) -> tuple[in
     raise ConfigError(f"process index {index!r} and count {count!r} (from {source}); expected integers") from e
 
 
+def _csv(text: str) -> list[str]:
+  return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _number(text: str) -> float:
+  from macjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    return float(text)
+  except ValueError as e:
+    raise ConfigError(f"{text!r} is not a number") from e
+
+
 def _progress():
   from macjax.pipeline.progress import Progress  # pylint: disable=g-import-not-at-top
   return Progress(say=lambda msg: print(f"[macjax] {msg}", file=sys.stderr, flush=True), bars=True)
@@ -120,6 +158,19 @@ def _run(args) -> int:
     path = job.run_decompress(args.artifact, args.out, overwrite=args.overwrite, dtype=args.dtype,
                               max_shard_bytes=args.max_shard_mb << 20, progress=_progress())
     print(f"wrote Hugging Face folder {path}")
+  elif args.command == "rd":
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("rd") / _default_out(args.model).name
+    result = job.run_rd(args.model, out, configs=_csv(args.configs), steps=[_number(x) for x in _csv(args.steps)],
+                        baselines=_csv(args.baselines), peers_file=args.peers, restart=args.restart,
+                        eval_sizes={"n_seq": args.n_seq} if args.n_seq else None, progress=_progress())
+    print(json.dumps(result, indent=1) if args.json else result["table"])
+    print(f"wrote {out / 'rd.json'}, {out / 'rd.csv'} and {result['figure']}")
+  elif args.command == "analyze":
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("analysis") / _default_out(args.model).name
+    result = job.run_analyze(args.model, out, scopes=tuple(_csv(args.scopes)),
+                             step_rel=args.step, rel_error=args.error, plots=not args.no_plots, progress=_progress())
+    print(json.dumps(result, indent=1) if args.json else result["table"])
+    print(f"wrote {out / 'analysis.json'}" + (f" and {len(result['figures'])} figures" if result["figures"] else ""))
   elif args.command == "info":
     rep = job.run_info(args.artifact)
     print(json.dumps(rep, indent=1) if args.json else report.format_report(rep))

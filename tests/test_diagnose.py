@@ -152,3 +152,26 @@ def test_bound_errors():
     bound.differential_entropy([np.array([[1.0, np.nan]])])
   with pytest.raises(ConfigError, match="rel_errors"):
     bound.shannon_lower_bound([np.ones((2, 2))], [0.0])
+
+
+def test_analyze_a_model_table_json_and_figures(tiny_llama_dir, tmp_path, capsys):
+  """`macjax analyze`: rotations keep singular values (effective rank unchanged) and flatten heavy tails, PCA's
+  basis costs bits and seeded rotations none; the JSON and the PNG figures are written; bad scopes are one error."""
+  import json  # pylint: disable=g-import-not-at-top
+  from macjax import cli  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "an"
+  code = cli.main(["analyze", str(tiny_llama_dir), "--out", str(out), "--scopes", "identity,hadamard,pca"])
+  text = capsys.readouterr().out
+  assert code == 0 and "top-1%" in text and "bound@0.05" in text
+  result = json.loads((out / "analysis.json").read_text())
+  assert len(result["matrices"]) == 14 and set(result["roles"]) == {"q", "k", "v", "o", "gate", "up", "down"}
+  for row in result["matrices"]:
+    assert row["hadamard"]["effective_rank_fraction"] == pytest.approx(row["identity"]["effective_rank_fraction"],
+                                                                       rel=1e-4)
+    assert row["hadamard"]["state_bits_per_weight"] == 0 and row["pca"]["state_bits_per_weight"] > 0
+  kurt = {s: np.mean([r[s]["kurtosis"] for r in result["matrices"]]) for s in ("identity", "hadamard")}
+  assert abs(kurt["hadamard"] - 3) < abs(kurt["identity"] - 3)  # the tiny weights are heavy-tailed
+  figures = sorted(out.glob("*.png"))
+  assert len(figures) == 8 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+  assert cli.main(["analyze", str(tiny_llama_dir), "--out", str(out), "--scopes", "identity,wavelet"]) == 2
+  assert "macjax: error: analyze: scopes ['identity', 'wavelet']" in capsys.readouterr().err

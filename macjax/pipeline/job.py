@@ -126,7 +126,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
     raise ConfigError(f"process index {index} of {count} processes; expected 0 <= index < count")
   if count > 1 and calibrates_sequentially(config):
     raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
-                      f"{count} processes; set calibration.sequential = false or run one process")
+                      f"{count} processes; run one process, or a config without calibration (--config plain)")
   if count > 1 and not streams(config):
     raise ConfigError("compress: this config makes a whole-model pass first ([rewrite], whole-model calibration, "
                       "role-shared transforms, [fit] or [allocation]); every process would recompute it, and hosts "
@@ -140,7 +140,9 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
                          "--no-eval and a config without calibration (--config plain)")
   if not streams(config):
     progress.say("this config makes a pass over the whole model first ([rewrite], whole-model calibration, "
-                 "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it")
+                 "role-shared transforms, [fit] or [allocation]) and holds what those stages need of it (several "
+                 "times the float32 model); for a model larger than memory use a config that streams "
+                 "(--config plain, or GPTQ without [allocation])")
   stages = _Stages(model.num_params)
   writer = artifact.ArtifactWriter(out, fingerprint(source, config), overwrite=overwrite, restart=restart,
                                    helper=index > 0, processes=count)
@@ -243,3 +245,81 @@ def run_info(path: str | os.PathLike) -> dict:
   """The bit accounting of an artifact, from its manifest and files (arrays are not decoded)."""
   manifest = artifact.read_manifest(path)
   return {"path": str(path), "artifact": artifact_report(path, manifest), "config": manifest["config"]}
+
+
+def run_analyze(source: str, out: str | os.PathLike, *, scopes: Sequence[str] = ("identity", "hadamard",
+                                                                                 "orthogonal", "pca"),
+                step_rel: float = 0.25, rel_error: float = 0.05, plots: bool = True,
+                progress: Progress | Callable[[str], None] | None = None) -> dict:
+  """The rotation-vs-alignment analysis of ``source`` (:mod:`macjax.diagnose.analyze`): writes
+  ``out/analysis.json`` and, with ``plots``, the PNG figures; returns the result with ``table`` (the text table)
+  and ``figures`` (paths) added."""
+  from macjax.diagnose import analyze as analysis  # pylint: disable=g-import-not-at-top
+  progress = progress if isinstance(progress, Progress) else Progress(say=progress)
+  analysis.check(scopes, step_rel, rel_error)
+  progress.say(f"open {source}")
+  model = open_model(source)
+  result = analysis.analyze(model, scopes=scopes, step_rel=step_rel, rel_error=rel_error,
+                            progress=lambda it: progress.bar(list(it), desc="matrices", unit="matrix"))
+  out = pathlib.Path(out)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    figures = [str(p) for p in analysis.plot(result, out)] if plots else []
+  except OSError as e:
+    raise ConfigError(f"analyze: cannot write into {out} ({e})") from e
+  return {**result, "table": analysis.format_table(result), "figures": figures}
+
+
+def _read_peers(path: str | os.PathLike | None) -> list[dict]:
+  """Quoted peer points from a JSON file: a list of ``{"name": str, "bits": number, "rel_weight_error" /
+  "perplexity_rel_change" / "cosine_mean": number, "source": str}`` (figures measured elsewhere)."""
+  if path is None:
+    return []
+  try:
+    peers = json.loads(pathlib.Path(path).read_text())
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"rd: cannot read the peers file {path} ({e})") from e
+  numbers = ("bits", "rel_weight_error", "perplexity_rel_change", "cosine_mean")
+  for i, p in enumerate(peers if isinstance(peers, list) else [None]):
+    if not (isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("bits"), (int, float))
+            and all(isinstance(p[k], (int, float)) for k in numbers if k in p)):
+      raise ConfigError(f"rd: peers file {path}: entry {i} must be {{'name': str, 'bits': number, ...}}, got {p!r}")
+  return peers
+
+
+def format_rd(result: dict) -> str:
+  """The sweep's points as a table."""
+  lines = [f"{'series':<28} {'step':>7} {'block b/w':>9} {'all b/p':>8} {'rel err':>8} {'ppl Δ':>8} {'KL':>7} "
+           f"{'cos mean':>9}"]
+  for p in result["points"]:
+    cells = [f"{p['series']:<28}", f"{p['step']:>7.4g}" if p["step"] else f"{'-':>7}",
+             f"{p['block_bits_per_weight']:>9.3f}", f"{p.get('all_bits_per_param', float('nan')):>8.3f}",
+             f"{p['rel_weight_error']:>8.4f}"]
+    cells += [f"{100 * p['perplexity_rel_change']:>+7.2f}%" if "perplexity_rel_change" in p else f"{'':>8}",
+              f"{p['kl']:>7.4f}" if "kl" in p else f"{'':>7}",
+              f"{p['cosine_mean']:>9.5f}" if "cosine_mean" in p else f"{'':>9}"]
+    lines.append(" ".join(cells))
+  return "\n".join(lines)
+
+
+def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("default", "plain"),
+           steps: Sequence[float] = (0.0625, 0.125, 0.25), baselines: Sequence[str] = ("Q4_0", "Q5_0", "Q8_0"),
+           peers_file: str | os.PathLike | None = None, eval_sizes: dict | None = None, restart: bool = False,
+           progress: Progress | Callable[[str], None] | None = None) -> dict:
+  """A rate–distortion sweep of ``source`` (:mod:`macjax.pipeline.rd`): writes ``out/rd.json``, ``rd.csv`` and
+  ``rd.png`` and returns the result with ``table`` and ``figure`` added. ``configs`` are preset names or TOML files;
+  a sweep started again with the same arguments resumes."""
+  from macjax.load import load_model  # pylint: disable=g-import-not-at-top
+  from macjax.pipeline import config as config_lib, rd  # pylint: disable=g-import-not-at-top
+  progress = progress if isinstance(progress, Progress) else Progress(say=progress)
+  named = {(c if c in config_lib.PRESETS else pathlib.Path(c).stem): config_lib.load_or_preset(c) for c in configs}
+  peers = _read_peers(peers_file)
+  progress.say(f"open {source}")
+  model = load_model(source)
+  if model.tokenizer_error:
+    raise ModelLoadError(f"{model.tokenizer_error}; a rate–distortion sweep measures the model on text")
+  result = rd.sweep(model, named, steps, baselines, out=out, eval_sizes=eval_sizes, restart=restart,
+                    progress=lambda it: progress.bar(list(it), desc="rd points", unit="point"))
+  figure = rd.plot(result, out, peers)
+  return {**result, "table": format_rd(result), "figure": str(figure)}

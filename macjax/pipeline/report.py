@@ -24,6 +24,24 @@ import numpy as np
 from macjax import artifact
 
 
+def counted_bits(manifest: dict) -> dict:
+  """What a manifest's records count, without the files: ``block_bits_per_weight`` (codes + tables + scales of the
+  block matrices, plus the transform states and θ stored once per family, over the block weights), its
+  ``block_bits_parts`` and ``all_bits_per_param`` (every tensor's counted bits over all parameters; the folder's
+  container and manifest bytes are on top, see :func:`artifact_report`)."""
+  tensors = manifest["tensors"]
+  shared = [r for r in tensors.values() if r.get("group") in ("fit", "transform")]
+  block = [r for r in tensors.values() if r.get("group") == "block"]
+  n_block = sum(int(np.prod(r["shape"])) for r in block)
+  parts = {k: sum(r["bits"].get(k, 0) for r in block + shared)
+           for k in ("codes", "tables", "scales", "transform", "theta")}
+  n_all = sum(int(np.prod(r["shape"])) for r in tensors.values() if r.get("group") not in ("fit", "transform"))
+  every = sum(sum(r["bits"].values()) for r in tensors.values())
+  return {"block_bits_per_weight": sum(parts.values()) / n_block if n_block else 0.0,
+          "block_bits_parts": {k: v / n_block for k, v in parts.items()} if n_block else {},
+          "all_bits_per_param": every / n_all if n_all else 0.0}
+
+
 def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
   """Bit accounting of an artifact on disk.
 
@@ -42,8 +60,7 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
   params = int(sum(int(np.prod(r["shape"])) for r in tensors.values()))
   block = {n: r for n, r in tensors.items() if r.get("group") == "block"}
   block_params = int(sum(int(np.prod(r["shape"])) for r in block.values()))
-  block_bits = {k: int(sum(r["bits"].get(k, 0) for r in list(block.values()) + list(shared.values())))
-                for k in ("codes", "tables", "scales", "transform", "theta")}
+  counted = counted_bits(manifest)
   coded = sum(r["bits"].get("codes", 0) for r in tensors.values() if "information_bits" in r)
   info = sum(r["information_bits"] for r in tensors.values() if "information_bits" in r)
   weight_bytes = sizes["total"] - sizes["assets"]
@@ -71,8 +88,8 @@ def artifact_report(path: str | os.PathLike, manifest: dict) -> dict:
       "bytes": sizes,
       "bits_per_param": 8 * weight_bytes / params,
       "bits_per_param_with_assets": 8 * sizes["total"] / params,
-      "block_bits_per_weight": sum(block_bits.values()) / block_params if block_params else 0.0,
-      "block_bits_per_weight_parts": {k: v / block_params for k, v in block_bits.items()} if block_params else {},
+      "block_bits_per_weight": counted["block_bits_per_weight"],
+      "block_bits_per_weight_parts": counted["block_bits_parts"],
       "by_group": by_group,
       "coded_bits": int(coded),
       "information_bits": float(info),

@@ -1,0 +1,205 @@
+"""Rate–distortion sweeps: configs over a range of steps and baselines, on one model, measured alike.
+
+Every point runs :func:`macjax.pipeline.compression.compress` (what ``macjax compress`` runs) at a base step
+``quantize.step`` and reads its bits off the manifest with the report's own accounting
+(:func:`macjax.pipeline.report.counted_bits`: codes + tables + scales + stored states of the block matrices per
+block weight, and every counted bit per parameter); the weight error is pooled over the block matrices; the model
+metric comes from one :class:`~macjax.evaluate.Evaluator` (perplexity change and KL for causal LMs, embedding
+cosine for encoders) on held-out text. Baselines (:mod:`macjax.evaluate.peers`: GGUF formats, round-to-nearest)
+quantize the same block matrices and count their nominal bits. The Shannon lower bound of the block matrices
+(:func:`macjax.diagnose.shannon_lower_bound`) is drawn on the weight-error axes.
+
+The result is written after every point to ``<out>/rd.json`` (and ``rd.csv``); a sweep started again with the same
+arguments skips the points it finds there (same config, step and evaluation sizes), so an interrupted sweep resumes.
+
+Example:
+  >>> result = sweep(load_model("minilm-l6"), {"plain": preset("plain")}, [0.0625, 0.125], ["Q4_0"],
+  ...                out="rd/minilm-l6")                                                   # doctest: +SKIP
+  >>> plot(result, "rd/minilm-l6")                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from macjax.errors import ConfigError
+from macjax.pipeline import compression
+from macjax.pipeline.config import PipelineConfig, to_dict, with_overrides
+from macjax.pipeline.report import counted_bits
+
+QUALITY_KEYS = ("perplexity_rel_change", "perplexity_rel_change_stderr", "kl", "cosine_mean", "cosine_min")
+
+
+def _digest(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _point(model, evaluator, block_names: list[str], params: Mapping[str, Any], row: dict) -> dict:
+  """Adds the weight error and the model metric of ``params`` to ``row``."""
+  from macjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
+  row["rel_weight_error"] = float(metrics.aggregate_rel_weight_error(model.params, params, block_names))
+  quality = evaluator(params)
+  row.update({k: float(quality[k]) for k in QUALITY_KEYS if k in quality})
+  return row
+
+
+def config_point(model, evaluator, block_names, name: str, cfg: PipelineConfig, step: float) -> dict:
+  """One config at one base step: compress, count, measure."""
+  t0 = time.perf_counter()
+  cfg = with_overrides(cfg, [f"quantize.step={step}", "evaluate.enabled=false"])
+  out = compression.compress(model, cfg)
+  row = {"series": name, "step": step, **counted_bits(out.manifest)}
+  _point(model, evaluator, block_names, out.reconstruction, row)
+  row["seconds"] = time.perf_counter() - t0
+  return row
+
+
+def baseline_point(model, evaluator, block_names, name: str) -> dict:
+  """One baseline (:mod:`macjax.evaluate.peers`) on the block matrices; the other tensors as they are."""
+  from macjax.evaluate import peers  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  params, bits, n = dict(model.params), 0.0, 0
+  for b in block_names:
+    params[b], bpw = peers.quantize(name, np.asarray(model.params[b], np.float32))
+    bits, n = bits + bpw * params[b].size, n + params[b].size
+  row = _point(model, evaluator, block_names, params, {"series": name, "step": None, "block_bits_per_weight": bits / n,
+                                                        "baseline": True})
+  row["seconds"] = time.perf_counter() - t0
+  return row
+
+
+def _load(path: pathlib.Path, meta: dict) -> list[dict]:
+  """The points of an earlier sweep with the same model and evaluation sizes (else none)."""
+  if not path.is_file():
+    return []
+  try:
+    old = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return []
+  return old.get("points", []) if old.get("meta") == meta else []
+
+
+def _save(out: pathlib.Path, result: dict) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  tmp = out / ".rd.json.tmp"
+  tmp.write_text(json.dumps(result, indent=1))
+  tmp.replace(out / "rd.json")
+  keys = ["series", "step", "block_bits_per_weight", "all_bits_per_param", "rel_weight_error", *QUALITY_KEYS,
+          "seconds"]
+  with open(out / "rd.csv", "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(result["points"])
+
+
+def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], baselines: Sequence[str] = (), *,
+          out: str | pathlib.Path, eval_sizes: Mapping[str, int] | None = None,
+          progress: Callable[[Iterable], Iterable] = lambda it: it, restart: bool = False) -> dict:
+  """Measures every config at every base step, and every baseline; writes ``out/rd.json`` after each point.
+
+  Args:
+    model: a loaded :class:`~macjax.load.Model` (its params in memory).
+    configs: ``{series name: config}``; each point overrides ``quantize.step``.
+    steps: base steps (relative to each row's RMS; the allocation, if any, scales them per matrix).
+    baselines: names from :data:`macjax.evaluate.peers.NAMES`.
+    out: folder of ``rd.json`` / ``rd.csv`` (and the figures of :func:`plot`).
+    eval_sizes: ``n_seq`` / ``seq_len`` / ``n_sentences`` of the evaluator (default: its defaults).
+    progress: wraps the loop over points (e.g. a bar with an ETA).
+    restart: ignore the points of an earlier sweep in ``out``.
+
+  Returns:
+    ``{"meta", "points": [...], "bound": {"rel_weight_error": [...], "bits": [...]}}``.
+  """
+  from macjax.diagnose import shannon_lower_bound  # pylint: disable=g-import-not-at-top
+  from macjax.evaluate import Evaluator, peers  # pylint: disable=g-import-not-at-top
+  if not steps and configs:
+    raise ConfigError("rd: no steps given for the configs")
+  if any(not (s > 0) for s in steps):
+    raise ConfigError(f"rd: steps must be > 0, got {list(steps)}")
+  for b in baselines:
+    for m in model.layout.matrices:
+      peers.check(b, m.shape, m.name)
+  out = pathlib.Path(out)
+  sizes = dict(eval_sizes or {})
+  meta = {"model": model.source, "family": model.layout.family, "eval_sizes": sizes}
+  done = {} if restart else {p["key"]: p for p in _load(out / "rd.json", meta)}
+  block_names = [m.name for m in model.layout.matrices]
+  errors = np.geomspace(0.005, 0.5, 40)
+  bound = shannon_lower_bound([np.asarray(model.params[n], np.float32) for n in block_names], errors)
+  result = {"meta": meta, "points": [], "bound": {"rel_weight_error": errors.tolist(), "bits": bound.tolist()}}
+  todo = [(n, s, _digest([to_dict(c), s])) for n, c in configs.items() for s in steps] + [(b, None, b)
+                                                                                          for b in baselines]
+  evaluator = None
+  for name, step, key in progress(todo):
+    if key in done:
+      result["points"].append(done[key])
+      continue
+    evaluator = evaluator or Evaluator(model, **sizes)
+    row = (config_point(model, evaluator, block_names, name, configs[name], step) if step is not None
+           else baseline_point(model, evaluator, block_names, name))
+    result["points"].append({"key": key, **row})
+    _save(out, result)
+  _save(out, result)
+  return result
+
+
+def _quality_axis(points: list[dict]) -> tuple[str, str, Callable[[dict], float | None]]:
+  """The model metric to draw: perplexity change (%) for causal LMs, 1 − mean cosine for encoders."""
+  if any("perplexity_rel_change" in p for p in points):
+    return "perplexity_rel_change", "perplexity change vs the source (%)", lambda p: (
+        100 * p["perplexity_rel_change"] if "perplexity_rel_change" in p else None)
+  return "cosine_mean", "1 − mean embedding cosine", lambda p: 1 - p["cosine_mean"] if "cosine_mean" in p else None
+
+
+def plot(result: dict, out: str | pathlib.Path, peers: Sequence[Mapping[str, Any]] = ()) -> pathlib.Path:
+  """Writes ``out/rd.png``: block bits/weight against the relative weight error (with the Shannon lower bound) and
+  against the model metric, one line per config, one marker per baseline, hollow markers for ``peers``
+  (``{"name", "bits", "rel_weight_error" and/or "perplexity_rel_change" / "cosine_mean", "source"}``: figures
+  quoted from elsewhere, labelled so)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  points = result["points"]
+  key, label, metric = _quality_axis(points)
+  fig, (ax_e, ax_q) = plt.subplots(1, 2, figsize=(11, 4.3))
+  ax_e.plot(result["bound"]["bits"], result["bound"]["rel_weight_error"], "k--", lw=1,
+            label="Shannon lower bound")
+  for series in dict.fromkeys(p["series"] for p in points):
+    ps = sorted((p for p in points if p["series"] == series), key=lambda p: p["block_bits_per_weight"])
+    style = dict(marker="s", ls="none") if ps[0].get("baseline") else dict(marker="o")
+    bits = [p["block_bits_per_weight"] for p in ps]
+    ax_e.plot(bits, [p["rel_weight_error"] for p in ps], label=series, **style)
+    ax_q.plot(bits, [metric(p) for p in ps], label=series, **style)
+  for name in dict.fromkeys(p["name"] for p in peers):  # one dashed line of hollow markers per quoted peer
+    group = sorted((p for p in peers if p["name"] == name), key=lambda p: p["bits"])
+    source = group[0].get("source")
+    style = dict(marker="D", mfc="none", ls="--", lw=0.8, label=f"{name} ({source or 'quoted'})")
+    with_err = [p for p in group if "rel_weight_error" in p]
+    if with_err:
+      ax_e.plot([p["bits"] for p in with_err], [p["rel_weight_error"] for p in with_err], **style)
+    with_q = [p for p in group if key in p]
+    if with_q:
+      ax_q.plot([p["bits"] for p in with_q], [metric(p) for p in with_q], **style)
+  ax_e.set(xlabel="block matrices: bits/weight (everything counted)", ylabel="relative weight error", yscale="log")
+  ax_q.set(xlabel="block matrices: bits/weight (everything counted)", ylabel=label,
+           yscale="log" if key == "cosine_mean" else "linear")
+  for ax in (ax_e, ax_q):
+    ax.grid(alpha=0.3)
+  ax_q.legend(fontsize="small")
+  ax_e.legend(fontsize="small")
+  fig.suptitle(f"{pathlib.Path(str(result['meta']['model'])).name}: rate–distortion")
+  fig.tight_layout()
+  path = pathlib.Path(out) / "rd.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+__all__ = ["QUALITY_KEYS", "baseline_point", "config_point", "plot", "sweep"]

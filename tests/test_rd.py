@@ -1,0 +1,57 @@
+"""`macjax rd`: a rate–distortion sweep counts bits as the report does, resumes from its JSON, draws its figure
+and refuses bad input up front."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from macjax.errors import ConfigError, ShapeError
+from macjax.pipeline import compression, config as config_lib, job, report
+from macjax.load import load_model
+
+EVAL = {"n_seq": 2, "seq_len": 16}
+
+
+def test_sweep_counts_like_the_report_resumes_and_plots(tiny_llama_dir, tmp_path, monkeypatch):
+  out = tmp_path / "rd"
+  peers = tmp_path / "peers.json"
+  peers.write_text(json.dumps([{"name": "NNCodec", "bits": 5.0, "perplexity_rel_change": 0.02, "source": "x"}]))
+  result = job.run_rd(str(tiny_llama_dir), out, configs=["plain"], steps=[0.1, 0.4], baselines=["Q8_0"],
+                      peers_file=peers, eval_sizes=EVAL)
+  plain = [p for p in result["points"] if p["series"] == "plain"]
+  assert [p["step"] for p in plain] == [0.1, 0.4] and plain[0]["block_bits_per_weight"] > plain[1]["block_bits_per_weight"]
+  assert plain[0]["rel_weight_error"] < plain[1]["rel_weight_error"] and "perplexity_rel_change" in plain[0]
+  cfg = config_lib.with_overrides(config_lib.preset("plain"), ["quantize.step=0.4", "evaluate.enabled=false"])
+  manifest = compression.compress(load_model(str(tiny_llama_dir)), cfg).manifest
+  assert plain[1]["block_bits_per_weight"] == report.counted_bits(manifest)["block_bits_per_weight"]
+  q8 = [p for p in result["points"] if p["series"] == "Q8_0"][0]
+  assert q8["block_bits_per_weight"] == 8.5 and q8["rel_weight_error"] < 0.01
+  assert (out / "rd.png").read_bytes()[:4] == b"\x89PNG"
+  assert len(list(csv.DictReader(open(out / "rd.csv", encoding="utf-8")))) == 3
+  monkeypatch.setattr(compression, "compress", lambda *a, **k: pytest.fail("a finished point was run again"))
+  again = job.run_rd(str(tiny_llama_dir), out, configs=["plain"], steps=[0.1, 0.4], baselines=["Q8_0"],
+                     eval_sizes=EVAL)
+  assert again["points"] == result["points"]
+
+
+@pytest.mark.parametrize("kwargs, error, needle", [
+    ({"baselines": ["Q9_9"]}, ConfigError, "baseline 'Q9_9'"),
+    ({"baselines": ["rtn_int4"]}, ShapeError, "not a multiple of its block size 64"),
+    ({"steps": [0.0]}, ConfigError, "steps must be > 0"),
+    ({"configs": ["fast"]}, ConfigError, "unknown config preset|does not exist"),
+])
+def test_bad_sweeps_are_refused_before_any_work(tiny_llama_dir, tmp_path, kwargs, error, needle):
+  args = {"configs": ["plain"], "steps": [0.1], "baselines": [], "eval_sizes": EVAL, **kwargs}
+  with pytest.raises(error, match=needle):
+    job.run_rd(str(tiny_llama_dir), tmp_path / "rd", **args)
+  assert not (tmp_path / "rd").exists()
+
+
+def test_bad_peers_file(tiny_llama_dir, tmp_path):
+  bad = tmp_path / "peers.json"
+  bad.write_text(json.dumps([{"name": "x", "bits": "four"}]))
+  with pytest.raises(ConfigError, match="entry 0 must be"):
+    job.run_rd(str(tiny_llama_dir), tmp_path / "rd", configs=["plain"], steps=[0.1], peers_file=bad)
