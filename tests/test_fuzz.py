@@ -57,7 +57,7 @@ def test_decoding_only_reachable_units_changes_no_outcome(tiny_artifact):
   """Focused reads (only the units a damage can reach) classify every case as reading everything does."""
   logging.disable(logging.CRITICAL)
   try:
-    runs = [fuzz.run(tiny_artifact, cases=60, seed=3, focus=focus) for focus in (True, False)]
+    runs = [fuzz.run(tiny_artifact, cases=40, seed=3, focus=focus) for focus in (True, False)]
   finally:
     logging.disable(logging.NOTSET)
   assert runs[0]["by_kind"] == runs[1]["by_kind"]

@@ -162,9 +162,7 @@ _DEVICES_DRIVER = textwrap.dedent("""
     for name, cfg in json.loads(sys.argv[2]).items():
       cfg = config_lib.from_dict(cfg)
       many = compression.compress(model, cfg)  # the tensors of each layer spread over the 8 devices
-      one = compression.compress(model, cfg, devices=jax.devices()[:1])
       assert used >= set(jax.devices()), used  # every device got tensors to encode
-      assert many.manifest["tensors"] == one.manifest["tensors"], name
       out[name] = many.manifest["tensors"]
       used.clear()
     print(json.dumps(out))
@@ -187,7 +185,7 @@ def test_eight_devices_give_the_same_artifact_as_one(synthetic_dir, tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   eight = json.loads(run.stdout.strip().splitlines()[-1])
   model = load_model(str(synthetic_dir))
-  for name, cfg in configs.items():  # and the same as this 1-device process
+  for name, cfg in configs.items():  # the same as this 1-device process
     assert eight[name] == compression.compress(model, config_lib.from_dict(cfg)).manifest["tensors"], name
 
 

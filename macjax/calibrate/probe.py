@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,7 +44,8 @@ def distortion_of(quality: Mapping[str, Any]) -> float:
 
 
 def output_distortion(evaluator, params: Mapping[str, Any], replacements: Mapping[str, Any],
-                      groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
+                      groups: Mapping[str, Sequence[str]],
+                      bar: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, float]:
   """The distortion each group adds at the model output when only its matrices take their ``replacements``.
 
   Args:
@@ -53,6 +54,7 @@ def output_distortion(evaluator, params: Mapping[str, Any], replacements: Mappin
     params: the reference parameters ``{name: array}``.
     replacements: ``{name: array}`` the perturbed value of every matrix some group names (same shapes).
     groups: ``{group: [matrix names]}``; one evaluation per group.
+    bar: wraps the loop over groups (a progress bar).
 
   Returns:
     ``{group: distortion}`` (:func:`distortion_of`; ≥ 0 up to float noise: clip before dividing by it).
@@ -62,7 +64,7 @@ def output_distortion(evaluator, params: Mapping[str, Any], replacements: Mappin
     ShapeError: a replacement's shape differs from the parameter's.
   """
   out = {}
-  for group, names in groups.items():
+  for group, names in bar(list(groups.items())):
     if not names:
       raise ConfigError(f"probe: group {group!r} names no matrices")
     candidate = dict(params)

@@ -289,7 +289,7 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
   from macjax.pipeline.progress import Progress  # pylint: disable=g-import-not-at-top
   progress = progress or Progress()
   devices = list(jax.devices() if devices is None else devices)
-  plan = plan or make_plan(model, config, stats=stats, say=progress.say, devices=devices)
+  plan = plan or make_plan(model, config, stats=stats, say=progress.say, devices=devices, bar=progress.bar)
   timings = dict(plan.timings)
   encoder = _Encoder(config, plan, Chains.of(config), devices, observe)
   units = ([(SHARED_UNIT, None)] if plan.records else []) + units_of(plan.model.layout, list(plan.model.params))

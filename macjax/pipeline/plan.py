@@ -22,7 +22,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import zlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -343,7 +343,7 @@ def _fits(plan: Plan, cfg: dict, coords: dict[str, jax.Array], seed: int, say, d
 
 
 def _unit_distortions(plan: Plan, config: PipelineConfig, targets: dict[str, jax.Array],
-                      reconstruct: Callable[[str, jax.Array], jax.Array], say) -> tuple[dict, dict]:
+                      reconstruct: Callable[[str, jax.Array], jax.Array], say, bar) -> tuple[dict, dict]:
   """``d_i``: the distortion matrix ``i`` adds on its own when quantized plainly at ``quantize.step`` (see
   :class:`~macjax.pipeline.config.AllocationConfig`), and what to record about how it was measured."""
   from macjax import calibrate  # pylint: disable=g-import-not-at-top
@@ -368,12 +368,14 @@ def _unit_distortions(plan: Plan, config: PipelineConfig, targets: dict[str, jax
     members = {m.name: (m.role, m.layer) for m in model.layout.matrices if m.name in targets}
     roles = {r: [n for n, (rr, _) in members.items() if rr == r] for r in sorted({r for r, _ in members.values()})}
     say(f"  probe {len(roles)} roles at the model output on calibration text")
-    by_role = probe.output_distortion(ev, model.params, probes, roles)
+    by_role = probe.output_distortion(ev, model.params, probes, roles, bar=lambda it: bar(it, desc="probe roles",
+                                                                                         unit="probe"))
     record["probe_by_role"] = by_role
     if a.probe_groups == "role_layer":
       layers = {l: [n for n, (_, ll) in members.items() if ll == l] for l in sorted({l for _, l in members.values()})}
       say(f"  probe {len(layers)} layers at the model output on calibration text")
-      by_layer = probe.output_distortion(ev, model.params, probes, layers)
+      by_layer = probe.output_distortion(ev, model.params, probes, layers,
+                                         bar=lambda it: bar(it, desc="probe layers", unit="probe"))
       record["probe_by_layer"] = {str(l): v for l, v in by_layer.items()}
       d = probe.separable(by_role, by_layer, members)
     else:  # a role's matrices share its per-weight sensitivity
@@ -382,7 +384,7 @@ def _unit_distortions(plan: Plan, config: PipelineConfig, targets: dict[str, jax
 
 
 def _allocate(plan: Plan, config: PipelineConfig, coords: dict[str, jax.Array], chain: TransformChain | None,
-              say) -> None:
+              say, bar) -> None:
   """Per-matrix step multipliers from ``[allocation]``."""
   from macjax.quantize import allocation  # pylint: disable=g-import-not-at-top
   cfg = to_dict(config)
@@ -398,7 +400,7 @@ def _allocate(plan: Plan, config: PipelineConfig, coords: dict[str, jax.Array], 
   record: dict[str, Any] = {}
   sizes = {n: int(t.size) for n, t in targets.items()}
   if config.allocation.sensitivity != "none":
-    d, record = _unit_distortions(plan, config, targets, reconstruct, say)
+    d, record = _unit_distortions(plan, config, targets, reconstruct, say, bar)
     floor = 1e-6 * max(max(d.values()), 1e-30)  # a matrix quantized exactly (all zeros) is not infinitely cheap
     sens = {n: max(v, floor) / sizes[n] for n, v in d.items()}
     scales = allocation.equal_slope_scales(sens, sizes)
@@ -416,7 +418,8 @@ def _allocate(plan: Plan, config: PipelineConfig, coords: dict[str, jax.Array], 
 
 
 def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None,
-              say: Callable[[str], None] = lambda _: None, devices: list | None = None) -> Plan:
+              say: Callable[[str], None] = lambda _: None, devices: list | None = None,
+              bar: Callable[..., Iterable] = lambda it, **_: it) -> Plan:
   """Runs the whole-model stages ``config`` asks for (module docstring), in order.
 
   Args:
@@ -426,6 +429,7 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
       calibration pass across configs; computed here when a stage needs them and this is None.
     say: progress lines.
     devices: where the f_θ families are fitted (default ``jax.devices()``), one family per device at a time.
+    bar: ``bar(items, desc=, unit=)`` wraps long loops (the allocation probes) in a progress bar.
 
   Raises:
     ConfigError: a stage cannot run on this model with this config (named in the message).
@@ -470,6 +474,6 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
       plan.timings["fit"] = time.perf_counter() - t0
     if allocating:
       t0 = time.perf_counter()
-      _allocate(plan, config, coords, chain, say)
+      _allocate(plan, config, coords, chain, say, bar)
       plan.timings["allocate"] = time.perf_counter() - t0
   return plan
