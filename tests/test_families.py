@@ -373,6 +373,21 @@ def test_a_broken_tokenizer_json_leaves_the_weights_usable(tmp_path):
   assert cli.main(args + ["--no-eval", "--config", "plain"]) == 0
 
 
+def test_another_models_tokenizer_is_refused_for_text(tmp_path):
+  """A tokenizer.json with ids beyond the embedding's rows (another model's): a gather would clamp those ids
+  silently, so runs that need text are refused, naming both sizes; the weights stay usable."""
+  folder = _copy("qwen2", tmp_path)
+  config = json.loads((folder / "config.json").read_text())
+  tok = json.loads((folder / "tokenizer.json").read_text())
+  tok["added_tokens"].append({"id": config["vocab_size"] + 5, "content": "<extra>", "single_word": False,
+                              "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+  (folder / "tokenizer.json").write_text(json.dumps(tok))
+  model = load_model(str(folder))
+  assert f"but the model's vocab_size is {config['vocab_size']} (the tokenizer of another model?)" in \
+      model.tokenizer_error
+  assert load_model(str(FIXTURES / "qwen2")).tokenizer_error is None
+
+
 @pytest.mark.parametrize("shape", [(0, 32), (96 * 32,), (96, 32, 1), (32, 96)], ids=["zero-rows", "1-d", "3-d",
                                                                                      "transposed"])
 def test_odd_tensor_shapes_are_refused_by_name(tmp_path, shape):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -73,16 +73,21 @@ def check_params(params: Mapping[str, np.ndarray], config: Mapping[str, object],
   return params, spec
 
 
-def _tokenizer_problem(files: Mapping[str, bytes], where: str) -> str | None:
-  """Why ``tokenizer.json`` cannot be used (not UTF-8, not a tokenizer ``tokenizers`` can build), else None. The
+def _tokenizer_problem(files: Mapping[str, bytes], where: str, vocab_size: Any) -> str | None:
+  """Why ``tokenizer.json`` cannot be used (not UTF-8, not a tokenizer ``tokenizers`` can build, or ids beyond the
+  model's embedding rows: another model's tokenizer, whose ids a gather would silently clamp), else None. The
   weights stay usable; what needs text refuses with this reason."""
   if "tokenizer.json" not in files:
     return None
   import tokenizers  # pylint: disable=g-import-not-at-top
   try:
-    tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
+    tok = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
   except Exception as e:  # pylint: disable=broad-except  (tokenizers raises a bare Exception)
     return f"{where}: tokenizer.json is not a tokenizer that `tokenizers` can build ({str(e)[:200]})"
+  ids = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+  if isinstance(vocab_size, int) and ids > vocab_size:
+    return (f"{where}: tokenizer.json has token ids up to {ids - 1}, but the model's vocab_size is {vocab_size} "
+            "(the tokenizer of another model?)")
   return None
 
 
@@ -131,7 +136,7 @@ def open_model(source: str) -> Model:
     raise ModelLoadError(f"{where}: neither a folder with config.json nor a .gguf file")
   params, spec = check_params(raw.params, raw.config, where)
   if raw.tokenizer_error is None:
-    raw.tokenizer_error = _tokenizer_problem(raw.tokenizer_files, where)
+    raw.tokenizer_error = _tokenizer_problem(raw.tokenizer_files, where, raw.config.get("vocab_size"))
   return Model(params=params, layout=families.build_layout(spec, raw.config), source=source,
                tokenizer_files=raw.tokenizer_files,
                source_dtypes={n: raw.source_dtypes[n] for n in params if n in raw.source_dtypes},
