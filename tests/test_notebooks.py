@@ -1,10 +1,9 @@
-"""Shipped notebooks are valid nbformat JSON and their code compiles against the current API names."""
+"""The shipped notebooks run top to bottom (nbclient, a real kernel) on a tiny checkpoint with small settings (the
+MACJAX_NOTEBOOK_MODEL switch in their first cell), so that they never rot; on the real models they take a few
+minutes each."""
 
 from __future__ import annotations
 
-import ast
-import importlib
-import json
 import pathlib
 
 import pytest
@@ -12,21 +11,21 @@ import pytest
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_notebooks():
-  assert NOTEBOOKS
+def test_the_notebooks_the_readme_lists_are_there():
+  assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "rotation_vs_alignment", "fitting_f_theta", "rd_curves"}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_code_compiles_and_imports_resolve(path):
-  nb = json.loads(path.read_text())
-  assert nb["nbformat"] == 4
-  for cell in nb["cells"]:
-    if cell["cell_type"] != "code":
-      continue
-    tree = ast.parse("".join(cell["source"]))
-    for node in ast.walk(tree):
-      if isinstance(node, ast.ImportFrom) and node.module.startswith("macjax"):
-        module = importlib.import_module(node.module)
-        for alias in node.names:
-          assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), (
-              f"{path.name}: {node.module} has no {alias.name}")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+  import nbclient  # pylint: disable=g-import-not-at-top
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from conftest import TINY_LLAMA_CONFIG, tiny_llama_params, write_hf_folder  # pylint: disable=g-import-not-at-top
+  model = write_hf_folder(tmp_path / "tiny", tiny_llama_params(), TINY_LLAMA_CONFIG)
+  monkeypatch.setenv("MACJAX_NOTEBOOK_MODEL", str(model))
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  nb = nbformat.read(path, as_version=4)
+  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+  assert not errors
+  assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
