@@ -168,7 +168,7 @@ def plot(result: dict, out: str | pathlib.Path, peers: Sequence[Mapping[str, Any
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   points = result["points"]
   key, label, metric = _quality_axis(points)
-  fig, (ax_e, ax_q) = plt.subplots(1, 2, figsize=(11, 4.3))
+  fig, (ax_e, ax_q) = plt.subplots(1, 2, figsize=(13.5, 4.5))
   ax_e.plot(result["bound"]["bits"], result["bound"]["rel_weight_error"], "k--", lw=1,
             label="Shannon lower bound")
   for series in dict.fromkeys(p["series"] for p in points):
@@ -188,12 +188,15 @@ def plot(result: dict, out: str | pathlib.Path, peers: Sequence[Mapping[str, Any
     if with_q:
       ax_q.plot([p["bits"] for p in with_q], [metric(p) for p in with_q], **style)
   ax_e.set(xlabel="block matrices: bits/weight (everything counted)", ylabel="relative weight error", yscale="log")
-  ax_q.set(xlabel="block matrices: bits/weight (everything counted)", ylabel=label,
-           yscale="log" if key == "cosine_mean" else "linear")
+  ax_q.set(xlabel="block matrices: bits/weight (everything counted)", ylabel=label)
+  if key == "cosine_mean":
+    ax_q.set_yscale("log")
+  else:  # changes from −0.2 % to +100 %: linear near 0, logarithmic beyond ±1 %
+    ax_q.set_yscale("symlog", linthresh=1.0)
   for ax in (ax_e, ax_q):
     ax.grid(alpha=0.3)
-  ax_q.legend(fontsize="small")
   ax_e.legend(fontsize="small")
+  ax_q.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.suptitle(f"{pathlib.Path(str(result['meta']['model'])).name}: rate–distortion")
   fig.tight_layout()
   path = pathlib.Path(out) / "rd.png"
