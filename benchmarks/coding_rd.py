@@ -25,6 +25,7 @@ import numpy as np
 from macjax.coding import coded_bits, encode
 from macjax.load import load_model
 from macjax.quantize import dead_zone, rdoq, trellis, uniform
+from macjax.pipeline import rd
 
 NNCODEC = [(3.10, 0.120), (4.01, 0.062), (4.98, 0.032)]  # (bits/weight, relative weight error), MiniLM, DESIGN.md
 
@@ -63,16 +64,6 @@ def run(matrices: dict[str, np.ndarray], factory, enc_kwargs, step: float) -> di
   total = sum(bits.values())
   return {"step": step, "bits_per_weight": total / n, "rel_weight_error": float(np.sqrt(err2 / ref2)),
           "breakdown_bits_per_weight": {k: v / n for k, v in bits.items()}}
-
-
-def bits_at_error(points: list[dict], error: float) -> float | None:
-  """Bits/weight at a given error, interpolated linearly in (log error, bits); None outside the measured range."""
-  e = np.log([p["rel_weight_error"] for p in points])
-  b = np.array([p["bits_per_weight"] for p in points])
-  order = np.argsort(e)
-  if not e.min() <= np.log(error) <= e.max():
-    return None
-  return float(np.interp(np.log(error), e[order], b[order]))
 
 
 def main(argv=None) -> None:
@@ -115,7 +106,7 @@ def main(argv=None) -> None:
   for name, points in results.items():
     cells, comparison[name] = [], []
     for b_ref, e in NNCODEC:
-      b = bits_at_error(points, e)
+      b = rd.bits_at_distortion([(p["rel_weight_error"], p["bits_per_weight"]) for p in points], e)[0]
       comparison[name].append(b)
       cells.append("—" if b is None else f"{b:.2f} ({100 * (b_ref - b) / b_ref:+.1f}%)")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")

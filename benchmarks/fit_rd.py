@@ -54,6 +54,7 @@ from macjax.load import load_model
 from macjax.pipeline import compression
 from macjax.pipeline.config import from_dict
 from macjax.pipeline.job import run_compress
+from macjax.pipeline import rd
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -156,16 +157,11 @@ def distortion(rec: dict, metric: str) -> float:
 
 
 def rate_at(curve: list[dict], metric: str, d: float) -> tuple[float, bool]:
-  """Rate of a curve at distortion ``d`` (linear in ``log d``); (rate, extrapolated?)."""
-  pts = sorted((math.log(max(distortion(r, metric), 1e-12)), r["rate_bpw"]) for r in curve)
-  x = math.log(max(d, 1e-12))
-  if len(pts) == 1:
-    return float("nan"), True
-  xs = [p[0] for p in pts]
-  if xs[0] <= x <= xs[-1]:
-    return float(np.interp(x, xs, [p[1] for p in pts])), False
-  (x0, y0), (x1, y1) = (pts[0], pts[1]) if x < xs[0] else (pts[-2], pts[-1])
-  return y0 + (y1 - y0) * (x - x0) / (x1 - x0), True
+  """Rate of a curve at distortion ``d`` (linear in ``log d``, extended beyond the measured range); (rate,
+  extrapolated?), ``(nan, True)`` when it cannot be said."""
+  bits, extra = rd.bits_at_distortion([(max(distortion(r, metric), 1e-12), r["rate_bpw"]) for r in curve],
+                                      max(d, 1e-12), extrapolate=True)
+  return (float("nan"), True) if bits is None else (bits, extra)
 
 
 def compare(rows: list[dict], metrics: list[str]) -> list[dict]:

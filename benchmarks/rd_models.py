@@ -45,6 +45,7 @@ from macjax.evaluate import metrics, peers
 from macjax.load import load_model
 from macjax.pipeline import compression, plan as pipeline_plan
 from macjax.pipeline import config as pconfig, report
+from macjax.pipeline import rd
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -284,22 +285,6 @@ def run_point(model, evaluator, block_names, method: str, step: float, calib: di
 
 # --- comparison -------------------------------------------------------------------------------------------------
 
-def bits_at(points: list[tuple[float, float]], target: float, higher_is_better: bool) -> tuple[str, float | None]:
-  """Bits at which a curve reaches ``target`` quality (linear interpolation between measured points, sorted by
-  bits). Returns (relation, bits): ``=`` interpolated, ``<`` already better at the lowest rate measured, ``>`` not
-  reached at the highest rate measured, ``?`` no points."""
-  pts = sorted(points)
-  if not pts:
-    return "?", None
-  good = (lambda v: v >= target) if higher_is_better else (lambda v: v <= target)
-  if good(pts[0][1]):
-    return "<", pts[0][0]
-  for (b0, v0), (b1, v1) in zip(pts, pts[1:]):
-    if not good(v0) and good(v1):
-      return "=", b0 + (target - v0) * (b1 - b0) / (v1 - v0)
-  return ">", pts[-1][0]
-
-
 def fmt_at(rel: str, b: float | None) -> str:
   if b is None:
     return "—"
@@ -330,7 +315,7 @@ def comparisons(model_key: str, rows: list[dict]) -> dict:
       if metric in q:
         cm[f"{name} (quoted)"] = list(zip(q["bits"], q[metric]))
     for t in targets:
-      table[str(t)] = {name: bits_at(pts, t, hib) for name, pts in cm.items()}
+      table[str(t)] = {name: rd.bits_at_quality(pts, t, hib) for name, pts in cm.items()}
     comp[metric] = table
   return comp
 
@@ -387,7 +372,7 @@ def headline(model_key: str, data: dict) -> list[str]:
       cells = []
       for m in ours:
         v = value_at(err.get(m, []), b, log=True)
-        rel, bb = bits_at(err.get(m, []), e, False)
+        rel, bb = rd.bits_at_quality(err.get(m, []), e, False)
         at = f"{bb:.2f} b, {100 * (1 - bb / b):+.0f} %" if rel == "=" else fmt_at(rel, bb)
         cells.append(("—" if v is None else f"{v:.4f}") + f" ({at})")
       lines.append(f"| {b} | {e} | " + " | ".join(cells) + " |")
@@ -411,7 +396,7 @@ def bound_lines(bound: dict, nn: dict, err: dict, ours: list[str]) -> list[str]:
     floor = bound["row_col"][i]
     best = None
     for m in ours:
-      rel, bb = bits_at(err.get(m, []), e, False)
+      rel, bb = rd.bits_at_quality(err.get(m, []), e, False)
       if rel == "=" and (best is None or bb < best[0]):
         best = (bb, m)
     ours_cell = "—" if best is None else f"{best[0]:.2f} (`{best[1]}`): +{best[0] - floor:.2f}"

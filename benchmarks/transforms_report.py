@@ -72,6 +72,7 @@ from macjax import transforms as T
 from macjax.diagnose import matrix_stats
 from macjax.load import load_model
 from macjax.quantize import uniform
+from macjax.pipeline import rd
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 MODELS = ("minilm-l6", "smollm2-135m")
@@ -359,23 +360,6 @@ def run_part_b(model_name: str, plan: list[tuple[str, float, bool]], args, resul
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def interp_bits(points: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
-  """Bits at distortion ``target``, linear in ``log(distortion)`` between the two nearest points of a chain.
-
-  Returns ``(bits, extrapolated)``; ``(None, False)`` with fewer than two points or a non-positive distortion.
-  """
-  pts = sorted((math.log(d), b) for d, b in points if d is not None and d > 0)
-  if len(pts) < 2 or target is None or target <= 0:
-    return None, False
-  x = math.log(target)
-  xs = [p[0] for p in pts]
-  i = int(np.clip(np.searchsorted(xs, x), 1, len(pts) - 1))
-  (x0, b0), (x1, b1) = pts[i - 1], pts[i]
-  if x1 == x0:
-    return None, False
-  return b0 + (b1 - b0) * (x - x0) / (x1 - x0), not xs[0] <= x <= xs[-1]
-
-
 def summarize_b(model_name: str, part: dict) -> dict:
   """Per chain: the points, and bits at the ``none`` chain's weight errors and quality levels (and the savings)."""
   by_chain: dict[str, list[dict]] = {}
@@ -394,20 +378,20 @@ def summarize_b(model_name: str, part: dict) -> dict:
     for r in ref:
       row = {"none_step": r["step"], "none_bits": r["artifact"]["block_bits_per_weight"],
              "weight_error": r["weight_error"]["block"]}
-      b, ex = interp_bits(w_pts, row["weight_error"])
+      b, ex = rd.bits_at_distortion(w_pts, row["weight_error"], extrapolate=True)
       row.update(bits_at_weight_error=b, extrapolated_w=ex, saving_at_weight_error=None if b is None else
                  row["none_bits"] - b)
       qd = quality_distortion(model_name, r.get("quality"))
       row["quality_distortion"] = qd
-      b, ex = interp_bits(q_pts, qd) if qd is not None else (None, False)
+      b, ex = rd.bits_at_distortion(q_pts, qd, extrapolate=True) if qd is not None else (None, False)
       row.update(bits_at_quality=b, extrapolated_q=ex, saving_at_quality=None if b is None else row["none_bits"] - b)
       # resolution: the bits the chain's curve spans across ± one combined relative standard error of the two
       # quality measurements (treated as independent, which overstates it: both are scored on the same text)
       rel = [quality_rel_stderr(r.get("quality"))] + [quality_rel_stderr(c.get("quality")) for c in recs]
       if b is not None and None not in rel:
         se = math.sqrt(rel[0] ** 2 + float(np.mean(np.square(rel[1:]))))
-        hi, _ = interp_bits(q_pts, qd * (1 + se))
-        lo, _ = interp_bits(q_pts, qd * max(1 - se, 1e-6))
+        hi, _ = rd.bits_at_distortion(q_pts, qd * (1 + se), extrapolate=True)
+        lo, _ = rd.bits_at_distortion(q_pts, qd * max(1 - se, 1e-6), extrapolate=True)
         row["saving_at_quality_se"] = None if hi is None or lo is None else abs(lo - hi) / 2
       matched.append(row)
     out[chain] = {"reference": ref_name, "points": [{"step": r["step"], "bits": r["artifact"]["block_bits_per_weight"],

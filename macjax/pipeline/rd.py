@@ -150,6 +150,51 @@ def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], 
   return result
 
 
+def bits_at_quality(points: Sequence[tuple[float, float]], target: float,
+                    higher_is_better: bool) -> tuple[str, float | None]:
+  """Bits at which a curve of ``(bits, quality)`` points first reaches ``target`` along the rate axis (linear
+  between the two points around the crossing). Returns ``(relation, bits)``: ``=`` interpolated, ``<`` already
+  reached at the lowest rate measured (its bits), ``>`` not reached at the highest (its bits), ``?`` no points.
+
+  Example:
+    >>> bits_at_quality([(3.0, 0.5), (4.0, 1.0)], 0.75, higher_is_better=True)
+    ('=', 3.5)
+  """
+  pts = sorted(points)
+  if not pts:
+    return "?", None
+  good = (lambda v: v >= target) if higher_is_better else (lambda v: v <= target)
+  if good(pts[0][1]):
+    return "<", pts[0][0]
+  for (b0, v0), (b1, v1) in zip(pts, pts[1:]):
+    if not good(v0) and good(v1):
+      return "=", b0 + (target - v0) * (b1 - b0) / (v1 - v0)
+  return ">", pts[-1][0]
+
+
+def bits_at_distortion(points: Sequence[tuple[float, float]], target: float, *,
+                       extrapolate: bool = False) -> tuple[float | None, bool]:
+  """Bits of a curve of ``(distortion, bits)`` points at distortion ``target``, linear in ``log(distortion)``
+  (rate–distortion curves are close to straight there). Points with a distortion ≤ 0 are ignored. Returns
+  ``(bits, extrapolated)``: outside the measured range the end segment is extended when ``extrapolate``, else
+  ``(None, False)``; ``(None, False)`` with fewer than two points or a target ≤ 0.
+
+  Example:
+    >>> bits_at_distortion([(0.1, 3.0), (0.01, 6.0)], 10 ** -1.5)
+    (4.5, False)
+  """
+  pts = sorted((np.log(d), b) for d, b in points if d is not None and d > 0)
+  if len(pts) < 2 or target is None or not target > 0:
+    return None, False
+  x, xs = float(np.log(target)), [p[0] for p in pts]
+  if xs[0] <= x <= xs[-1]:
+    return float(np.interp(x, xs, [p[1] for p in pts])), False
+  if not extrapolate:
+    return None, False
+  (x0, b0), (x1, b1) = (pts[0], pts[1]) if x < xs[0] else (pts[-2], pts[-1])
+  return (float(b0 + (b1 - b0) * (x - x0) / (x1 - x0)) if x1 != x0 else None), True
+
+
 def _quality_axis(points: list[dict]) -> tuple[str, str, Callable[[dict], float | None]]:
   """The model metric to draw: perplexity change (%) for causal LMs, 1 − mean cosine for encoders."""
   if any("perplexity_rel_change" in p for p in points):
@@ -205,4 +250,4 @@ def plot(result: dict, out: str | pathlib.Path, peers: Sequence[Mapping[str, Any
   return path
 
 
-__all__ = ["QUALITY_KEYS", "baseline_point", "config_point", "plot", "sweep"]
+__all__ = ["QUALITY_KEYS", "baseline_point", "bits_at_distortion", "bits_at_quality", "config_point", "plot", "sweep"]
