@@ -4,10 +4,10 @@ Run: ``.venv/bin/python benchmarks/coding_gptq.py [--out benchmarks/results/codi
 
 Calibration: ``--n-calib`` passages of the *calibration* split (disjoint from the held-out text the cosine is
 measured on); each block matrix's Hessian ``H = XᵀX`` sums its input rows over the real (unpadded) tokens, with
-the inputs of the fp32 model (non-sequential GPTQ). Bits/weight count coded words, tables, headers and float16
-steps of the 36 block matrices, as in ``coding_quality.py``. The per-layer input capture below recomputes
-:mod:`macjax.evaluate.bert`'s layer with the same weights and formulas (calibration only; the scored forward is
-the library's :class:`macjax.evaluate.Evaluator`).
+the inputs of the fp32 model (non-sequential GPTQ), measured by the library's calibration
+(:func:`macjax.calibrate.input_statistics`, the same forward as the scored :class:`macjax.evaluate.Evaluator`).
+Bits/weight count coded words, tables, headers and float16 steps of the 36 block matrices, as in
+``coding_quality.py``.
 """
 
 from __future__ import annotations
@@ -22,46 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from macjax.coding import coded_bits, decode, encode
-from macjax.evaluate import Evaluator, text
-from macjax.evaluate.bert import BertDims, _dense, layer_norm, prepare_bert
+from macjax import calibrate
+from macjax.evaluate import Evaluator
 from macjax.load import load_model
 from macjax.quantize import gptq, trellis, uniform
 
-ROLE_INPUT = {"q": "x", "k": "x", "v": "x", "o": "context", "up": "mid", "down": "inner"}
-
-
 def layer_hessians(model, n_calib: int) -> dict[str, np.ndarray]:
-  """``{HF name: XᵀX}`` of every block matrix's inputs over the calibration passages (fp32 model)."""
-  config = dict(model.layout.config)
-  dims = BertDims.from_config(config)
-  weights = prepare_bert(model.params, config)
-  tokens, mask = text.sentence_batch(text.tokenizer_for(model), text.sentences("calibration", n_calib))
-  tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask != 0)
-  seq = tokens.shape[1]
-  x = weights.word[tokens] + weights.position[:seq][None] + weights.token_type[jnp.zeros_like(tokens)]
-  x = layer_norm(x, weights.emb_ln, weights.emb_ln_bias, dims.ln_eps)
-  valid = mask[..., None].astype(jnp.float32)
-  gram = jax.jit(lambda a: jnp.einsum("bsi,bsj->ij", a * valid, a))
-  out = {}
-  by_layer = {}
-  for m in model.layout.matrices:
-    by_layer.setdefault(m.layer, {})[m.role] = m.name
-  batch = tokens.shape[0]
-  hd = dims.hidden // dims.num_heads
-  for layer in range(dims.num_layers):
-    p = {k: v[layer] for k, v in weights.layers.items()}
-    split = lambda t: t.reshape(batch, seq, dims.num_heads, hd)
-    q, k, v = (split(_dense(x, p[n], p[n + "_bias"])) for n in ("q", "k", "v"))
-    scores = jnp.einsum("bqhd,bshd->bhqs", q, k) / np.sqrt(hd).astype(np.float32)
-    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-    context = jnp.einsum("bhqs,bshd->bqhd", jax.nn.softmax(scores, axis=-1), v).reshape(batch, seq, dims.hidden)
-    mid = layer_norm(x + _dense(context, p["o"], p["o_bias"]), p["attn_ln"], p["attn_ln_bias"], dims.ln_eps)
-    inner = jax.nn.gelu(_dense(mid, p["up"], p["up_bias"]), approximate=False)
-    acts = {"x": x, "context": context, "mid": mid, "inner": inner}
-    for role, name in by_layer[layer].items():
-      out[name] = np.asarray(gram(acts[ROLE_INPUT[role]]))
-    x = layer_norm(mid + _dense(inner, p["down"], p["down_bias"]), p["out_ln"], p["out_ln_bias"], dims.ln_eps)
-  return out
+  """``{HF name: XᵀX}`` of every block matrix's inputs over ``n_calib`` calibration passages (the fp32 model's
+  inputs), from the library's calibration (:func:`macjax.calibrate.input_statistics`)."""
+  stats = calibrate.input_statistics(model, n_sentences=n_calib)
+  return {name: np.asarray(s.second_moment, np.float64) * s.count for name, s in stats.items()}
 
 
 def compress(matrices, hessians, q, use_gptq: bool):

@@ -25,7 +25,7 @@ import os
 import time
 
 from macjax.load import load_model
-from macjax.pipeline import compression, config as config_lib, job
+from macjax.pipeline import compression, config as config_lib, job, report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {
@@ -33,16 +33,6 @@ VARIANTS = {
     "pca-matrix": {"transform": [{"name": "pca", "side": "input"}]},
     "pca-role": {"transform": [{"name": "pca", "side": "input"}], "transform_state": {"share": "role"}},
 }
-PARTS = ("codes", "tables", "scales", "transform")
-
-
-def block_bits(manifest: dict) -> dict[str, float]:
-  """Bits/weight of the block matrices by part; role-shared transform records count with them."""
-  tensors = manifest["tensors"].values()
-  block = [r for r in tensors if r["group"] == "block"]
-  counted = block + [r for r in tensors if r["group"] == "transform"]
-  n = sum(r["shape"][0] * r["shape"][1] for r in block)
-  return {k: sum(r["bits"].get(k, 0) for r in counted) / n for k in PARTS}
 
 
 def run(model_name: str, steps: list[float]) -> list[dict]:
@@ -54,7 +44,7 @@ def run(model_name: str, steps: list[float]) -> list[dict]:
       t0 = time.perf_counter()
       compressed = compression.compress(model, cfg)
       decoded = compression.decompress(compressed.units, compressed.manifest)  # verifies every tensor's SHA-256
-      parts = block_bits(compressed.manifest)
+      parts = report.counted_bits(compressed.manifest)["block_bits_parts"]  # the report's own accounting
       err = job.weight_errors(compressed.reference, decoded, compressed.manifest)["block"]
       row = {"model": model_name, "step": step, "variant": variant, "block_bpw": sum(parts.values()),
              "code_bpw": parts["codes"] + parts["tables"] + parts["scales"], "transform_bpw": parts["transform"],
