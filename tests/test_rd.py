@@ -55,3 +55,21 @@ def test_bad_peers_file(tiny_llama_dir, tmp_path):
   bad.write_text(json.dumps([{"name": "x", "bits": "four"}]))
   with pytest.raises(ConfigError, match="entry 0 must be"):
     job.run_rd(str(tiny_llama_dir), tmp_path / "rd", configs=["plain"], steps=[0.1], peers_file=bad)
+
+
+def test_benchmarks_have_one_entry_point_and_results_md_is_current():
+  """benchmarks/run.py lists every benchmark script, each listed result file exists, and the committed
+  benchmarks/RESULTS.md is what it renders (so the index cannot drift from the results)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("bench_run", root / "benchmarks" / "run.py")
+  run = importlib.util.module_from_spec(spec)
+  sys.modules["bench_run"] = run  # dataclasses look their module up there
+  spec.loader.exec_module(run)
+  scripts = {p.stem for p in (root / "benchmarks").glob("*.py")} - {"run"}
+  assert scripts == {b.script for b in run.BENCHMARKS} - {"macjax"}
+  for b in run.BENCHMARKS:
+    assert all(list((root / "benchmarks" / "results").glob(g)) for g in b.results), b.name
+  assert (root / "benchmarks" / "RESULTS.md").read_text() == run.render()
