@@ -208,15 +208,8 @@ def input_statistics(model, *, n_seq: int = DEFAULT_N_SEQ, seq_len: int = DEFAUL
   BERT: ``n_sentences`` calibration passages (:func:`macjax.evaluate.text.sentences`) with ``[CLS] … [SEP]``,
   sorted by length into chunks of ``sentence_chunk``; ``n`` = their tokens, padding excluded.
 
-  Costs, measured on the 2-core development CPU shared with other jobs (CPU-seconds of this process, first call
-  with compilation included; the model load is not counted):
-
-  * SmolLM2-135M, defaults ``n_seq=48, seq_len=256`` (12288 tokens spread over the 8 calibration works, 6 forward
-    calls of 8 windows): 42.5 CPU-s, first call and warm alike (compilation ~1 s); wall 95-105 s at a load average
-    of 13 (2-3x less on a quiet machine). Cost ~ n_seq: about half is the forward, half the ``XᵀX`` products
-    (``L · Σ_sites in² = 100 M`` multiply-adds per token). Peak resident memory 2.8 GB, model included.
-  * MiniLM-L6, default ``n_sentences=256`` (8439 tokens; 4 chunks padded to widths 32/32/64/96): 7.6 CPU-s warm,
-    11 CPU-s on the first call (three compiled widths); wall 9-17 s under load. 512 passages: 10.5 / 13.8 CPU-s.
+  Cost: one forward over the calibration text plus the ``XᵀX`` products (``L · Σ_sites in²`` multiply-adds per
+  token), both linear in the number of tokens; ``macjax compress`` reports the calibration's wall time.
 
   Memory: one batch's per-layer sums in float32 plus their float64 accumulators, ``12 · L · Σ_sites in²`` bytes
   (1.2 GB for SmolLM2, 200 MB for MiniLM), then the float32 results (``4 · L · Σ_sites in²``).

@@ -7,8 +7,8 @@ Entry points:
 
 Causal LMs (``layout.kind == "decoder"``: LLaMA, Qwen2, Gemma, Phi-3, GPT-2, Mixtral ...) are scored by perplexity on held-out text and the per-token
 :math:`\\mathrm{KL}(p_{ref}\\,\\|\\,p_{cand})` of next-token distributions; encoders (``"bert"``) by the cosine between
-reference and candidate sentence embeddings. The defaults were sized on the 2-core development CPU (see
-:class:`Evaluator` for the measured times).
+reference and candidate sentence embeddings. The defaults were sized to take well under a minute per candidate on a
+2-core CPU for the default models (``macjax compress`` reports the evaluation's wall time in its per-stage timings).
 
 Example:
   >>> from macjax.load import load_model                                            # doctest: +SKIP
@@ -88,23 +88,15 @@ class Evaluator:
   For a BERT model it builds ``n_sentences`` held-out passages (:func:`text.sentences`), sorts them by length into
   chunks padded to a multiple of 32 tokens (a handful of compiled shapes), and caches the reference embeddings.
 
-  Sizes and costs, measured on the 2-core development CPU shared with other jobs (CPU-seconds are what this
-  process used; wall time is ~0.7x that when the machine is quiet, 2-3x under a load average of 7-9):
+  Sizes and costs. Causal LMs: ``n_seq · (seq_len − 1)`` scored predictions from windows spread over the held-out
+  works (6120 at the defaults ``n_seq=24, seq_len=256``); the build runs the reference once, each call runs the
+  candidate's trunk once, so a call costs about one forward over the windows (linear in ``n_seq``). Encoders:
+  ``n_sentences`` passages; one forward per call. ``macjax compress`` reports the evaluation's wall time.
 
-  * SmolLM2-135M, defaults ``n_seq=24, seq_len=256``: 6120 scored predictions drawn from 24 windows spread
-    over 6 held-out works. Build (reference pass) 10.5 CPU-s, each candidate 17 CPU-s; one :func:`quality`
-    call 28-30 CPU-s (wall 20 s on a momentarily quiet machine, 59 s at load 7, 93 s at load 12; pass
-    ``n_seq=16`` for two thirds of that). Reference perplexity on this
-    text: 48.3 (Shakespeare, sonnets included, windows start mid-text without BOS). Statistical resolution: for
-    a candidate at +2.6% perplexity the standard error of ``perplexity_rel_change`` (over per-window means of
-    the paired NLL difference) is 0.5 points and that of ``kl`` 10% of its value: enough to rank methods a few
-    percent apart; raise ``n_seq`` for finer claims (error ~ 1/sqrt(n_seq), cost ~ n_seq). These errors cover
-    the choice of text only. Near the reference, ``kl`` is the steadier signal: three draws of the same small
-    Gaussian weight noise (2% of each matrix's std) gave ``kl`` 0.018-0.021 but ``perplexity_rel_change``
-    +0.7% to +2.5% (on 8 windows), since noise can lower the loss on some text.
-  * MiniLM-L6, default ``n_sentences=256`` held-out passages of 8-64 words: build 1.8 CPU-s, each candidate
-    1.8 CPU-s; one :func:`quality` call 3.5 CPU-s warm, 6 CPU-s with the first compile (wall 8-14 s under load).
-    Standard error of ``cosine_mean``: 2e-5 at cosine 0.998.
+  Statistical resolution: ``perplexity_rel_change_stderr`` and ``kl_stderr`` (``cosine_mean_stderr``) are standard
+  errors over per-window (per-passage) means of the paired differences, so they shrink as ``1/sqrt(n_seq)``; they
+  cover the choice of text only. Near the reference, ``kl`` is the steadier signal: small weight noise can lower
+  the loss on some text, so ``perplexity_rel_change`` scatters more than ``kl`` between draws of the same noise.
 
   Args:
     reference: the reference :class:`~macjax.load.layout.Model` (its params, layout.config, tokenizer files).
@@ -276,9 +268,8 @@ def quality(reference, params: Mapping[str, Any], *, n_seq: int = DEFAULT_N_SEQ,
   Args:
     reference: the reference :class:`~macjax.load.layout.Model`.
     params: the candidate ``{HF name: array}`` (e.g. decompressed weights).
-    n_seq, seq_len: held-out windows for causal LMs (defaults 24 x 256: 28 CPU-s per call for SmolLM2 on the
-      2-core CPU; see :class:`Evaluator`).
-    n_sentences: held-out passages for encoders (default 256: 3.5-6 CPU-s per call for MiniLM).
+    n_seq, seq_len: held-out windows for causal LMs (defaults 24 x 256; see :class:`Evaluator`).
+    n_sentences: held-out passages for encoders (default 256).
 
   Returns:
     See :meth:`Evaluator.__call__`.
