@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from macjax import transforms as T
-from macjax.diagnose.bound import shannon_lower_bound
+from macjax.diagnose.bound import bound_from_entropy, differential_entropy
 from macjax.diagnose.stats import matrix_stats
 from macjax.errors import ConfigError
 
@@ -52,8 +52,9 @@ def check(scopes: Sequence[str], step_rel: float, rel_error: float) -> None:
 
 
 def matrix_row(W: np.ndarray, scopes: Sequence[str], key: jax.Array, step_rel: float) -> dict[str, dict]:
-  """``{scope: {stat: value}}`` of one matrix, and each scope's transformed matrix under ``"_weights"``."""
-  out: dict[str, Any] = {"_weights": {}}
+  """``{scope: {stat: value}}`` of one matrix, and per scope what the role's Shannon bound pools under
+  ``"_bound"``: ``(size · h, Σ W²)`` of the transformed matrix."""
+  out: dict[str, Any] = {"_bound": {}}
   Wj = jax.numpy.asarray(W, jax.numpy.float32)
   for i, name in enumerate(scopes):
     t = SCOPES[name]()
@@ -64,7 +65,8 @@ def matrix_row(W: np.ndarray, scopes: Sequence[str], key: jax.Array, step_rel: f
                  "effective_rank_fraction": float(s.effective_rank) / min(W.shape),
                  "top_energy_ratio": float(s.top_energy_ratio), "code_entropy": float(s.code_entropy),
                  "state_bits_per_weight": float(t.state_bits(state)) / W.size}
-    out["_weights"][name] = np.asarray(W2)
+    W2 = np.asarray(W2, np.float64)
+    out["_bound"][name] = (W2.size * differential_entropy([W2]), float(np.sum(W2**2)))
   return out
 
 
@@ -89,17 +91,18 @@ def analyze(model, *, scopes: Sequence[str] = tuple(SCOPES), step_rel: float = 0
   """
   check(scopes, step_rel, rel_error)
   key = jax.random.key(seed)
-  rows, pooled = [], {}
+  rows, pooled = [], {}  # pooled[role][scope] = [Σ size·h, Σ W², Σ size]: the bound without holding the matrices
   for info in progress(model.layout.matrices):
     W = np.asarray(model.params[info.name], np.float32)
     row = matrix_row(W, scopes, jax.random.fold_in(key, len(rows)), step_rel)
-    for name, W2 in row.pop("_weights").items():
-      pooled.setdefault(info.role, {}).setdefault(name, []).append(W2)
+    for name, (nh, sumsq) in row.pop("_bound").items():
+      acc = pooled.setdefault(info.role, {}).setdefault(name, [0.0, 0.0, 0])
+      acc[0], acc[1], acc[2] = acc[0] + nh, acc[1] + sumsq, acc[2] + W.size
     rows.append({"name": info.name, "role": info.role, "layer": info.layer, "shape": list(W.shape), **row})
   roles = {role: {s: {k: float(np.mean([r[s][k] for r in rows if r["role"] == role])) for k, _, _ in STATS}
                   for s in scopes} for role in pooled}
-  bound = {role: {s: float(shannon_lower_bound(ws, [rel_error])[0]) for s, ws in by_scope.items()}
-           for role, by_scope in pooled.items()}
+  bound = {role: {s: float(bound_from_entropy(nh / n, sumsq / n, [rel_error])[0])
+                  for s, (nh, sumsq, n) in by_scope.items()} for role, by_scope in pooled.items()}
   return {"model": model.source, "family": model.layout.family, "scopes": list(scopes), "step_rel": step_rel,
           "rel_error": rel_error, "matrices": rows, "roles": roles, "bound": bound}
 

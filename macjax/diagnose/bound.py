@@ -102,12 +102,19 @@ def shannon_lower_bound(weights: Sequence[np.ndarray], rel_errors: Sequence[floa
   Returns:
     float64[len(rel_errors)]: ``max(0, h − ½·log2(2πe·D))`` with ``D = e²·mean(W²)``.
   """
+  h = differential_entropy(weights, scales)
+  power = sum(float(np.sum(np.asarray(W, np.float64) ** 2)) for W in weights) / sum(np.size(W) for W in weights)
+  return bound_from_entropy(h, power, rel_errors)
+
+
+def bound_from_entropy(h: float, power: float, rel_errors: Sequence[float]) -> np.ndarray:
+  """:func:`shannon_lower_bound` from its two ingredients, ``h`` (bits per weight, :func:`differential_entropy`)
+  and ``power = mean(W²)``: what a caller that pools matrices one at a time (size-weighted ``h``, summed ``W²``)
+  combines without holding them all."""
   errs = np.asarray(rel_errors, np.float64)
   if errs.ndim != 1 or not np.all(np.isfinite(errs)) or np.any(errs <= 0):
     raise ConfigError(f"bound: rel_errors must be a list of finite numbers > 0, got {rel_errors!r}")
-  h = differential_entropy(weights, scales)
-  power = sum(float(np.sum(np.asarray(W, np.float64) ** 2)) for W in weights) / sum(np.size(W) for W in weights)
   return np.maximum(0.0, h - 0.5 * np.log2(2 * np.pi * np.e * errs**2 * power))
 
 
-__all__ = ["SCALES", "differential_entropy", "shannon_lower_bound"]
+__all__ = ["SCALES", "bound_from_entropy", "differential_entropy", "shannon_lower_bound"]
