@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
   a = sub.add_parser("analyze", help="statistics of every block matrix under identity / Hadamard / random "
                      "orthogonal / PCA coordinates: a table, JSON and PNG figures")
   a.add_argument("model", help="alias or path, as for compress")
-  a.add_argument("--scopes", default="identity,hadamard,orthogonal,pca", help="comma-separated coordinates")
+  a.add_argument("--scopes", default="identity,hadamard,orthogonal,pca",
+                 help="comma-separated coordinates among identity, hadamard, orthogonal, pca, pca-group32, learned")
   a.add_argument("--step", type=float, default=0.25, help="code entropy's step, relative to each matrix's std")
   a.add_argument("--error", type=float, default=0.05, help="relative weight error of the Shannon lower bound")
   a.add_argument("--out", help="folder for analysis.json and the figures (default: analysis/<model name>)")

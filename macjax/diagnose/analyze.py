@@ -29,13 +29,19 @@ from macjax.diagnose.bound import bound_from_entropy, differential_entropy
 from macjax.diagnose.stats import matrix_stats
 from macjax.errors import ConfigError
 
-#: The coordinates :func:`analyze` compares, by name.
+#: The coordinates :func:`analyze` can compare, by name: rotations (randomized Hadamard, Haar-random orthogonal, a
+#: rotation learned per matrix to lower its codes' entropy), alignments (PCA of the input side over the whole
+#: matrix, or per group of 32 input channels).
 SCOPES: dict[str, Callable[[], T.WeightTransform]] = {
     "identity": T.identity,
     "hadamard": T.randomized_hadamard,
     "orthogonal": T.random_orthogonal,
     "pca": T.pca,
+    "pca-group32": lambda: T.pca(scope="group", block_size=32),
+    "learned": lambda: T.learned_rotation(objective="rate", steps=50),
 }
+#: What ``macjax analyze`` compares unless told otherwise (``learned`` fits an optimizer loop per matrix).
+DEFAULT_SCOPES = ("identity", "hadamard", "orthogonal", "pca")
 #: Per-matrix statistics, in table order: (key, column title, format).
 STATS = (("kurtosis", "kurt", "{:.2f}"), ("max_to_rms", "max/RMS", "{:.1f}"),
          ("effective_rank_fraction", "erank", "{:.3f}"), ("top_energy_ratio", "top-1%", "{:.3f}"),
@@ -70,7 +76,7 @@ def matrix_row(W: np.ndarray, scopes: Sequence[str], key: jax.Array, step_rel: f
   return out
 
 
-def analyze(model, *, scopes: Sequence[str] = tuple(SCOPES), step_rel: float = 0.25, rel_error: float = 0.05,
+def analyze(model, *, scopes: Sequence[str] = DEFAULT_SCOPES, step_rel: float = 0.25, rel_error: float = 0.05,
             seed: int = 0, progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
   """Statistics of every block matrix of ``model`` under each scope, per-role means and per-role Shannon bounds.
 
@@ -174,4 +180,4 @@ def plot(result: dict, folder, stats: Sequence[str] = ("kurtosis", "top_energy_r
   return paths
 
 
-__all__ = ["SCOPES", "STATS", "analyze", "check", "format_table", "matrix_row", "plot"]
+__all__ = ["DEFAULT_SCOPES", "SCOPES", "STATS", "analyze", "check", "format_table", "matrix_row", "plot"]
