@@ -169,6 +169,9 @@ def test_analyze_a_model_table_json_and_figures(tiny_llama_dir, tmp_path, capsys
     assert row["hadamard"]["effective_rank_fraction"] == pytest.approx(row["identity"]["effective_rank_fraction"],
                                                                        rel=1e-4)
     assert row["hadamard"]["state_bits_per_weight"] == 0 and row["pca"]["state_bits_per_weight"] > 0
+  rows_lt_cols = {r["role"] for r in result["matrices"] if r["shape"][0] < r["shape"][1]}
+  assert rows_lt_cols and all(result["bound"][role]["pca"] is None for role in rows_lt_cols)  # degenerate: n/a
+  assert all(b["identity"] > 0 and b["hadamard"] > 0 for b in result["bound"].values())
   kurt = {s: np.mean([r[s]["kurtosis"] for r in result["matrices"]]) for s in ("identity", "hadamard")}
   assert abs(kurt["hadamard"] - 3) < abs(kurt["identity"] - 3)  # the tiny weights are heavy-tailed
   figures = sorted(out.glob("*.png"))

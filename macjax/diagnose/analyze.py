@@ -72,7 +72,11 @@ def matrix_row(W: np.ndarray, scopes: Sequence[str], key: jax.Array, step_rel: f
                  "top_energy_ratio": float(s.top_energy_ratio), "code_entropy": float(s.code_entropy),
                  "state_bits_per_weight": float(t.state_bits(state)) / W.size}
     W2 = np.asarray(W2, np.float64)
-    out["_bound"][name] = (W2.size * differential_entropy([W2]), float(np.sum(W2**2)))
+    # Coordinates with (numerically) zero columns (a PCA basis of a matrix with fewer rows than columns) put a point mass
+    # at 0, where the differential-entropy bound degenerates (−∞): no bound is given for them.
+    dead = lambda M: np.sqrt(np.mean(M**2, axis=0)) <= 1e-3 * np.sqrt(np.mean(M**2))  # noqa: E731  (float16 basis)
+    degenerate = bool(np.any(dead(W2)) and not np.any(dead(np.asarray(W, np.float64))))
+    out["_bound"][name] = None if degenerate else (W2.size * differential_entropy([W2]), float(np.sum(W2**2)))
   return out
 
 
@@ -90,7 +94,8 @@ def analyze(model, *, scopes: Sequence[str] = DEFAULT_SCOPES, step_rel: float = 
 
   Returns:
     ``{"model", "family", "scopes", "step_rel", "rel_error", "matrices": [{"name", "role", "layer", "shape",
-    scope: {stat: value}}], "roles": {role: {scope: {stat: mean}}}, "bound": {role: {scope: bits/weight}}}``.
+    scope: {stat: value}}], "roles": {role: {scope: {stat: mean}}}, "bound": {role: {scope: bits/weight, or None
+    where the coordinates have (numerically) zero columns}}}``.
 
   Raises:
     ConfigError: unknown scopes, a step ≤ 0 or an error outside (0, 1).
@@ -101,13 +106,16 @@ def analyze(model, *, scopes: Sequence[str] = DEFAULT_SCOPES, step_rel: float = 
   for info in progress(model.layout.matrices):
     W = np.asarray(model.params[info.name], np.float32)
     row = matrix_row(W, scopes, jax.random.fold_in(key, len(rows)), step_rel)
-    for name, (nh, sumsq) in row.pop("_bound").items():
+    for name, part in row.pop("_bound").items():
       acc = pooled.setdefault(info.role, {}).setdefault(name, [0.0, 0.0, 0])
-      acc[0], acc[1], acc[2] = acc[0] + nh, acc[1] + sumsq, acc[2] + W.size
+      if part is None or acc[2] < 0:
+        acc[2] = -1  # degenerate: no bound for this role and scope
+        continue
+      acc[0], acc[1], acc[2] = acc[0] + part[0], acc[1] + part[1], acc[2] + W.size
     rows.append({"name": info.name, "role": info.role, "layer": info.layer, "shape": list(W.shape), **row})
   roles = {role: {s: {k: float(np.mean([r[s][k] for r in rows if r["role"] == role])) for k, _, _ in STATS}
                   for s in scopes} for role in pooled}
-  bound = {role: {s: float(bound_from_entropy(nh / n, sumsq / n, [rel_error])[0])
+  bound = {role: {s: float(bound_from_entropy(nh / n, sumsq / n, [rel_error])[0]) if n > 0 else None
                   for s, (nh, sumsq, n) in by_scope.items()} for role, by_scope in pooled.items()}
   return {"model": model.source, "family": model.layout.family, "scopes": list(scopes), "step_rel": step_rel,
           "rel_error": rel_error, "matrices": rows, "roles": roles, "bound": bound}
@@ -122,8 +130,12 @@ def format_table(result: dict) -> str:
   for role, by_scope in result["roles"].items():
     for scope, means in by_scope.items():
       cells = [role, scope] + [fmt.format(means[k]) for k, _, fmt in STATS]
-      cells.append(f"{result['bound'][role][scope]:.3f}")
+      b = result["bound"][role][scope]
+      cells.append(f"{b:.3f}" if b is not None else "n/a")
       lines.append("  ".join(f"{c:>9}" for c in cells))
+  if any(b is None for by in result["bound"].values() for b in by.values()):
+    lines.append("n/a: these coordinates have (numerically) zero columns (a PCA basis of a matrix with fewer rows than "
+                 "columns); the differential-entropy bound degenerates there")
   return "\n".join(lines)
 
 
