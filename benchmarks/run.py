@@ -33,6 +33,7 @@ class Benchmark:
   results: tuple[str, ...]  # globs under benchmarks/results/
   cost: str
   note: str = ""
+  note_about: str = ""  # what a command-line benchmark measures (scripts say it in their docstring)
 
   def commands(self) -> list[list[str]]:
     if self.script == "macjax":
@@ -42,7 +43,7 @@ class Benchmark:
   def about(self) -> str:
     """The first line of the script's docstring (or the command's description)."""
     if self.script == "macjax":
-      return "Rate–distortion figure of the default model: `macjax rd` (configs over steps, baselines, quoted peers)."
+      return self.note_about
     tree = ast.parse((ROOT / "benchmarks" / f"{self.script}.py").read_text())
     return (ast.get_docstring(tree) or "").splitlines()[0]
 
@@ -51,7 +52,13 @@ RD_FIGURE = ("rd", "smollm2-135m", "--configs", "default,plain", "--steps", "0.0
              "Q4_0,Q5_0,Q8_0,rtn_int4", "--peers", "benchmarks/peers/smollm2-135m.json", "--out",
              "benchmarks/results/rd/smollm2-135m")
 BENCHMARKS = (
-    Benchmark("rd", "macjax", (RD_FIGURE,), ("rd/smollm2-135m/rd.png", "rd/smollm2-135m/rd.csv"), "9 min"),
+    Benchmark("rd", "macjax", (RD_FIGURE,), ("rd/smollm2-135m/rd.png", "rd/smollm2-135m/rd.csv"), "9 min",
+              note_about="Rate–distortion figure of the default model: `macjax rd` (configs over steps, baselines, "
+                         "quoted peers)."),
+    Benchmark("analyze", "macjax", (("analyze", "smollm2-135m", "--out", "benchmarks/results/analyze/smollm2-135m"),),
+              ("analyze/smollm2-135m/analysis.json", "analyze/smollm2-135m/*.png"), "3.5 min",
+              note_about="Rotation vs alignment on the default model's weights: `macjax analyze` (every block matrix "
+                         "under identity / Hadamard / random orthogonal / PCA coordinates)."),
     Benchmark("rd_models", "rd_models", (("--model", "minilm-l6"), ("--model", "smollm2-135m")),
               ("rd_models_*.md",), "hours (every recipe × step, evaluated)",
               "The committed rows were measured by several runs, each with its own `--methods` and `--steps` (every "

@@ -165,12 +165,15 @@ def plot(result: dict, folder, stats: Sequence[str] = ("kurtosis", "top_energy_r
     scopes = result["scopes"]
     grids = [_grid(result, s, stat) for s in scopes]
     lo, hi = np.nanmin([g for g, _ in grids]), np.nanmax([g for g, _ in grids])
-    fig, axes = plt.subplots(1, len(scopes), figsize=(2.6 * len(scopes) + 1, 4.5), squeeze=False)
+    # one colour scale for every panel; logarithmic when the scopes span decades (PCA's kurtosis reaches 1000s)
+    norm = (matplotlib.colors.LogNorm(lo, hi) if lo > 0 and hi > 20 * lo else
+            matplotlib.colors.Normalize(lo, hi))
+    fig, axes = plt.subplots(1, len(scopes), figsize=(2.6 * len(scopes) + 1, 4.5), squeeze=False, sharey=True)
     for ax, scope, (grid, roles) in zip(axes[0], scopes, grids):
-      im = ax.imshow(grid, aspect="auto", vmin=lo, vmax=hi, cmap="viridis", interpolation="nearest")
+      im = ax.imshow(grid, aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
       ax.set_title(scope)
       ax.set_xticks(range(len(roles)), roles, rotation=90)
-      ax.set_ylabel("layer")
+    axes[0][0].set_ylabel("layer")
     fig.colorbar(im, ax=axes[0].tolist(), label=titles[stat])
     fig.suptitle(f"{result['model']}: {titles[stat]} per layer and role")
     paths.append(folder / f"heatmap_{stat}.png")
@@ -183,6 +186,7 @@ def plot(result: dict, folder, stats: Sequence[str] = ("kurtosis", "top_energy_r
         ax.plot(grid[:, roles.index(role)], label=scope)
       ax.set_title(role)
       ax.set_xlabel("layer")
+      ax.set_yscale("log" if isinstance(norm, matplotlib.colors.LogNorm) else "linear")
     axes[0][0].set_ylabel(titles[stat])
     axes[0][-1].legend(fontsize="small")
     fig.tight_layout()
