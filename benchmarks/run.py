@@ -75,6 +75,7 @@ BENCHMARKS = (
     Benchmark("shared_basis", "shared_basis", ((),), ("shared_basis.md",), "minutes"),
     Benchmark("moe", "moe_families", ((),), ("moe_families.md",), "3 min"),
     Benchmark("scale", "scale", ((),), ("scale.md",), "~30 min"),
+    Benchmark("curvature_terms", "curvature_terms", ((),), ("curvature_terms.md",), "1 min"),
     Benchmark("fuzz", "fuzz_artifacts", ((), ("--real",)), ("fuzz_default_models.md", "fuzz_artifacts.json"),
               "~40 min"),
 )
