@@ -17,6 +17,13 @@ bits per weight (``½·log2`` of an arithmetic-over-geometric mean ratio; weight
   (Marchenko–Pastur), which this estimate counts as gain: ``column_correlation_mp`` subtracts that white-noise
   expectation, ``½·(1 + ((1−c)/c)·ln(1−c))/ln 2`` bits with ``c = in/out``.
 
+A second table compares input-side bases at a finite rate by reverse water-filling: a matrix whose columns have
+variances ``σ_j²`` in some basis needs ``mean_j max(0, ½·log2(σ_j²/D))`` bits per weight at distortion ``D`` per
+weight (Gaussian columns, a step per coordinate), with ``D = e²·mean(W²)`` at the relative error ``e`` of the
+operating point (0.05). Bases: identity; one basis per role shared across layers (the eigenvectors of the role's
+pooled ``Σ_l W_lᵀW_l``: free when absorbed, else stored once: its float16 cost per weight is listed); and each
+matrix's own KLT (in-sample, so optimistic). Rank-deficient directions cost 0 bits here, as they should.
+
     .venv/bin/python benchmarks/curvature_terms.py [--models minilm-l6,smollm2-135m]
         # writes benchmarks/results/curvature_terms.{json,md}
 """
@@ -65,6 +72,29 @@ def terms(W: np.ndarray, xtx: np.ndarray, damp: float = 0.01) -> dict[str, float
   return out
 
 
+def water_filling_bits(variances: np.ndarray, D: float) -> float:
+  """Bits per weight of Gaussian columns with these variances at distortion ``D`` per weight (reverse
+  water-filling at high rate: coordinates below ``D`` cost nothing)."""
+  v = np.asarray(variances, np.float64)
+  return float(np.mean(np.maximum(0.0, 0.5 * np.log2(np.maximum(v, 1e-300) / D))))
+
+
+def basis_rates(Ws: list[np.ndarray], rel_error: float = 0.05) -> dict[str, float]:
+  """Mean bits/weight of a role's matrices in the identity basis, a role-shared basis and each matrix's own KLT
+  (see the module docstring), and the shared basis' float16 storage per weight."""
+  covs = [np.asarray(W, np.float64).T @ np.asarray(W, np.float64) / W.shape[0] for W in Ws]
+  _, Q = np.linalg.eigh(sum(covs) / len(covs))
+  out = {"identity": 0.0, "shared": 0.0, "own": 0.0}
+  for S in covs:
+    D = rel_error**2 * float(np.mean(np.diag(S)))
+    out["identity"] += water_filling_bits(np.diag(S), D) / len(covs)
+    out["shared"] += water_filling_bits(np.einsum("ij,ik,kj->j", Q, S, Q), D) / len(covs)
+    out["own"] += water_filling_bits(np.linalg.eigvalsh(S), D) / len(covs)
+  n_in = Ws[0].shape[1]
+  out["shared_basis_fp16_bits_per_weight"] = 16 * n_in * n_in / sum(W.size for W in Ws)
+  return out
+
+
 def measure(model_name: str) -> dict:
   """Per-role size-weighted means of the three terms (and over all block matrices)."""
   model = load_model(model_name)
@@ -75,6 +105,10 @@ def measure(model_name: str) -> dict:
     s = stats[m.name]
     rows.append({"name": m.name, "role": m.role, "layer": m.layer, "size": int(W.size),
                  **terms(W, np.asarray(s.second_moment, np.float64) * s.count)})
+  bases = {}
+  for role in dict.fromkeys(m.role for m in model.layout.matrices):
+    Ws = [np.asarray(model.params[m.name], np.float32) for m in model.layout.matrices if m.role == role]
+    bases[role] = basis_rates(Ws)
   summary = {}
   for role in [*dict.fromkeys(r["role"] for r in rows), "all"]:
     group = [r for r in rows if role in ("all", r["role"])]
@@ -83,7 +117,7 @@ def measure(model_name: str) -> dict:
       have = [r for r in group if r[t] is not None]
       summary[role][t] = (sum(r[t] * r["size"] for r in have) / sum(r["size"] for r in have)) if have else None
       summary[role][t + "_share"] = sum(r["size"] for r in have) / sum(r["size"] for r in group)
-  return {"model": model_name, "matrices": rows, "by_role": summary}
+  return {"model": model_name, "matrices": rows, "by_role": summary, "bases": bases}
 
 
 def table(results: list[dict]) -> str:
@@ -100,6 +134,14 @@ def table(results: list[dict]) -> str:
       lines.append(f"| {r['model']} | {role} | {fmt(t['gptq_channel_steps'])} | {fmt(t['eigen_steps'])} | "
                    f"{fmt(t['column_correlation'])} ({t['column_correlation_share']:.0%}) | "
                    f"{fmt(t['column_correlation_mp'])} |")
+  lines += ["", "## Input-side bases at relative error 0.05 (reverse water-filling, bits/weight)", "",
+            "| model | role | identity | role-shared basis | saves | its float16 cost | each matrix's own KLT "
+            "(in-sample) |", "|---|---|---|---|---|---|---|"]
+  for r in results:
+    for role, b in r["bases"].items():
+      lines.append(f"| {r['model']} | {role} | {b['identity']:.3f} | {b['shared']:.3f} | "
+                   f"{b['identity'] - b['shared']:.3f} | {b['shared_basis_fp16_bits_per_weight']:.3f} | "
+                   f"{b['own']:.3f} |")
   return "\n".join(lines) + "\n"
 
 
