@@ -184,6 +184,9 @@ def test_fit_and_shared_transforms_across_experts_decode_exactly(across):
               ["fit:down", "fit:down.experts.0", "fit:down.experts.1"])
   assert fits == expected
   assert "transform:up.experts" in records and records["transform:up.experts"]["pooled_shape"] == [8 * 24, 32]
+  from test_fuzz import _table_fields  # pylint: disable=g-import-not-at-top
+  documented = _table_fields("### State records")  # docs/FORMAT.md lists what the code writes
+  assert {k for n in records if n.startswith(("fit:", "transform:")) for k in records[n]} == documented
   decoded = compression.decompress(compressed.units, compressed.manifest)
   for k, w in decoded.items():
     assert np.array_equal(w, compressed.reconstruction[k]), k
