@@ -1,9 +1,8 @@
 """Sensitivity measured at the model's output: how much distortion each group of matrices adds when perturbed.
 
 Layer-local measures (weight MSE, a layer's output MSE ``tr(ΔW S ΔWᵀ)``) weigh every layer alike; the model does
-not: on SmolLM2 at one step (0.5·RMS(row), plain rounding), perturbing only the ``v`` projections (3.3 M weights)
-adds as much KL as perturbing only the ``up`` projections (26.5 M weights), so per weight ``v`` is ~8x more
-sensitive. A probe measures that directly: the model is run on calibration text (never the held-out text the
+not: some roles move the output far more per weight than others (the allocation records each probe's distortion in
+the manifest, ``allocation.probe_by_role``, so a run shows it). A probe measures that directly: the model is run on calibration text (never the held-out text the
 quality claims use) with one group's matrices replaced by their quantized values and everything else exact, and
 the distortion it adds is
 

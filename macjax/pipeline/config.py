@@ -53,7 +53,8 @@ class QuantizeConfig:
     gptq_block_size: columns per lazy-update block of GPTQ.
     gptq_damp: GPTQ's diagonal damping, relative to the mean diagonal of the Hessian.
     gptq_order: the order GPTQ visits columns in: ``descending`` (by decreasing input energy ``H_jj``,
-      "act-order"; the default: on SmolLM2 at step 0.5 it halved the perplexity loss of natural-order GPTQ) or
+      "act-order", the default: it puts the loudest columns first, before errors fed back from other columns
+      accumulate; benchmarks/results/rd_models_* measure it against natural order) or
       ``natural``; decoding does not depend on it and nothing is stored for it.
   """
 
