@@ -288,21 +288,6 @@ def _read_peers(path: str | os.PathLike | None) -> list[dict]:
   return peers
 
 
-def format_rd(result: dict) -> str:
-  """The sweep's points as a table."""
-  lines = [f"{'series':<28} {'step':>7} {'block b/w':>9} {'all b/p':>8} {'rel err':>8} {'ppl Δ':>8} {'KL':>7} "
-           f"{'cos mean':>9}"]
-  for p in result["points"]:
-    cells = [f"{p['series']:<28}", f"{p['step']:>7.4g}" if p["step"] else f"{'-':>7}",
-             f"{p['block_bits_per_weight']:>9.3f}", f"{p.get('all_bits_per_param', float('nan')):>8.3f}",
-             f"{p['rel_weight_error']:>8.4f}"]
-    cells += [f"{100 * p['perplexity_rel_change']:>+7.2f}%" if "perplexity_rel_change" in p else f"{'':>8}",
-              f"{p['kl']:>7.4f}" if "kl" in p else f"{'':>7}",
-              f"{p['cosine_mean']:>9.5f}" if "cosine_mean" in p else f"{'':>9}"]
-    lines.append(" ".join(cells))
-  return "\n".join(lines)
-
-
 def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("default", "plain"),
            steps: Sequence[float] = (0.0625, 0.125, 0.25), baselines: Sequence[str] = ("Q4_0", "Q5_0", "Q8_0"),
            peers_file: str | os.PathLike | None = None, eval_sizes: dict | None = None, restart: bool = False,
@@ -322,4 +307,4 @@ def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("de
   result = rd.sweep(model, named, steps, baselines, out=out, eval_sizes=eval_sizes, restart=restart,
                     progress=lambda it: progress.bar(list(it), desc="rd points", unit="point"))
   figure = rd.plot(result, out, peers)
-  return {**result, "table": format_rd(result), "figure": str(figure)}
+  return {**result, "table": rd.format_table(result), "figure": str(figure)}

@@ -195,6 +195,21 @@ def bits_at_distortion(points: Sequence[tuple[float, float]], target: float, *,
   return (float(b0 + (b1 - b0) * (x - x0) / (x1 - x0)) if x1 != x0 else None), True
 
 
+def format_table(result: dict) -> str:
+  """The sweep's points as a table."""
+  lines = [f"{'series':<28} {'step':>7} {'block b/w':>9} {'all b/p':>8} {'rel err':>8} {'ppl Δ':>8} {'KL':>7} "
+           f"{'cos mean':>9}"]
+  for p in result["points"]:
+    cells = [f"{p['series']:<28}", f"{p['step']:>7.4g}" if p["step"] else f"{'-':>7}",
+             f"{p['block_bits_per_weight']:>9.3f}", f"{p.get('all_bits_per_param', float('nan')):>8.3f}",
+             f"{p['rel_weight_error']:>8.4f}"]
+    cells += [f"{100 * p['perplexity_rel_change']:>+7.2f}%" if "perplexity_rel_change" in p else f"{'':>8}",
+              f"{p['kl']:>7.4f}" if "kl" in p else f"{'':>7}",
+              f"{p['cosine_mean']:>9.5f}" if "cosine_mean" in p else f"{'':>9}"]
+    lines.append(" ".join(cells))
+  return "\n".join(lines)
+
+
 def _quality_axis(points: list[dict]) -> tuple[str, str, Callable[[dict], float | None]]:
   """The model metric to draw: perplexity change (%) for causal LMs, 1 − mean cosine for encoders."""
   if any("perplexity_rel_change" in p for p in points):
@@ -250,4 +265,5 @@ def plot(result: dict, out: str | pathlib.Path, peers: Sequence[Mapping[str, Any
   return path
 
 
-__all__ = ["QUALITY_KEYS", "baseline_point", "bits_at_distortion", "bits_at_quality", "config_point", "plot", "sweep"]
+__all__ = ["QUALITY_KEYS", "baseline_point", "bits_at_distortion", "bits_at_quality", "config_point", "format_table",
+           "plot", "sweep"]
