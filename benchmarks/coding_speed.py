@@ -2,23 +2,21 @@
 
 Run: ``.venv/bin/python benchmarks/coding_speed.py [--symbols 4000000] [--repeats 3] [--out benchmarks/results/coding_speed.json]``
 
-Prints a markdown table and writes JSON (and the table as markdown next to it). Times are wall-clock, best of
-``--repeats``, and include everything the library call does (histogram, model fit/choice, table serialization, model
-construction, coding, checks). Baseline, run in the same process on the same symbols: bare constriction (one
-``AnsCoder``, the stored model built once, no checks), so that a shared machine's load shows up in both columns and
-the ratio ``macjax / constriction`` is what the wrapper costs (grouped and classed models have no single-model
-baseline). Target (issue 5): ≥ 20 M symbols/s both ways. ``classes auto`` encode times include the search for
-context classes (:mod:`macjax.coding.contexts`), which only the encoder pays. The last rows code real codes (MiniLM's
-36 block matrices, 147k–590k symbols each, one call per matrix), where per-call and per-context costs weigh more
-than on the synthetic 4M-symbol tensors.
+Prints a markdown table and writes JSON (and the table as markdown next to it; ``--render`` re-renders it from the
+JSON, measuring nothing). Times are wall-clock, best of ``--repeats``, and include everything the library call does
+(histogram, model fit/choice, table serialization, model construction, coding, checks). Baseline, run in the same
+process on the same symbols: bare constriction (one ``AnsCoder``, the stored model built once, no checks), so that a
+shared machine's load shows up in both columns and the ratio ``macjax / constriction`` is what the wrapper costs
+(grouped and classed models have no single-model baseline). Target (issue 5): ≥ 20 M symbols/s both ways.
+``classes auto`` encode times include the search for context classes (:mod:`macjax.coding.contexts`), which only the
+encoder pays. The last rows code real codes (MiniLM's 36 block matrices, 147k–590k symbols each, one call per
+matrix), where per-call and per-context costs weigh more than on the synthetic 4M-symbol tensors.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -26,6 +24,8 @@ import numpy as np
 import constriction
 
 from macjax.coding import codec, coded_bits, decode, encode
+
+import _harness
 
 
 def sources(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -103,12 +103,36 @@ def measure(source: str, arrays: list[np.ndarray], model: str, group_rows, class
   }
 
 
+def render(data: dict) -> str:
+  """The markdown of a result: one row per source × model, with the bare-constriction baseline in brackets."""
+  rows = []
+  for r in data["rows"]:
+    groups = (f"{r['group_rows']} rows" if r["group_rows"] is not None else
+              f"classes {r['classes']}" if r.get("classes") else "-")
+    b_enc = f" ({r['constriction_encode_msym_s']:.1f})" if "constriction_encode_msym_s" in r else ""
+    b_dec = f" ({r['constriction_decode_msym_s']:.1f})" if "constriction_decode_msym_s" in r else ""
+    rows.append([r["source"], f"{r['model']} → {r['stored_model']}", groups,
+                 f"{r['bits_per_symbol']:.3f} ({r['table_bits_per_symbol']:.4f})", f"{r['encode_msym_s']:.1f}{b_enc}",
+                 f"{r['decode_msym_s']:.1f}{b_dec}"])
+  cpus = (data.get("machine") or data["meta"])["cpu_count"]
+  return (f"# Entropy-coding speed\n\nProduced by `benchmarks/coding_speed.py` ({data['symbols']:,} symbols, best of "
+          f"{data['repeats']}, {cpus} CPUs; data: `coding_speed.json`). Wall-clock on a shared machine: compare a row "
+          "with its bare-constriction baseline (same process, same symbols and model), not with another run.\n\n" +
+          "\n".join(_harness.markdown_table(
+              ["source", "model", "groups / classes", "bits/symbol (table)", "encode M sym/s (bare constriction)",
+               "decode M sym/s (bare constriction)"], rows)) + "\n")
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--symbols", type=int, default=4_000_000)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding_speed.json"))
+  parser.add_argument("--render", action="store_true", help="only re-render the markdown from the --out JSON")
   args = parser.parse_args(argv)
+  if args.render:
+    _harness.render_results(args.out, render)
+    return
 
   configs = [("histogram", None, None), ("laplace", None, None), ("auto", None, None), ("auto", 64, None),
              ("auto", None, "auto")]
@@ -117,31 +141,9 @@ def main(argv=None) -> None:
   codes = minilm_codes()
   rows += [measure(f"MiniLM trellis codes ({len(codes)} matrices)", codes, "auto", None, classes, args.repeats)
            for classes in (None, "auto")]
-  lines = ["| source | model | groups / classes | bits/symbol (table) | encode M sym/s (bare constriction) | "
-           "decode M sym/s (bare constriction) |", "|---|---|---|---|---|---|"]
-  for r in rows:
-    groups = (f"{r['group_rows']} rows" if r["group_rows"] is not None else
-              f"classes {r['classes']}" if r.get("classes") else "-")
-    b_enc = f" ({r['constriction_encode_msym_s']:.1f})" if "constriction_encode_msym_s" in r else ""
-    b_dec = f" ({r['constriction_decode_msym_s']:.1f})" if "constriction_decode_msym_s" in r else ""
-    lines.append(f"| {r['source']} | {r['model']} → {r['stored_model']} | {groups} | {r['bits_per_symbol']:.3f} "
-                 f"({r['table_bits_per_symbol']:.4f}) | {r['encode_msym_s']:.1f}{b_enc} | "
-                 f"{r['decode_msym_s']:.1f}{b_dec} |")
-  table = "\n".join(lines)
-  print(table)
-  result = {"benchmark": "coding_speed", "symbols": args.symbols, "repeats": args.repeats,
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                        "processor": platform.processor()},
-            "rows": rows}
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  md = os.path.splitext(args.out)[0] + ".md"
-  with open(md, "w") as f:
-    f.write(f"# Entropy-coding speed\n\nProduced by `benchmarks/coding_speed.py` ({args.symbols:,} symbols, best of "
-            f"{args.repeats}, {os.cpu_count()} CPUs; data: `{os.path.basename(args.out)}`). Wall-clock on a shared "
-            "machine: compare a row with its bare-constriction baseline (same process, same symbols and model), not "
-            "with another run.\n\n" + table + "\n")
-  print(f"wrote {args.out} and {md}")
+  # The machine (CPUs, platform, load) is in the result's "meta", written by the harness.
+  _harness.write_results(args.out, {"benchmark": "coding_speed", "symbols": args.symbols, "repeats": args.repeats,
+                                    "rows": rows}, render, argv=argv, script=__file__)
 
 
 if __name__ == "__main__":

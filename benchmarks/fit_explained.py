@@ -21,6 +21,7 @@ energy that sits in per-row and per-column means (what the simplest mean structu
 Run (2 shared cores: the default takes ~15 minutes niced; ``--quick`` a few):
 
     .venv/bin/python benchmarks/fit_explained.py [--quick] [--out benchmarks/results/fit_explained.json]
+    .venv/bin/python benchmarks/fit_explained.py --render   # re-render the .md from the JSON, measuring nothing
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import pathlib
 import time
 
@@ -36,6 +36,8 @@ import jax
 import numpy as np
 
 from macjax.fit import explained_energy, functional_fit, gaussian_rate_gain, theta_bits
+
+import _harness
 
 ROLES = ("q", "k", "v", "o", "up", "down")
 
@@ -140,34 +142,34 @@ def run(families: dict[str, np.ndarray], widths: dict[str, tuple[int, ...]], *, 
   return rows
 
 
-def markdown(result: dict) -> str:
+def render(result: dict) -> str:
   """The measured tables as markdown (written next to the JSON)."""
   lines = [f"# f_θ on MiniLM: explained energy vs θ's bits ({result['steps']} steps, lr {result['lr']}, "
            f"θ {result['theta_dtype']}, seed {result['seed']}, {result['backend']}, jax {result['jax']})", "",
            "`gain` = −½·log2(1 − explained): bits/weight a Gaussian-like residual saves at equal distortion; "
            "`net` = gain − θ bits/weight (> 0: f_θ pays for itself). `SVD` = energy explained by a truncated SVD of "
-           "the layers stacked along rows with float16 factors in the same bits (rank r).", "",
-           "| family | f_θ | width | θ bits/weight | explained | per layer (min…max) | gain | net | SVD (rank): explained |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for r in result["results"]:
-    per_layer = r["explained_per_layer"]
-    lines.append(f"| {r['role']} | {r['config']} | {r['width']} | {r['theta_bpw']:.4f} | {r['explained']:.4f} | "
-                 f"{min(per_layer):+.3f}…{max(per_layer):+.3f} | {r['gain_bpw']:.4f} | {r['net_bpw']:+.4f} | "
-                 f"({r['svd_rank']}) {r['svd_explained']:.4f} |")
+           "the layers stacked along rows with float16 factors in the same bits (rank r).", ""]
+  lines += _harness.markdown_table(
+      ["family", "f_θ", "width", "θ bits/weight", "explained", "per layer (min…max)", "gain", "net",
+       "SVD (rank): explained"],
+      [[r["role"], r["config"], r["width"], f"{r['theta_bpw']:.4f}", f"{r['explained']:.4f}",
+        f"{min(r['explained_per_layer']):+.3f}…{max(r['explained_per_layer']):+.3f}", f"{r['gain_bpw']:.4f}",
+        f"{r['net_bpw']:+.4f}", f"({r['svd_rank']}) {r['svd_explained']:.4f}"] for r in result["results"]])
   lines += ["", "Structure in the family itself (no fit): energy in per-(layer,row) and per-(layer,column) means, the "
             "net b/w of those means as float16 models, oracle gains of per-row / per-column variances, and the "
-            "correlation of log column-RMS between consecutive layers.", "",
-            "| family | row means | col means | col means shared by layers | net b/w: col means / shared | "
-            "scale gain per row | per column | col-RMS corr (adjacent layers) |", "|---|---|---|---|---|---|---|---|"]
-  for role, st in result["scale_statistics"].items():
-    lines.append(f"| {role} | {st['row_mean_energy']:.4f} | {st['col_mean_energy']:.4f} | "
-                 f"{st['col_mean_shared_across_layers_energy']:.4f} | {st['col_mean_net_bpw']:+.4f} / "
-                 f"{st['col_mean_shared_across_layers_net_bpw']:+.4f} | {st['scale_gain_row_bpw']:.3f} | "
-                 f"{st['scale_gain_col_bpw']:.3f} | {st['col_rms_corr_adjacent_layers']:.3f} |")
+            "correlation of log column-RMS between consecutive layers.", ""]
+  lines += _harness.markdown_table(
+      ["family", "row means", "col means", "col means shared by layers", "net b/w: col means / shared",
+       "scale gain per row", "per column", "col-RMS corr (adjacent layers)"],
+      [[role, f"{st['row_mean_energy']:.4f}", f"{st['col_mean_energy']:.4f}",
+        f"{st['col_mean_shared_across_layers_energy']:.4f}",
+        f"{st['col_mean_net_bpw']:+.4f} / {st['col_mean_shared_across_layers_net_bpw']:+.4f}",
+        f"{st['scale_gain_row_bpw']:.3f}", f"{st['scale_gain_col_bpw']:.3f}",
+        f"{st['col_rms_corr_adjacent_layers']:.3f}"] for role, st in result["scale_statistics"].items()])
   return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="one width per configuration, fewer steps")
   parser.add_argument("--steps", type=int, default=None)
@@ -176,11 +178,11 @@ def main():
   parser.add_argument("--theta-dtype", default="float16")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / (pathlib.Path(__file__).stem + ".json")),
                       help="JSON result; the markdown tables go next to it (.md)")
-  parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from an existing --out JSON")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  if args.markdown_only:
-    out.with_suffix(".md").write_text(markdown(json.loads(out.read_text())))
+  parser.add_argument("--render", "--markdown-only", action="store_true",
+                      help="only re-render the .md from the existing --out JSON")
+  args = parser.parse_args(argv)
+  if args.render:
+    _harness.render_results(args.out, render)
     return
   # 1500 steps at lr 3e-3 under-fit (q row-wise w=64: 0.130 explained vs 0.187 at 5000 steps, lr 1e-2).
   steps = args.steps or (500 if args.quick else 4000)
@@ -200,9 +202,7 @@ def main():
   result = dict(model="minilm-l6", source=source, steps=steps, lr=args.lr, seed=args.seed,
                 theta_dtype=args.theta_dtype, jax=jax.__version__, backend=jax.default_backend(),
                 seconds=time.perf_counter() - start, scale_statistics=scales, results=rows)
-  out.write_text(json.dumps(result, indent=1) + "\n")
-  out.with_suffix(".md").write_text(markdown(result))
-  print(f"wrote {out} and {out.with_suffix('.md')}")
+  _harness.write_results(args.out, result, render, argv=argv, script=__file__)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ Run (2 shared cores; MiniLM ~1 min/point, SmolLM2 ~3-4 min/point):
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import pathlib
 import platform
 import tempfile
@@ -55,6 +53,8 @@ from macjax.pipeline import compression
 from macjax.pipeline.config import from_dict
 from macjax.pipeline.job import run_compress
 from macjax.pipeline import rd
+
+import _harness
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -320,11 +320,83 @@ no transform in front) because a SmolLM2 point costs 3–10 minutes on the share
 }
 
 
+NAMES = {"rel_err": "weight error", "1-cos": "1 − embedding cosine", "kl": "KL"}
+
+
+def _points(data: dict, qcols: list[str]) -> list[str]:
+  """The points table."""
+  rows = [[r["transform"], r["variant"], r["step"], f"{r['rate_bpw']:.4f}", f"{r['block_bpw']:.3f}",
+           f"{r['theta_bpw']:.4f}", f"{r['parts_bpw'].get('codes', 0):.4f}", f"{r['rel_err']:.5f}",
+           *(f"{r['quality'][c]:.5f}" for c in qcols),
+           ", ".join(f"{k} {v['explained']:.4f}" for k, v in r["fit"].items()) or "—", f"{r['seconds']['total']:.0f}"]
+          for r in data["rows"]]
+  return _harness.markdown_table(["transform", "f_θ", "step", "rate", "block", "θ", "codes", "rel. err", *qcols,
+                                  "explained energy per family", "s"], rows)
+
+
+def _deltas(data: dict, metrics: list[str]) -> list[str]:
+  """Δbits of every f_θ point, and their means per (transform, f_θ)."""
+  L = _harness.markdown_table(
+      ["transform", "f_θ", "step", "rate", "θ", "Δ same step", *(f"Δ at equal {NAMES[m]}" for m in metrics)],
+      [[c["transform"], c["variant"], c["step"], f"{c['rate_bpw']:.4f}", f"{c['theta_bpw']:.4f}",
+        f"{c.get('delta_same_step', float('nan')):+.4f}",
+        *(f"{c[f'delta_{m}']:+.4f}{'*' if c[f'extrapolated_{m}'] else ''}" for m in metrics)]
+       for c in data["comparisons"]])
+  L += ["", "Mean over interpolated points (bits/weight; negative = f_θ pays for itself):", ""]
+  return L + _harness.markdown_table(
+      ["transform", "f_θ", "θ", *(f"mean Δ at equal {NAMES[m]} (n)" for m in metrics)],
+      [[s["transform"], s["variant"], f"{s['theta_bpw']:.4f}",
+        *(f"{s[f'mean_delta_{m}']:+.4f} ({s[f'n_{m}']})" for m in metrics)] for s in data["summary"]])
+
+
+def _explained(rows: list[dict]) -> list[str]:
+  """What each f_θ explains per family (mean over its points), or nothing without fits."""
+  fams = {}
+  for r in rows:
+    for role, f in r["fit"].items():
+      fams.setdefault((r["transform"], r["variant"]), {}).setdefault(role, []).append(f)
+  if not fams:
+    return []
+  cells = []
+  for (t, v), by_role in fams.items():
+    for role, fs in by_role.items():
+      per = np.array([f["per_layer"] for f in fs])
+      cells.append([t, v, role, f"{np.mean([f['explained'] for f in fs]):.4f}",
+                    f"{per.min():+.4f}…{per.max():+.4f}", f"{np.mean([f['theta_bpw_family'] for f in fs]):.4f}"])
+  return ["", "## What f_θ explains (mean over the points' fits; the fit does not depend on the step)", "",
+          *_harness.markdown_table(["transform", "f_θ", "family", "explained", "per layer (min…max)",
+                                    "θ bits / family weight"], cells)]
+
+
+def _structure(rows: list[dict], struct: dict) -> list[str]:
+  """Codes saved vs the Gaussian prediction per point, and the families' mean structure."""
+  saved = []
+  for r in rows:
+    base = [b for b in rows if b["transform"] == r["transform"] and b["variant"] == "residual-only"
+            and b["step"] == r["step"]]
+    pred = predicted_gain(r, struct)
+    if base and pred is not None:
+      codes = (base[0]["rate_bpw"] - base[0]["theta_bpw"]) - (r["rate_bpw"] - r["theta_bpw"])
+      saved.append([r["transform"], r["variant"], r["step"], f"{codes:+.4f}", f"{pred:+.4f}", f"{r['theta_bpw']:.4f}"])
+  L = ["", "## Why: codes saved vs what the explained energy predicts", "",
+       "`codes saved` = residual-only codes+tables+scales minus this point's, same transform and step (θ not "
+       "included); `predicted` = Σ_family share · (−½ log2(1 − explained)), the high-rate Gaussian figure; "
+       "`θ` = what the fit costs. f_θ pays only where codes saved > θ.", "",
+       *_harness.markdown_table(["transform", "f_θ", "step", "codes saved", "predicted", "θ"], saved),
+       "", "Mean structure of each family in the coordinates f_θ sees (no fit; energy fractions; `net` = "
+       "Gaussian gain − float16 cost of an explicit column-mean model, bits per family weight):", ""]
+  return L + _harness.markdown_table(
+      ["coordinates", "family", "share of block weights", "row means", "column means",
+       "column means shared by layers", "net: column means / shared"],
+      [[t, role, f"{x['share_of_block_weights']:.3f}", f"{x['row_mean_energy']:.4f}", f"{x['col_mean_energy']:.4f}",
+        f"{x['col_mean_shared_energy']:.4f}", f"{x['col_mean_net_bpw']:+.4f} / {x['col_mean_shared_net_bpw']:+.4f}"]
+       for t, by_role in struct.items() for role, x in by_role.items()])
+
+
 def render(data: dict) -> str:
   """The markdown report of one model's JSON."""
   model = data["model"]
   metrics, qcols = quality_columns(model)
-  rows = data["rows"]
   L = [f"# f_θ rate–distortion on {model}: residual-only vs f_θ + residual at matched total bits", "",
        f"Produced by `benchmarks/fit_rd.py` ({'quick smoke run, ' if data['quick'] else ''}fit steps "
        f"{data['fit_steps']}, lr 0.01, θ float16, seed 0, {data['backend']}, jax {data['jax']}; "
@@ -333,77 +405,36 @@ def render(data: dict) -> str:
        "fp32 (not counted in block bits).", "",
        "`rate` = block bits/weight with θ, codes, tables, scales — without the transform's stored basis; `block` = "
        "with it (a per-matrix PCA basis is d×d float16, the same cost with or without f_θ). `θ` = θ's bits over all "
-       "block weights.", "",
-       "## Points", "",
-       "| transform | f_θ | step | rate | block | θ | codes | rel. err | " + " | ".join(qcols) +
-       " | explained energy per family | s |",
-       "|---|---|---|---|---|---|---|---|" + "---|" * len(qcols) + "---|---|"]
-  for r in rows:
-    ex = ", ".join(f"{k} {v['explained']:.4f}" for k, v in r["fit"].items()) or "—"
-    q = " | ".join(f"{r['quality'][c]:.5f}" for c in qcols)
-    L.append(f"| {r['transform']} | {r['variant']} | {r['step']} | {r['rate_bpw']:.4f} | {r['block_bpw']:.3f} | "
-             f"{r['theta_bpw']:.4f} | {r['parts_bpw'].get('codes', 0):.4f} | {r['rel_err']:.5f} | {q} | {ex} | "
-             f"{r['seconds']['total']:.0f} |")
-  names = {"rel_err": "weight error", "1-cos": "1 − embedding cosine", "kl": "KL"}
-  L += ["", "## Bits saved (−) or lost (+) by f_θ at equal distortion", "",
-        "Each f_θ point against the residual-only curve of the same transform, interpolated at the f_θ point's "
-        "distortion (linear in bits vs log distortion; `*` = extrapolated beyond that curve's range). "
-        "`same step` = plain rate difference at the same quantizer step.", "",
-        "| transform | f_θ | step | rate | θ | Δ same step | " + " | ".join(f"Δ at equal {names[m]}" for m in metrics)
-        + " |", "|---|---|---|---|---|---|" + "---|" * len(metrics)]
-  for c in data["comparisons"]:
-    ds = " | ".join(f"{c[f'delta_{m}']:+.4f}{'*' if c[f'extrapolated_{m}'] else ''}" for m in metrics)
-    L.append(f"| {c['transform']} | {c['variant']} | {c['step']} | {c['rate_bpw']:.4f} | {c['theta_bpw']:.4f} | "
-             f"{c.get('delta_same_step', float('nan')):+.4f} | {ds} |")
-  L += ["", "Mean over interpolated points (bits/weight; negative = f_θ pays for itself):", "",
-        "| transform | f_θ | θ | " + " | ".join(f"mean Δ at equal {names[m]} (n)" for m in metrics) + " |",
-        "|---|---|---|" + "---|" * len(metrics)]
-  for s in data["summary"]:
-    L.append(f"| {s['transform']} | {s['variant']} | {s['theta_bpw']:.4f} | " +
-             " | ".join(f"{s[f'mean_delta_{m}']:+.4f} ({s[f'n_{m}']})" for m in metrics) + " |")
-  fams = {}
-  for r in rows:
-    for role, f in r["fit"].items():
-      fams.setdefault((r["transform"], r["variant"]), {}).setdefault(role, []).append(f)
-  if fams:
-    L += ["", "## What f_θ explains (mean over the points' fits; the fit does not depend on the step)", "",
-          "| transform | f_θ | family | explained | per layer (min…max) | θ bits / family weight |",
-          "|---|---|---|---|---|---|"]
-    for (t, v), by_role in fams.items():
-      for role, fs in by_role.items():
-        per = np.array([f["per_layer"] for f in fs])
-        L.append(f"| {t} | {v} | {role} | {np.mean([f['explained'] for f in fs]):.4f} | "
-                 f"{per.min():+.4f}…{per.max():+.4f} | {np.mean([f['theta_bpw_family'] for f in fs]):.4f} |")
-  struct = data.get("structure")
-  if struct:
-    L += ["", "## Why: codes saved vs what the explained energy predicts", "",
-          "`codes saved` = residual-only codes+tables+scales minus this point's, same transform and step (θ not "
-          "included); `predicted` = Σ_family share · (−½ log2(1 − explained)), the high-rate Gaussian figure; "
-          "`θ` = what the fit costs. f_θ pays only where codes saved > θ.", "",
-          "| transform | f_θ | step | codes saved | predicted | θ |", "|---|---|---|---|---|---|"]
-    for r in rows:
-      base = [b for b in rows if b["transform"] == r["transform"] and b["variant"] == "residual-only"
-              and b["step"] == r["step"]]
-      pred = predicted_gain(r, struct)
-      if base and pred is not None:
-        saved = (base[0]["rate_bpw"] - base[0]["theta_bpw"]) - (r["rate_bpw"] - r["theta_bpw"])
-        L.append(f"| {r['transform']} | {r['variant']} | {r['step']} | {saved:+.4f} | {pred:+.4f} | "
-                 f"{r['theta_bpw']:.4f} |")
-    L += ["", "Mean structure of each family in the coordinates f_θ sees (no fit; energy fractions; `net` = "
-          "Gaussian gain − float16 cost of an explicit column-mean model, bits per family weight):", "",
-          "| coordinates | family | share of block weights | row means | column means | column means shared "
-          "by layers | net: column means / shared |", "|---|---|---|---|---|---|---|"]
-    for t, by_role in struct.items():
-      for role, x in by_role.items():
-        L.append(f"| {t} | {role} | {x['share_of_block_weights']:.3f} | {x['row_mean_energy']:.4f} | "
-                 f"{x['col_mean_energy']:.4f} | {x['col_mean_shared_energy']:.4f} | "
-                 f"{x['col_mean_net_bpw']:+.4f} / {x['col_mean_shared_net_bpw']:+.4f} |")
+       "block weights.", "", "## Points", "", *_points(data, qcols),
+       "", "## Bits saved (−) or lost (+) by f_θ at equal distortion", "",
+       "Each f_θ point against the residual-only curve of the same transform, interpolated at the f_θ point's "
+       "distortion (linear in bits vs log distortion; `*` = extrapolated beyond that curve's range). "
+       "`same step` = plain rate difference at the same quantizer step.", "", *_deltas(data, metrics)]
+  L += _explained(data["rows"])
+  if data.get("structure"):
+    L += _structure(data["rows"], data["structure"])
   if data.get("missing"):
     L += ["", "## Not run", "", data["missing"]]
   reading = READING.get(model, "")
   if reading:
     L += ["", "## Reading", "", reading]
   return "\n".join(L) + "\n"
+
+
+def rerender(args, stem: pathlib.Path) -> None:
+  """``--render``: the markdown from the JSON; with ``--missing`` / ``--structure`` those are added to the JSON
+  first (the measuring run's meta kept)."""
+  if not (args.missing or args.structure):
+    _harness.render_results(stem, render)
+    return
+  data = _harness.read_results(stem)
+  used = {r["variant"] for r in data["rows"]}  # --append runs each record only their own variants
+  data["fit_variants"] = {k: v for k, v in fit_variants(args.model, data["fit_steps"]).items() if k in used}
+  if args.missing:
+    data["missing"] = args.missing
+  if args.structure:
+    data["structure"] = structure(args.model, sorted({r["transform"] for r in data["rows"]}))
+  _harness.write_results(stem, data, render, meta=False)
 
 
 def main(argv=None) -> None:
@@ -422,16 +453,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   stem = RESULTS / f"fit_rd_{args.model}{'_quick' if args.quick else ''}"
   if args.render:
-    data = json.loads(stem.with_suffix(".json").read_text())
-    if args.missing:
-      data["missing"] = args.missing
-    used = {r["variant"] for r in data["rows"]}  # --append runs each record only their own variants
-    data["fit_variants"] = {k: v for k, v in fit_variants(args.model, data["fit_steps"]).items() if k in used}
-    if args.structure:
-      data["structure"] = structure(args.model, sorted({r["transform"] for r in data["rows"]}))
-      stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    stem.with_suffix(".md").write_text(render(data))
-    print(render(data))
+    rerender(args, stem)
     return
   steps, transforms, variants, fit_steps = grid(args.model, args.quick)
   steps = [float(s) for s in args.steps.split(",")] if args.steps else steps
@@ -444,7 +466,7 @@ def main(argv=None) -> None:
     evaluator, ev_note = Evaluator(reference), "embedding cosine on 256 held-out passages"
   else:
     evaluator, ev_note = Evaluator(reference, n_seq=args.n_seq), f"KL/perplexity on {args.n_seq}×256 held-out tokens"
-  old = json.loads(stem.with_suffix(".json").read_text()) if args.append and stem.with_suffix(".json").exists() else None
+  old = _harness.read_results(stem) if args.append and _harness.paths(stem)[0].exists() else None
   rows = list(old["rows"]) if old else []
   done = {(r["transform"], r["variant"], r["step"]) for r in rows}
   metrics, _ = quality_columns(args.model)
@@ -469,15 +491,11 @@ def main(argv=None) -> None:
                 f"  err {rec['rel_err']:.5f}  {q}  [{ex}]  {rec['seconds']['total']:.0f} s", flush=True)
           data["comparisons"] = compare(rows, metrics)
           data["summary"] = summarize(data["comparisons"], metrics)
-          RESULTS.mkdir(exist_ok=True)
-          stem.with_suffix(".json").write_text(json.dumps(data, indent=1))  # after every point: partial results
-          stem.with_suffix(".md").write_text(render(data))
+          # after every point: partial results
+          _harness.write_results(stem, data, render, argv=argv, script=__file__, quiet=True)
   data["comparisons"] = compare(rows, metrics)
   data["summary"] = summarize(data["comparisons"], metrics)
-  stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
-  stem.with_suffix(".md").write_text(render(data))
-  print(render(data))
-
+  _harness.write_results(stem, data, render, argv=argv, script=__file__)
 
 if __name__ == "__main__":
   main()

@@ -27,7 +27,7 @@ them once per calibration size with :func:`macjax.pipeline.plan.calibration_stat
 compressed layers, so ``compress`` measures it for every point.
 
 Results are merged into ``benchmarks/results/rd_models_<model>.json`` after every point (re-running a point
-replaces it), and the markdown next to it is re-rendered from the JSON.
+replaces it), and the markdown next to it is re-rendered from the JSON (``--render``: only that, measuring nothing).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from macjax.load import load_model
 from macjax.pipeline import compression, plan as pipeline_plan
 from macjax.pipeline import config as pconfig, report
 from macjax.pipeline import rd
+
+import _harness
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -334,6 +336,14 @@ def is_peer(name: str) -> bool:
   return name.endswith("(quoted)") or name in PEERS
 
 
+def _saving_cell(rel: str, b: float | None, peer: float) -> str:
+  if rel == "=":
+    return f"{b:.2f} (saves {100 * (1 - b / peer):+.1f} %)"
+  if rel == "<" and b is not None:
+    return f"< {b:.2f} (saves ≥ {100 * (1 - b / peer):+.1f} %)"
+  return f"{fmt_at(rel, b)} (n/a)"
+
+
 def headline(model_key: str, data: dict) -> list[str]:
   """Savings at equal quality vs the best peer (measured or quoted), and vs NNCodec on weight error."""
   lines = ["## Headline: bits saved at equal quality vs the best peer", "",
@@ -341,33 +351,20 @@ def headline(model_key: str, data: dict) -> list[str]:
            "savings = 1 − ours/peer. `n/a`: our curve or the peer's does not bracket the target (no extrapolation).",
            ""]
   metric = "cosine_mean" if model_key == "minilm-l6" else "perplexity_rel_change"
-  table = data["comparisons"].get(metric, {})
   ours = [m for m in METHODS if any(r["method"] == m for r in data["rows"])]
-  lines += ["| target | best peer (bits) | " + " | ".join(ours) + " |", "|---" * (len(ours) + 2) + "|"]
-  for t, by in table.items():
+  rows = []
+  for t, by in data["comparisons"].get(metric, {}).items():
     peers = {n: b for n, (rel, b) in by.items() if is_peer(n) and rel == "="}
     if not peers:
-      lines.append(f"| {t} | no peer curve brackets it | " + " | ".join(fmt_at(*by[m]) if m in by else "—"
-                                                                       for m in ours) + " |")
+      rows.append([t, "no peer curve brackets it", *(fmt_at(*by[m]) if m in by else "—" for m in ours)])
       continue
     best = min(peers, key=peers.get)
-    cells = []
-    for m in ours:
-      rel, b = by.get(m, ("?", None))
-      if rel == "=":
-        cells.append(f"{b:.2f} (saves {100 * (1 - b / peers[best]):+.1f} %)")
-      elif rel == "<" and b is not None:
-        cells.append(f"< {b:.2f} (saves ≥ {100 * (1 - b / peers[best]):+.1f} %)")
-      else:
-        cells.append(f"{fmt_at(rel, b)} (n/a)")
-    lines.append(f"| {t} | {best} {peers[best]:.2f} | " + " | ".join(cells) + " |")
-  lines.append("")
+    rows.append([t, f"{best} {peers[best]:.2f}", *(_saving_cell(*by.get(m, ("?", None)), peers[best]) for m in ours)])
+  lines += _harness.markdown_table(["target", "best peer (bits)", *ours], rows) + [""]
   if model_key == "minilm-l6":
     nn = QUOTED[model_key]["NNCodec"]
     err = curves(data["rows"], "rel_weight_error")
-    lines += ["### Weight error vs NNCodec (quoted) at NNCodec's rates", "",
-              "| NNCodec bits | NNCodec error | " + " | ".join(f"{m} error at that rate (bits at equal error, bits saved)"
-                                                        for m in ours) + " |", "|---" * (len(ours) + 2) + "|"]
+    rows = []
     for b, e in zip(nn["bits"], nn["rel_weight_error"]):
       cells = []
       for m in ours:
@@ -375,8 +372,10 @@ def headline(model_key: str, data: dict) -> list[str]:
         rel, bb = rd.bits_at_quality(err.get(m, []), e, False)
         at = f"{bb:.2f} b, {100 * (1 - bb / b):+.0f} %" if rel == "=" else fmt_at(rel, bb)
         cells.append(("—" if v is None else f"{v:.4f}") + f" ({at})")
-      lines.append(f"| {b} | {e} | " + " | ".join(cells) + " |")
-    lines.append("")
+      rows.append([b, e, *cells])
+    lines += ["### Weight error vs NNCodec (quoted) at NNCodec's rates", ""]
+    lines += _harness.markdown_table(["NNCodec bits", "NNCodec error", *(
+        f"{m} error at that rate (bits at equal error, bits saved)" for m in ours)], rows) + [""]
     if "bound" in data:
       lines += bound_lines(data["bound"], nn, err, ours)
   return lines
@@ -389,9 +388,9 @@ def bound_lines(bound: dict, nn: dict, err: dict, ours: list[str]) -> list[str]:
            "(`macjax.diagnose.shannon_lower_bound` on the same block matrices; `matrix`: each matrix its own source; "
            "`row+col`: each row's and column's RMS known to the decoder for free, so a coder adapting to them is "
            "allowed). Uniform scalar quantization with ideal coding sits ≈ 0.25 bit above it at high rate, a 4–32 "
-           "state trellis ≈ 0.05–0.09 bit above it (its granular gain, 1.0–1.2 dB) plus what its context model misses.", "",
-           "| error | bound (matrix) | bound (row+col) | NNCodec (quoted) above it | best of ours (method) above it |",
-           "|---|---|---|---|---|"]
+           "state trellis ≈ 0.05–0.09 bit above it (its granular gain, 1.0–1.2 dB) plus what its context model misses.",
+           ""]
+  rows = []
   for i, (b, e) in enumerate(zip(nn["bits"], nn["rel_weight_error"])):
     floor = bound["row_col"][i]
     best = None
@@ -400,13 +399,32 @@ def bound_lines(bound: dict, nn: dict, err: dict, ours: list[str]) -> list[str]:
       if rel == "=" and (best is None or bb < best[0]):
         best = (bb, m)
     ours_cell = "—" if best is None else f"{best[0]:.2f} (`{best[1]}`): +{best[0] - floor:.2f}"
-    lines.append(f"| {e} | {bound['matrix'][i]:.2f} | {floor:.2f} | {b}: +{b - floor:.2f} | {ours_cell} |")
-  lines.append("")
-  return lines
+    rows.append([e, f"{bound['matrix'][i]:.2f}", f"{floor:.2f}", f"{b}: +{b - floor:.2f}", ours_cell])
+  lines += _harness.markdown_table(["error", "bound (matrix)", "bound (row+col)", "NNCodec (quoted) above it",
+                                    "best of ours (method) above it"], rows)
+  return lines + [""]
 
 
-def render(model_key: str, data: dict) -> str:
-  rows = data["rows"]
+def _points(rows: list[dict]) -> list[str]:
+  """Every measured point, pipeline recipes in :data:`METHODS` order, then the peers."""
+  llama = any("perplexity_rel_change" in r for r in rows)
+  quality = ["perplexity Δ", "KL (nats)"] if llama else ["embedding cosine"]
+  order = list(METHODS) + list(PEERS)
+  cells = []
+  for r in sorted(rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else 99,
+                                       r["block_bits_per_weight"])):
+    q = ([f"{100 * r['perplexity_rel_change']:+.2f} % ± {100 * r['perplexity_rel_change_stderr']:.2f}",
+          f"{r['kl']:.4f}"] if llama else [f"{r['cosine_mean']:.4f}"])
+    cells.append([r["method"], f"{r['step']}" if r["method"] in METHODS else "—", f"{r['block_bits_per_weight']:.3f}",
+                  f"{r['all_bits_per_param']:.3f}" if "all_bits_per_param" in r else "—",
+                  f"{r['rel_weight_error']:.4f}", *q, f"{r['seconds']:.0f}"])
+  return _harness.markdown_table(["method", "step", "block bits/weight", "all bits/param", "rel. weight error",
+                                  *quality, "s"], cells)
+
+
+def render(data: dict) -> str:
+  """The markdown report of one model's JSON (its ``comparisons`` as stored)."""
+  model_key = data["model"]
   lines = [f"# Rate–distortion through the pipeline: {model_key}", "",
            "Produced by `benchmarks/rd_models.py` (every measured number below comes from that script; rows marked "
            "*quoted* are copied from DESIGN.md, measured elsewhere, not re-run here).", "",
@@ -415,43 +433,24 @@ def render(model_key: str, data: dict) -> str:
            "Bits/weight = block matrices, every part counted (codes + tables + float16 steps). Pipeline rows quantize "
            "the embeddings at the default step 0.0625·RMS(row) (their bits are in `all bits/param`, their error in "
            "the quality); peer rows leave embeddings in float32 and count nominal format bits incl. scales.", ""]
-  llama = any("perplexity_rel_change" in r for r in rows)
-  if llama:
-    lines += ["| method | step | block bits/weight | all bits/param | rel. weight error | perplexity Δ | KL (nats) |"
-              " s |", "|---|---|---|---|---|---|---|---|"]
-  else:
-    lines += ["| method | step | block bits/weight | all bits/param | rel. weight error | embedding cosine | s |",
-              "|---|---|---|---|---|---|---|"]
-  order = list(METHODS) + list(PEERS)
-  for r in sorted(rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else 99,
-                                       r["block_bits_per_weight"])):
-    ab = f"{r['all_bits_per_param']:.3f}" if "all_bits_per_param" in r else "—"
-    step = f"{r['step']}" if r["method"] in METHODS else "—"
-    head = f"| {r['method']} | {step} | {r['block_bits_per_weight']:.3f} | {ab} | {r['rel_weight_error']:.4f} |"
-    if llama:
-      lines.append(f"{head} {100 * r['perplexity_rel_change']:+.2f} % ± {100 * r['perplexity_rel_change_stderr']:.2f}"
-                   f" | {r['kl']:.4f} | {r['seconds']:.0f} |")
-    else:
-      lines.append(f"{head} {r['cosine_mean']:.4f} | {r['seconds']:.0f} |")
+  lines += _points(data["rows"])
   lines += ["", "## Bits/weight at equal quality (linear interpolation on each curve; `<`/`>`: outside the measured "
             "range)", ""]
   for metric, table in data["comparisons"].items():
     names = sorted({n for t in table.values() for n in t})
-    lines += [f"### {metric}", "", "| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for t, by in table.items():
-      lines.append(f"| {t} | " + " | ".join(fmt_at(*by[n]) if n in by else "—" for n in names) + " |")
+    lines += [f"### {metric}", ""]
+    lines += _harness.markdown_table(["target", *names], [[t, *(fmt_at(*by[n]) if n in by else "—" for n in names)]
+                                                          for t, by in table.items()])
     lines.append("")
   lines += headline(model_key, data)
   lines += ["## Notes", ""] + [f"- {n}" for n in NOTES.get(model_key, [])] + [""]
   return "\n".join(lines) + "\n"
 
 
-def save(path: str, model_key: str, data: dict) -> None:
-  data["comparisons"] = comparisons(model_key, data["rows"])
-  with open(path, "w") as f:
-    json.dump(data, f, indent=1)
-  with open(os.path.splitext(path)[0] + ".md", "w") as f:
-    f.write(render(model_key, data))
+def save(out: str, data: dict, argv=None) -> None:
+  """Recomputes the comparisons and writes the JSON and its markdown (quietly: after every point)."""
+  data["comparisons"] = comparisons(data["model"], data["rows"])
+  _harness.write_results(out, data, render, argv=argv, script=__file__, quiet=True)
 
 
 def main(argv=None) -> None:
@@ -463,13 +462,17 @@ def main(argv=None) -> None:
                       help="relative steps for the pipeline methods (peers have fixed rates)")
   parser.add_argument("--quick", action="store_true", help="smoke run: small evaluator / calibration, separate file")
   parser.add_argument("--out", default=None)
-  parser.add_argument("--render-only", action="store_true", help="re-render the markdown from the JSON and exit")
+  parser.add_argument("--render", "--render-only", action="store_true",
+                      help="only recompute the comparisons and re-render the markdown from the JSON")
   args = parser.parse_args(argv)
   suffix = "_quick" if args.quick else ""
   out = args.out or os.path.join(RESULTS, f"rd_models_{args.model}{suffix}.json")
-  if args.render_only:
-    with open(out) as f:
-      save(out, args.model, json.load(f))
+  if args.render:
+    data = _harness.read_results(out)
+    comp = json.loads(json.dumps(comparisons(data["model"], data["rows"])))
+    if comp != data.get("comparisons"):  # the comparison code or the quoted peers changed: the JSON follows
+      _harness.write_results(out, {**data, "comparisons": comp}, meta=False, quiet=True)
+    _harness.render_results(out, render)
     return
   model = load_model(args.model)
   block_names = [m.name for m in model.layout.matrices]
@@ -482,18 +485,16 @@ def main(argv=None) -> None:
   t0 = time.perf_counter()
   evaluator = Evaluator(model, **ev_sizes)
   print(f"reference evaluator built: {time.perf_counter() - t0:.0f} s", flush=True)
-  data = {"benchmark": "rd_models", "model": args.model, "rows": []}
-  if os.path.exists(out):
-    with open(out) as f:
-      data = json.load(f)
-  data.update(n_block=len(block_names), block_params=int(sum(model.params[n].size for n in block_names)),
+  data = _harness.read_results(out) if os.path.exists(out) else {"benchmark": "rd_models", "rows": []}
+  data.update(model=args.model, n_block=len(block_names),
+              block_params=int(sum(model.params[n].size for n in block_names)),
               evaluator=ev_sizes or "defaults", calibration=calib, quoted=QUOTED[args.model])
   nn = QUOTED[args.model]["NNCodec"]
   if "rel_weight_error" in nn:  # the bound at NNCodec's errors (seconds; recomputed on every run)
     mats = [np.asarray(model.params[n], np.float32) for n in block_names]
     data["bound"] = {s: diagnose.shannon_lower_bound(mats, nn["rel_weight_error"], s).tolist()
                      for s in ("matrix", "row_col")}
-    save(out, args.model, data)
+    save(out, data, argv)
   steps = [float(s) for s in args.steps.split(",") if s]
   plan = []
   for item in filter(None, args.methods.split(",")):  # "method" or "method@s1/s2" (steps for this entry only)
@@ -508,8 +509,7 @@ def main(argv=None) -> None:
     print(f"{time.strftime('%H:%M:%S')} {method:20s} step {step:<6} {row['block_bits_per_weight']:6.3f} b/w  "
           f"err {row['rel_weight_error']:.4f}  {q}  ({row['seconds']:.0f} s)", flush=True)
     data["rows"] = [r for r in data["rows"] if (r["method"], r["step"]) != (method, step)] + [row]
-    save(out, args.model, data)
-
+    save(out, data, argv)
 
 if __name__ == "__main__":
   main()

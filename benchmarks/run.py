@@ -5,9 +5,10 @@ measures, the command that regenerates its results, and the files (tables, JSON,
     .venv/bin/python benchmarks/run.py --run rd fuzz       # run those benchmarks (one at a time), then re-render
     .venv/bin/python benchmarks/run.py --run all           # everything (many hours on a 2-core CPU)
 
-Each benchmark prints its table and writes its JSON (and markdown or figures) under ``benchmarks/results/``;
-speed and memory figures are measured in the same process against a baseline and depend on the machine's load,
-which the results record.
+Each benchmark prints its table and writes its JSON (and markdown or figures) under ``benchmarks/results/``
+through ``benchmarks/_harness.py`` (one writer: the same run metadata in every JSON, markdown rendered from the JSON;
+``--render`` re-renders it; ``_``-prefixed files are helpers, not benchmarks). Speed and memory figures are measured
+in the same process against a baseline and depend on the machine's load, which the results record.
 """
 
 from __future__ import annotations

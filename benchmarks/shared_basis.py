@@ -20,12 +20,13 @@ Run (2 shared cores, ~1 min per point):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 from macjax.load import load_model
 from macjax.pipeline import compression, config as config_lib, job, report
+
+import _harness
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {
@@ -56,21 +57,22 @@ def run(model_name: str, steps: list[float]) -> list[dict]:
   return rows
 
 
-def main() -> None:
+def table(data: dict) -> str:
+  """The points as a markdown table (printed; ``shared_basis.md`` itself is written by hand around these figures)."""
+  return "\n".join(_harness.markdown_table(
+      ["step", "variant", "block bits/weight", "codes+tables+scales", "transform", "rel. weight error"],
+      [[r["step"], r["variant"], f"{r['block_bpw']:.4f}", f"{r['code_bpw']:.4f}", f"{r['transform_bpw']:.4f}",
+        f"{r['rel_err']:.5f}"] for r in data["rows"]]))
+
+
+def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="minilm-l6")
   p.add_argument("--steps", type=float, nargs="+", default=[0.0625, 0.25])
   p.add_argument("--out", default=os.path.join(RESULTS, "shared_basis.json"))
-  args = p.parse_args()
-  rows = run(args.model, args.steps)
-  with open(args.out, "w") as f:
-    json.dump({"command": f"benchmarks/shared_basis.py --model {args.model} --steps "
-                          f"{' '.join(map(str, args.steps))}", "rows": rows}, f, indent=1)
-  print("\n| step | variant | block bits/weight | codes+tables+scales | transform | rel. weight error |")
-  print("|---|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['step']} | {r['variant']} | {r['block_bpw']:.4f} | {r['code_bpw']:.4f} | {r['transform_bpw']:.4f} "
-          f"| {r['rel_err']:.5f} |")
+  args = p.parse_args(argv)
+  data = _harness.write_results(args.out, {"rows": run(args.model, args.steps)}, argv=argv, script=__file__)
+  print("\n" + table(data))
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ def test_bad_peers_file(tiny_llama_dir, tmp_path):
 
 
 def test_benchmarks_have_one_entry_point_and_results_md_is_current():
-  """benchmarks/run.py lists every benchmark script, each listed result file exists, and the committed
-  benchmarks/RESULTS.md is what it renders (so the index cannot drift from the results)."""
+  """benchmarks/run.py lists every benchmark script (not the ``_``-prefixed helpers), each listed result file exists,
+  and the committed benchmarks/RESULTS.md is what it renders (so the index cannot drift from the results)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import pathlib  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -68,7 +68,7 @@ def test_benchmarks_have_one_entry_point_and_results_md_is_current():
   run = importlib.util.module_from_spec(spec)
   sys.modules["bench_run"] = run  # dataclasses look their module up there
   spec.loader.exec_module(run)
-  scripts = {p.stem for p in (root / "benchmarks").glob("*.py")} - {"run"}
+  scripts = {p.stem for p in (root / "benchmarks").glob("[!_]*.py")} - {"run"}  # _harness.py etc. are helpers
   assert scripts == {b.script for b in run.BENCHMARKS} - {"macjax"}
   for b in run.BENCHMARKS:
     assert all(list((root / "benchmarks" / "results").glob(g)) for g in b.results), b.name
