@@ -186,7 +186,7 @@ CALIBRATION = {"n_seq": 4, "seq_len": 32, "n_sentences": 16}
 
 
 @pytest.mark.parametrize("overrides", [
-    {"quantize": {"gptq": True, "gptq_block_size": 8}},
+    {"quantize": {"gptq": True, "gptq_block_size": 8, "gptq_column_steps": "curvature"}},
     {"quantize": {"gptq": True, "method": "dead_zone", "options": {"width": 1.4}},
      "transform": [{"name": "hadamard", "side": "input"}]},
     {"transform": [{"name": "scaling", "alpha": 0.5}, {"name": "pca", "side": "output"}]},
@@ -195,7 +195,7 @@ CALIBRATION = {"n_seq": 4, "seq_len": 32, "n_sentences": 16}
      "allocation": {"sensitivity": "weight"}},
     {"quantize": {"gptq": True}, "transform": [{"name": "pca", "source": "activations"}],
      "allocation": {"sensitivity": "weight"}},
-], ids=["gptq", "gptq-deadzone-after-hadamard", "smoothquant+output-pca", "activation-pca",
+], ids=["gptq-curvature-steps", "gptq-deadzone-after-hadamard", "smoothquant+output-pca", "activation-pca",
         "hadamard+gptq+allocation", "activation-pca+gptq+allocation"])
 def test_calibrated_stages_round_trip(tiny_llama_dir, tmp_path, overrides):
   cfg = config_lib.from_dict({**overrides, "calibration": CALIBRATION, "evaluate": {"enabled": False}})
@@ -206,6 +206,9 @@ def test_calibrated_stages_round_trip(tiny_llama_dir, tmp_path, overrides):
   assert compressed.manifest["calibration"] == ("whole_model" if ahead else "sequential")
   path = compression.save(tmp_path / "a", compressed)
   _params_equal(compression.decompress(*artifact.load(path)), compressed.reconstruction)
+  if overrides.get("quantize", {}).get("gptq_column_steps") == "curvature":
+    rec = compressed.manifest["tensors"]["model.layers.0.mlp.down_proj.weight"]
+    assert rec["bits"]["scales"] == 16 * rec["shape"][0] + 8 * rec["shape"][1]  # row steps + column exponents
 
 
 def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from macjax.errors import ConfigError, ShapeError
-from macjax.quantize import Quantizer, dead_zone, gptq, rdoq, uniform
+from macjax.quantize import Quantizer, dead_zone, gptq, rdoq, trellis, uniform
+from macjax.quantize.gptq import ColumnStepsMeta, column_multipliers, damped_hessian, inverse_cholesky_upper
 
 
 def _calibration(n=2048, cols=128, seed=0):
@@ -120,5 +121,67 @@ def test_bad_arguments_raise():
     gptq(uniform(), damp=0.0)
   with pytest.raises(ConfigError, match="order"):
     gptq(uniform(), order="act")
+  with pytest.raises(ConfigError, match="column_steps"):
+    gptq(uniform(), column_steps="hessian")
   with pytest.raises(ShapeError, match="H must be"):
     gptq(uniform()).quantize(jnp.zeros((4, 8)), jnp.eye(4))
+
+
+def _entropy_per_column(codes) -> float:
+  """Mean zeroth-order entropy of each column's codes (each column with its own table), bits per weight."""
+  codes = np.asarray(codes)
+  out = 0.0
+  for j in range(codes.shape[1]):
+    _, n = np.unique(codes[:, j], return_counts=True)
+    p = n / n.sum()
+    out -= float(np.sum(p * np.log2(p)))
+  return out / codes.shape[1]
+
+
+def test_curvature_column_steps_win_what_high_rate_theory_predicts():
+  """At equal output error, steps ∝ U_jj save ½·log2(AM/GM) of GPTQ's column error weights 1/U_jj² (high rate,
+  Gaussian weights, each column coded on its own)."""
+  X = _calibration(n=4096, cols=64)
+  X *= np.geomspace(0.1, 3.0, 64)[None, :].astype(np.float32)  # a wide curvature spread
+  W = _weights(rows=2048, cols=64)
+  H = jnp.asarray(X.T @ X)
+  merit = {}
+  for steps in ("none", "curvature"):
+    q = gptq(uniform(1 / 16), column_steps=steps, order="descending")
+    codes, meta = jax.jit(q.quantize)(jnp.asarray(W), H)
+    err = _output_error(X, W, q.dequantize(codes, meta))
+    merit[steps] = _entropy_per_column(codes) + np.log2(err)  # bits at equal error: ½·log2(err²)
+  Hd, _ = damped_hessian(H[np.argsort(-np.diag(H))][:, np.argsort(-np.diag(H))], 0.01)
+  weights = 1.0 / np.diag(np.asarray(inverse_cholesky_upper(Hd), np.float64)) ** 2
+  predicted = 0.5 * (np.log2(weights.mean()) - np.mean(np.log2(weights)))
+  assert predicted > 0.2
+  assert merit["none"] - merit["curvature"] == pytest.approx(predicted, rel=0.15)
+
+
+@pytest.mark.parametrize("base", ["uniform", "trellis"])
+def test_curvature_column_steps_meta_and_exact_decode(base):
+  X, W = _calibration(), _weights()
+  X[:, 7] = 0.0  # a dead input
+  H = jnp.asarray(X.T @ X)
+  make = {"uniform": lambda: uniform(1 / 2), "trellis": lambda: trellis(1 / 2, axis="column")}[base]
+  q = gptq(make(), block_size=32, column_steps="curvature", order="descending")
+  codes, meta = jax.jit(q.quantize)(jnp.asarray(W), H)
+  assert isinstance(meta, ColumnStepsMeta) and meta.exponent.dtype == jnp.int8 and meta.exponent.shape == (128,)
+  e = np.asarray(meta.exponent, np.int32)
+  assert e[7] == 0 and np.all(np.abs(e) <= 64) and abs(np.mean(np.delete(e, 7))) <= 0.5  # geometric mean ≈ 1
+  assert np.std(e) > 2  # the calibration's spread reaches the steps
+  expected = make().dequantize(codes, meta.base) * np.exp2(e / 8).astype(np.float32)[None, :]
+  np.testing.assert_allclose(q.dequantize(codes, meta), expected, rtol=1e-6)
+  np.testing.assert_array_equal(jax.jit(q.dequantize)(codes, meta), q.dequantize(codes, meta))
+  c_eager, m_eager = q.quantize(jnp.asarray(W), H)
+  assert np.mean(np.asarray(c_eager) == np.asarray(codes)) > 0.999
+  np.testing.assert_array_equal(m_eager.exponent, meta.exponent)
+  with pytest.raises(ShapeError, match="column exponents"):
+    q.dequantize(codes, ColumnStepsMeta(meta.base, meta.exponent[:-1]))
+
+
+def test_column_multipliers_cover_every_int8_exponent():
+  e = jnp.arange(-128, 128, dtype=jnp.int32).astype(jnp.int8)
+  m = np.asarray(column_multipliers(e))
+  assert np.all(np.isfinite(m)) and np.all(np.diff(m) > 0)
+  np.testing.assert_allclose(m, 2.0 ** (np.arange(-128, 128) / 8), rtol=1e-6)

@@ -130,8 +130,8 @@ class Chains:
   @staticmethod
   def of(config: PipelineConfig) -> "Chains":
     q, e = to_dict(config)["quantize"], to_dict(config)["embeddings"]
-    gptq = ((("block_size", q["gptq_block_size"]), ("damp", q["gptq_damp"]), ("order", q["gptq_order"]))
-            if q["gptq"] else None)
+    gptq = ((("block_size", q["gptq_block_size"]), ("damp", q["gptq_damp"]), ("order", q["gptq_order"]),
+             ("column_steps", q["gptq_column_steps"])) if q["gptq"] else None)
     options = tuple(sorted(q["options"].items()))
     block_q = stages.quantizer(q["method"], q["step"], q["group_size"], options, gptq)
     embed_q = stages.quantizer(q["method"], e["step"], e["group_size"], options, None)

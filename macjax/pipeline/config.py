@@ -56,6 +56,9 @@ class QuantizeConfig:
       "act-order", the default: it puts the loudest columns first, before errors fed back from other columns
       accumulate; benchmarks/results/rd_models_* measure it against natural order) or
       ``natural``; decoding does not depend on it and nothing is stored for it.
+    gptq_column_steps: ``none``, or ``curvature``: each input column's step scaled by the curvature GPTQ sees there
+      (``∝ U_jj``, equal layer-output distortion per column; :mod:`macjax.quantize.gptq`), stored as one int8
+      exponent per column (counted in the metadata).
   """
 
   method: str = "uniform"
@@ -66,6 +69,7 @@ class QuantizeConfig:
   gptq_block_size: int = 128
   gptq_damp: float = 0.01
   gptq_order: str = "descending"
+  gptq_column_steps: str = "none"
 
   def __post_init__(self):
     from macjax.pipeline import components  # pylint: disable=g-import-not-at-top
@@ -76,6 +80,11 @@ class QuantizeConfig:
     _check(self.gptq_damp > 0, f"quantize.gptq_damp = {self.gptq_damp}; expected > 0")
     from macjax.quantize.gptq import ORDERS  # pylint: disable=g-import-not-at-top
     _check(self.gptq_order in ORDERS, f"quantize.gptq_order = {self.gptq_order!r}; expected one of {ORDERS}")
+    from macjax.quantize.gptq import COLUMN_STEPS  # pylint: disable=g-import-not-at-top
+    _check(self.gptq_column_steps in COLUMN_STEPS,
+           f"quantize.gptq_column_steps = {self.gptq_column_steps!r}; expected one of {COLUMN_STEPS}")
+    _check(self.gptq or self.gptq_column_steps == "none",
+           "quantize.gptq_column_steps needs quantize.gptq = true (the steps come from GPTQ's Hessian factor)")
 
 
 @dataclasses.dataclass(frozen=True)
