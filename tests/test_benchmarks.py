@@ -23,10 +23,10 @@ RENDERED = {
     "fit_rd_smollm2-135m": "fit_rd", "fuzz_default_models": "fuzz_artifacts", "moe_families": "moe_families",
     "rd_models_minilm-l6": "rd_models", "rd_models_smollm2-135m": "rd_models", "scale": "scale",
     "transforms_report": "transforms_report", "transforms_quick": "transforms_report",
+    "curvature_terms": "curvature_terms", "curvature_bases_smollm2-135m": "curvature_bases",
 }
-# Scripts that do not write through the harness yet (being converted separately), and the index, which writes
-# benchmarks/RESULTS.md, not a result.
-NOT_HARNESSED = {"run", "curvature_terms"}
+# The index, which writes benchmarks/RESULTS.md, not a result.
+NOT_HARNESSED = {"run"}
 WRITES = re.compile(r"json\.dump\(|\.write_text\(|open\([^)]*[\"']w")  # a file written by hand
 
 
