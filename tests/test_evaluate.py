@@ -10,6 +10,8 @@ what any real mistake gives (a wrong RoPE convention, eps, GQA head mapping, mas
 
 from __future__ import annotations
 
+import re
+
 import pathlib
 
 import jax
@@ -281,6 +283,17 @@ def test_splits_are_disjoint_fixed_and_present():
   assert not {t[:2000] for t in held} & {t[:2000] for t in cal}
   with pytest.raises(ConfigError, match="split"):
     text.split_texts("train")
+
+
+def test_prose_split_is_another_domain_without_scan_markers():
+  prose = text.split_texts("prose")
+  assert len(prose) == 1 and len(prose[0].split()) > 40_000
+  assert not [line for line in prose[0].splitlines() if line.startswith("#") or re.fullmatch(r"p\.\d+:\d+", line)]
+  plays = "\n".join(text.split_texts("heldout") + text.split_texts("calibration"))
+  assert prose[0][:2000] not in plays
+  passages = text.sentences("prose", 256)
+  assert passages == text.sentences("prose", 256) and len(set(passages)) == 256
+  assert all(8 <= len(p.split()) <= 64 for p in passages)
 
 
 def test_strip_gutenberg():

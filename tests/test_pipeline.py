@@ -14,6 +14,7 @@ from macjax.errors import ArtifactError, ConfigError
 from macjax.load import load_model
 from macjax.pipeline import PipelineConfig, components, compression, job, plan
 from macjax.pipeline import config as config_lib
+from macjax.pipeline import report as report_lib
 
 NO_EVAL = config_lib.from_dict({"evaluate": {"enabled": False}})
 
@@ -452,3 +453,17 @@ def test_theta_size_is_chosen_by_the_rate_budget(tiny_llama_dir, tmp_path):
     from macjax import fit
     assert fit.functional_fit(**wider).bits(tuple(rec["shape"])) > budget * n  # the largest width that fits
   _params_equal(compression.decompress(compressed.units, compressed.manifest), compressed.reconstruction)
+
+
+def test_report_scores_held_out_plays_and_another_domain(tiny_llama_dir, tmp_path):
+  """With evaluation on, the job scores the decoded model on the held-out plays and on prose of a domain no recipe
+  is calibrated on, and the report shows both (``evaluate.other_domain = false`` keeps only the first)."""
+  sizes = {"n_seq": 2, "seq_len": 32}
+  rep = job.run_compress(str(tiny_llama_dir), config_lib.from_dict({"evaluate": sizes}), tmp_path / "a")
+  assert {"perplexity", "kl"} <= set(rep["quality"]) and {"perplexity", "kl"} <= set(rep["quality_prose"])
+  assert rep["quality"]["perplexity_reference"] != rep["quality_prose"]["perplexity_reference"]  # other text
+  text = report_lib.format_report(rep)
+  assert "held-out tokens" in text and "other-domain (prose) tokens" in text
+  only = job.run_compress(str(tiny_llama_dir), config_lib.from_dict({"evaluate": {**sizes, "other_domain": False}}),
+                          tmp_path / "b")
+  assert "quality_prose" not in only and only["quality"]["kl"] == rep["quality"]["kl"]

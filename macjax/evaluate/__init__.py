@@ -251,7 +251,7 @@ class Evaluator:
 
 
 def quality(reference, params: Mapping[str, Any], *, n_seq: int = DEFAULT_N_SEQ, seq_len: int = DEFAULT_SEQ_LEN,
-            n_sentences: int = DEFAULT_N_SENTENCES) -> dict[str, Any]:
+            n_sentences: int = DEFAULT_N_SENTENCES, split: str = "heldout") -> dict[str, Any]:
   """Runs reference and candidate on the same held-out batches and compares them.
 
   Equivalent to ``Evaluator(reference, ...)(params)``; build an :class:`Evaluator` instead to score many candidates
@@ -270,6 +270,8 @@ def quality(reference, params: Mapping[str, Any], *, n_seq: int = DEFAULT_N_SEQ,
     params: the candidate ``{HF name: array}`` (e.g. decompressed weights).
     n_seq, seq_len: held-out windows for causal LMs (defaults 24 x 256; see :class:`Evaluator`).
     n_sentences: held-out passages for encoders (default 256).
+    split: the text scored (:data:`macjax.evaluate.text.SPLITS`): ``"heldout"`` plays, or ``"prose"`` of another
+      domain.
 
   Returns:
     See :meth:`Evaluator.__call__`.
@@ -278,4 +280,4 @@ def quality(reference, params: Mapping[str, Any], *, n_seq: int = DEFAULT_N_SEQ,
     >>> quality(ref, ref.params)["kl"]   # doctest: +SKIP
     0.0
   """
-  return Evaluator(reference, n_seq=n_seq, seq_len=seq_len, n_sentences=n_sentences)(params)
+  return Evaluator(reference, n_seq=n_seq, seq_len=seq_len, n_sentences=n_sentences, split=split)(params)

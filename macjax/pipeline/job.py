@@ -169,6 +169,9 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
     sizes = {k: v for k, v in (("n_seq", config.evaluate.n_seq), ("seq_len", config.evaluate.seq_len),
                                 ("n_sentences", config.evaluate.n_sentences)) if v}
     report["quality"] = quality(model, decoded, **sizes)
+    if config.evaluate.other_domain:
+      progress.say("evaluate on text of another domain (prose)")
+      report["quality_prose"] = quality(model, decoded, **sizes, split="prose")
     stages.record("evaluate", time.perf_counter() - t0)
   report.update(timings=stages.timings, stages=stages.table, peak_rss_bytes=peak_rss_bytes(),
                 config=manifest["config"])

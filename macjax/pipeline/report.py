@@ -156,6 +156,19 @@ def _fmt_bytes(n: int) -> str:
   return str(n)
 
 
+def _quality_lines(q: dict, where: str) -> list[str]:
+  lines = []
+  if "perplexity" in q:
+    se = q.get("perplexity_rel_change_stderr")
+    lines.append(f"perplexity       {q['perplexity_reference']:.4f} → {q['perplexity']:.4f} "
+                 f"({100 * q['perplexity_rel_change']:+.2f}%" + (f" ± {100 * se:.2f}%" if se is not None else "")
+                 + f"), KL {q['kl']:.5f} nats/token on {q.get('tokens', '?')} {where} tokens")
+  if "cosine_mean" in q:
+    lines.append(f"embedding cosine mean {q['cosine_mean']:.5f}, min {q['cosine_min']:.5f} "
+                 f"on {q.get('sentences', '?')} {where} sentences")
+  return lines
+
+
 def format_report(report: dict) -> str:
   """Renders a report dict (from :func:`artifact_report`, optionally with ``quality``, ``weight_error`` and
   ``timings`` keys) as text."""
@@ -200,16 +213,9 @@ def format_report(report: dict) -> str:
     w = report["weight_error"]
     lines.append(f"rel. weight err  block matrices {w['block']:.4f}" +
                  (f", other 2-D tensors {w['other']:.4f}" if w.get("other") is not None else ""))
-  if report.get("quality"):
-    q = report["quality"]
-    if "perplexity" in q:
-      se = q.get("perplexity_rel_change_stderr")
-      lines.append(f"perplexity       {q['perplexity_reference']:.4f} → {q['perplexity']:.4f} "
-                   f"({100 * q['perplexity_rel_change']:+.2f}%" + (f" ± {100 * se:.2f}%" if se is not None else "")
-                   + f"), KL {q['kl']:.5f} nats/token on {q.get('tokens', '?')} held-out tokens")
-    if "cosine_mean" in q:
-      lines.append(f"embedding cosine mean {q['cosine_mean']:.5f}, min {q['cosine_min']:.5f} "
-                   f"on {q.get('sentences', '?')} held-out sentences")
+  for key, where in (("quality", "held-out"), ("quality_prose", "other-domain (prose)")):
+    if report.get(key):
+      lines += _quality_lines(report[key], where)
   if report.get("timings"):
     lines.append("time (s)         " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))
   return "\n".join(lines)
