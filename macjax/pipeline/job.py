@@ -310,4 +310,8 @@ def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("de
   result = rd.sweep(model, named, steps, baselines, out=out, eval_sizes=eval_sizes, restart=restart,
                     progress=lambda it: progress.bar(list(it), desc="rd points", unit="point"))
   figure = rd.plot(result, out, peers)
-  return {**result, "table": rd.format_table(result), "figure": str(figure)}
+  table = rd.format_table(result)
+  if len(named) > 1:  # the other configs against the first at equal model-output distortion
+    first = next(iter(named))
+    table += "\n\n" + rd.format_savings(rd.savings(result, first), first)
+  return {**result, "table": table, "figure": str(figure)}

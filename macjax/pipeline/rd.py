@@ -210,6 +210,51 @@ def format_table(result: dict) -> str:
   return "\n".join(lines)
 
 
+def _distortion(point: dict) -> tuple[str, float | None]:
+  """The model-output distortion a comparison is made at: KL (causal LMs) or ``1 − mean cosine`` (encoders)."""
+  if "kl" in point:
+    return "kl", point["kl"]
+  if "cosine_mean" in point:
+    return "1-cos", 1.0 - point["cosine_mean"]
+  return "rel_weight_error", point["rel_weight_error"]
+
+
+def savings(result: dict, reference: str) -> list[dict]:
+  """Each config point of the other series against the ``reference`` series at equal model-output distortion
+  (KL for causal LMs, ``1 − mean cosine`` for encoders): the reference's block bits/weight there
+  (:func:`bits_at_distortion`, interpolated only) and the saving ``reference − point`` (> 0: fewer bits).
+
+  Example:
+    >>> pts = [{"series": "a", "step": 1, "block_bits_per_weight": b, "rel_weight_error": 0.1, "kl": k}
+    ...        for b, k in ((4.0, 0.04), (5.0, 0.01))]
+    >>> savings({"points": pts + [{**pts[0], "series": "b", "block_bits_per_weight": 4.2, "kl": 0.02}]}, "a")[0]["saving"]
+    0.3
+  """
+  ref = [p for p in result["points"] if p["series"] == reference and p.get("step")]
+  out = []
+  for p in result["points"]:
+    if p["series"] == reference or not p.get("step"):
+      continue
+    metric, d = _distortion(p)
+    bits, _ = bits_at_distortion([(_distortion(r)[1], r["block_bits_per_weight"]) for r in ref], d)
+    out.append({"series": p["series"], "step": p["step"], "metric": metric, "distortion": d,
+                "bits": p["block_bits_per_weight"], "reference_bits": bits,
+                "saving": None if bits is None else round(bits - p["block_bits_per_weight"], 6)})
+  return out
+
+
+def format_savings(rows: list[dict], reference: str) -> str:
+  """:func:`savings` as a table (``outside`` where the reference's points do not bracket the distortion)."""
+  lines = [f"at equal model-output distortion, against {reference}:",
+           f"{'series':<28} {'step':>7} {'metric':>7} {'value':>9} {'block b/w':>9} {'ref b/w':>8} {'saving':>8}"]
+  for r in rows:
+    ref = f"{r['reference_bits']:>8.3f}" if r["reference_bits"] is not None else f"{'outside':>8}"
+    saving = f"{r['saving']:>+8.3f}" if r["saving"] is not None else f"{'':>8}"
+    lines.append(f"{r['series']:<28} {r['step']:>7.4g} {r['metric']:>7} {r['distortion']:>9.5f} "
+                 f"{r['bits']:>9.3f} {ref} {saving}")
+  return "\n".join(lines)
+
+
 def _quality_axis(points: list[dict]) -> tuple[str, str, Callable[[dict], float | None]]:
   """The model metric to draw: perplexity change (%) for causal LMs, 1 − mean cosine for encoders."""
   if any("perplexity_rel_change" in p for p in points):
