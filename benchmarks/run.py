@@ -17,6 +17,7 @@ import argparse
 import ast
 import dataclasses
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -77,6 +78,13 @@ BENCHMARKS = (
     Benchmark("moe", "moe_families", ((),), ("moe_families.md",), "3 min"),
     Benchmark("scale", "scale", ((),), ("scale.md",), "~30 min"),
     Benchmark("curvature_terms", "curvature_terms", ((),), ("curvature_terms.md",), "1 min"),
+    Benchmark("curvature_bases", "curvature_bases", ((),), ("curvature_bases_*.md",), "4 min"),
+    Benchmark("curvature_rd", "macjax", tuple(
+        ("rd", m, "--configs", "default,configs/curvature.toml", "--steps", "0.0625,0.125,0.25", "--baselines", "",
+         "--out", f"benchmarks/results/rd/curvature_{m}") for m in ("minilm-l6", "smollm2-135m")),
+              ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
+              note_about="Curvature-set column steps against the default recipe at equal model-output quality: "
+                         "`macjax rd` of `configs/curvature.toml` and `default` on both default models."),
     Benchmark("fuzz", "fuzz_artifacts", ((), ("--real",)), ("fuzz_default_models.md", "fuzz_artifacts.json"),
               "~40 min"),
 )
@@ -91,7 +99,7 @@ def render() -> str:
     lines += [f"## {b.name}", "", b.about(), "", f"Cost on the 2-core development CPU: {b.cost}." +
               (f" {b.note}" if b.note else ""), "", "```bash"]
     prog = ".venv/bin/macjax" if b.script == "macjax" else f".venv/bin/python benchmarks/{b.script}.py"
-    lines += [" ".join([prog, *run]) for run in b.runs]
+    lines += [" ".join([prog, shlex.join(run)]) if run else prog for run in b.runs]
     lines += ["```", ""]
     files = sorted({p for pattern in b.results for p in RESULTS.glob(pattern)})
     for f in files:
