@@ -57,8 +57,9 @@ BENCHMARKS = (
     Benchmark("rd", "macjax", (RD_FIGURE,), ("rd/smollm2-135m/rd.png", "rd/smollm2-135m/rd.csv"), "9 min",
               note_about="Rate–distortion figure of the default model: `macjax rd` (configs over steps, baselines, "
                          "quoted peers)."),
-    Benchmark("analyze", "macjax", (("analyze", "smollm2-135m", "--out", "benchmarks/results/analyze/smollm2-135m"),),
-              ("analyze/smollm2-135m/analysis.json", "analyze/smollm2-135m/*.png"), "3.5 min",
+    Benchmark("analyze", "macjax", tuple(("analyze", m, "--out", f"benchmarks/results/analyze/{m}")
+                                         for m in ("smollm2-135m", "minilm-l6")),
+              ("analyze/*/analysis.json", "analyze/*/*.png"), "3.5 min + 1 min",
               note_about="Rotation vs alignment on the default model's weights: `macjax analyze` (every block matrix "
                          "under identity / Hadamard / random orthogonal / PCA coordinates)."),
     Benchmark("rd_models", "rd_models", (("--model", "minilm-l6"), ("--model", "smollm2-135m")),
@@ -85,6 +86,7 @@ BENCHMARKS = (
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
               note_about="Curvature-set column steps against the default recipe at equal model-output quality: "
                          "`macjax rd` of `configs/curvature.toml` and `default` on both default models."),
+    Benchmark("verdict", "verdict", ((),), ("verdict.md",), "seconds (reads the results above)"),
     Benchmark("fuzz", "fuzz_artifacts", ((), ("--real",)), ("fuzz_default_models.md", "fuzz_artifacts.json"),
               "~40 min"),
 )

@@ -23,7 +23,7 @@ RENDERED = {
     "fit_rd_smollm2-135m": "fit_rd", "fuzz_default_models": "fuzz_artifacts", "moe_families": "moe_families",
     "rd_models_minilm-l6": "rd_models", "rd_models_smollm2-135m": "rd_models", "scale": "scale",
     "transforms_report": "transforms_report", "transforms_quick": "transforms_report",
-    "curvature_terms": "curvature_terms", "curvature_bases_smollm2-135m": "curvature_bases",
+    "curvature_terms": "curvature_terms", "curvature_bases_smollm2-135m": "curvature_bases", "verdict": "verdict",
 }
 # The index, which writes benchmarks/RESULTS.md, not a result.
 NOT_HARNESSED = {"run"}

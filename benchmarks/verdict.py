@@ -1,0 +1,151 @@
+"""The seed notes' claims, each marked confirmed / refuted / inconclusive with the numbers the benchmarks measured.
+
+Reads the committed results (nothing is measured here; each row names the file its numbers come from and the
+command that regenerates that file is in ``benchmarks/RESULTS.md``) and renders one table for both default models:
+
+* **rotation flattens** — kurtosis and max/RMS of the block matrices under a randomized Hadamard against the
+  identity (``macjax analyze``; size-weighted over the block matrices);
+* **rotation lowers the rate** — entropy of the codes at the same relative step (orthogonal: the same weight error);
+* **alignment concentrates energy** — top-1 % energy of per-matrix PCA coordinates against the identity;
+* **alignment lowers the rate** — code entropy under PCA against the identity, and the same net of the PCA basis'
+  stored bits (float16);
+* **curvature alignment lowers the rate at equal model-output distortion** — GPTQ curvature column steps against
+  the default recipe (``macjax rd``; KL for SmolLM2, 1 − cosine for MiniLM; interpolated points only), and, for
+  SmolLM2, at equal layer-output error (``curvature_bases.py``);
+* **f_θ predicts what it is asked to** — the best ``f_θ`` variant's mean Δbits at equal model quality
+  (``fit_rd.py``; negative = it pays for its θ), confirmed only with at least two interpolated points.
+
+Every Δ is "variant − reference" in bits per block weight: negative means fewer bits.
+
+    .venv/bin/python benchmarks/verdict.py            # writes benchmarks/results/verdict.{json,md}
+    .venv/bin/python benchmarks/verdict.py --render   # re-renders the .md from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+import _harness
+import curvature_bases
+from macjax.pipeline import rd
+
+MODELS = ("minilm-l6", "smollm2-135m")
+
+
+def _read(rel: str) -> dict | None:
+  path = _harness.RESULTS / rel
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _mean(analysis: dict, scope: str, key: str) -> float:
+  """Size-weighted mean of a per-matrix statistic over the block matrices."""
+  rows = [(np.prod(m["shape"]), m[scope][key]) for m in analysis["matrices"] if m.get(scope)]
+  return float(sum(n * v for n, v in rows) / sum(n for n, _ in rows))
+
+
+def _row(model, claim, measure, numbers, verdict, source) -> dict:
+  return {"model": model, "claim": claim, "measure": measure, "numbers": numbers, "verdict": verdict,
+          "source": source}
+
+
+def analyze_rows(model: str) -> list[dict]:
+  src = f"analyze/{model}/analysis.json"
+  a = _read(src)
+  if a is None:
+    return [_row(model, "rotation / alignment", "—", "no analysis committed", "not measured", src)]
+  m = {(s, k): _mean(a, s, k) for s in ("identity", "hadamard", "pca")
+       for k in ("kurtosis", "max_to_rms", "top_energy_ratio", "code_entropy", "state_bits_per_weight")}
+  flat = m["hadamard", "kurtosis"] < m["identity", "kurtosis"] and m["hadamard", "max_to_rms"] < m[
+      "identity", "max_to_rms"]
+  d_rot = m["hadamard", "code_entropy"] - m["identity", "code_entropy"]
+  d_pca = m["pca", "code_entropy"] - m["identity", "code_entropy"]
+  net = d_pca + m["pca", "state_bits_per_weight"]
+  step = f"step {a['step_rel']} × RMS"
+  return [
+      _row(model, "rotation flattens", "kurtosis, max/RMS: identity → Hadamard",
+           f"{m['identity', 'kurtosis']:.2f} → {m['hadamard', 'kurtosis']:.2f}, "
+           f"{m['identity', 'max_to_rms']:.1f} → {m['hadamard', 'max_to_rms']:.1f}",
+           "confirmed" if flat else "refuted", src),
+      _row(model, "rotation lowers the rate", f"code entropy Hadamard − identity ({step})", f"{d_rot:+.3f} b/w",
+           "confirmed" if d_rot < 0 else "refuted", src),
+      _row(model, "alignment concentrates energy", "top-1 % energy: identity → PCA",
+           f"{m['identity', 'top_energy_ratio']:.3f} → {m['pca', 'top_energy_ratio']:.3f}",
+           "confirmed" if m["pca", "top_energy_ratio"] > m["identity", "top_energy_ratio"] else "refuted", src),
+      _row(model, "alignment lowers the rate", f"code entropy PCA − identity ({step}); net of each matrix's float16 basis",
+           f"{d_pca:+.3f} b/w; net {net:+.3f} b/w",
+           "confirmed" if net < 0 else ("refuted (entropy drops, the basis costs more)" if d_pca < 0 else "refuted"),
+           src),
+  ]
+
+
+def curvature_rows(model: str) -> list[dict]:
+  src = f"rd/curvature_{model}/rd.json"
+  r = _read(src)
+  rows = []
+  if r is not None:
+    s = [x for x in rd.savings(r, "default") if x["saving"] is not None]
+    nums = ", ".join(f"{-x['saving']:+.3f} b/w at {x['metric']} {x['distortion']:.4f}" for x in s) or "no point"
+    verdict = ("inconclusive" if not s else "confirmed (small)" if all(x["saving"] > 0 for x in s)
+               else "refuted" if all(x["saving"] <= 0 for x in s) else "mixed")
+    rows.append(_row(model, "curvature alignment lowers the rate at equal model-output distortion",
+                     "Δbits of curvature column steps vs default (side bits counted)", nums, verdict, src))
+  layer = _read(f"curvature_bases_{model}.json")
+  if layer is not None:
+    summ = curvature_bases.summarize(layer)
+    d = summ["identity/curvature"]["all"]["bits"] - summ["identity/one"]["all"]["bits"]
+    best = min((v["all"]["bits"], k) for k, v in summ.items())
+    rows.append(_row(model, "curvature alignment lowers the rate at equal layer-output error",
+                     "curvature column steps vs one step; best absorbed basis × steps",
+                     f"{d:+.3f} b/w; best {best[1]} {best[0] - summ['identity/one']['all']['bits']:+.3f} b/w",
+                     "confirmed" if d < 0 else "refuted", f"curvature_bases_{model}.json"))
+  return rows
+
+
+def fit_rows(model: str) -> list[dict]:
+  src = f"fit_rd_{model}.json"
+  f = _read(src)
+  if f is None:
+    return []
+  metric = "kl" if any("mean_delta_kl" in s for s in f["summary"]) else "1-cos"
+  have = [s for s in f["summary"] if s.get(f"mean_delta_{metric}") is not None]
+  best = min(have, key=lambda s: s[f"mean_delta_{metric}"])
+  n, d = best[f"n_{metric}"], best[f"mean_delta_{metric}"]
+  verdict = "inconclusive (one point)" if n < 2 and d < 0 else "confirmed" if d < 0 else "refuted"
+  return [_row(model, "f_θ predicts what it is asked to (and pays)",
+               f"best f_θ variant's mean Δbits at equal {metric} (negative: pays)",
+               f"{best['transform']}/{best['variant']}: {d:+.3f} b/w over {n} point(s), θ {best['theta_bpw']:.4f} b/w",
+               verdict, src)]
+
+
+def measure() -> dict:
+  rows = []
+  for model in MODELS:
+    rows += analyze_rows(model) + curvature_rows(model) + fit_rows(model)
+  return {"rows": rows}
+
+
+def render(data: dict) -> str:
+  lines = ["# The seed notes' claims on the default models", "",
+           "Generated by `benchmarks/verdict.py` from the committed results named in the last column (each "
+           "regenerated by the command `benchmarks/RESULTS.md` gives for it). b/w = bits per block weight.", "",
+           *_harness.markdown_table(["model", "claim", "measure", "numbers", "verdict", "source"],
+                                    [[r[k] for k in ("model", "claim", "measure", "numbers", "verdict", "source")]
+                                     for r in data["rows"]], align="llllll"), ""]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--render", action="store_true", help="only re-render verdict.md from its JSON")
+  args = p.parse_args(argv)
+  if args.render:
+    _harness.render_results("verdict", render)
+    return
+  _harness.write_results("verdict", measure(), render, argv=argv, script=__file__)
+
+
+if __name__ == "__main__":
+  main()
