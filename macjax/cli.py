@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
   r.add_argument("--out", help="folder for rd.json, rd.csv and rd.png (default: rd/<model name>)")
   r.add_argument("--n-seq", type=int, default=0, help="held-out windows per evaluation (causal LMs; 0: default)")
   r.add_argument("--restart", action="store_true", help="ignore the points of an earlier sweep in --out")
+  r.add_argument("--other-domain", action="store_true", help="also measure every point on prose of another domain "
+                 "(text no recipe is calibrated on), beside the held-out plays")
   r.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
   a = sub.add_parser("analyze", help="statistics of every block matrix under identity / Hadamard / random "
                      "orthogonal / PCA coordinates: a table, JSON and PNG figures")
@@ -163,7 +165,8 @@ def _run(args) -> int:
     out = pathlib.Path(args.out) if args.out else pathlib.Path("rd") / _default_out(args.model).name
     result = job.run_rd(args.model, out, configs=_csv(args.configs), steps=[_number(x) for x in _csv(args.steps)],
                         baselines=_csv(args.baselines), peers_file=args.peers, restart=args.restart,
-                        eval_sizes={"n_seq": args.n_seq} if args.n_seq else None, progress=_progress())
+                        eval_sizes={"n_seq": args.n_seq} if args.n_seq else None, progress=_progress(),
+                        other_domain=args.other_domain)
     print(json.dumps(result, indent=1) if args.json else result["table"])
     print(f"wrote {out / 'rd.json'}, {out / 'rd.csv'} and {result['figure']}")
   elif args.command == "analyze":

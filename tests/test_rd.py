@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 
 import pytest
 
 from macjax.errors import ConfigError, ShapeError
-from macjax.pipeline import compression, config as config_lib, job, report
+from macjax.pipeline import compression, config as config_lib, job, rd, report
 from macjax.load import load_model
 
 EVAL = {"n_seq": 2, "seq_len": 16}
+GPTQ_TOML = pathlib.Path(__file__).resolve().parents[1] / "configs" / "gptq.toml"
 
 
 def test_sweep_counts_like_the_report_resumes_and_plots(tiny_llama_dir, tmp_path, monkeypatch):
@@ -35,6 +37,18 @@ def test_sweep_counts_like_the_report_resumes_and_plots(tiny_llama_dir, tmp_path
   again = job.run_rd(str(tiny_llama_dir), out, configs=["plain"], steps=[0.1, 0.4], baselines=["Q8_0"],
                      eval_sizes=EVAL)
   assert again["points"] == result["points"]
+
+
+def test_two_configs_get_a_savings_table_and_the_other_domain_its_own(tiny_llama_dir, tmp_path):
+  result = job.run_rd(str(tiny_llama_dir), tmp_path / "rd", configs=["plain", str(GPTQ_TOML)], steps=[0.1, 0.4],
+                      baselines=[], eval_sizes=EVAL, other_domain=True)
+  assert all({"kl", "prose_kl", "prose_perplexity_rel_change"} <= set(p) for p in result["points"])
+  assert all(p["kl"] != p["prose_kl"] for p in result["points"])  # scored on other text
+  assert result["table"].count("at equal model-output distortion, against plain") == 2
+  assert "prose_kl" in result["table"] and "| prose:" in result["table"]
+  rows = rd.savings(result, "plain", rd.OTHER)
+  assert [r["series"] for r in rows] == ["gptq", "gptq"] and all(r["metric"] == "prose_kl" for r in rows)
+  assert "prose_kl" in next(csv.DictReader(open(tmp_path / "rd" / "rd.csv", encoding="utf-8")))
 
 
 @pytest.mark.parametrize("kwargs, error, needle", [

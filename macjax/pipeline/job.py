@@ -294,10 +294,11 @@ def _read_peers(path: str | os.PathLike | None) -> list[dict]:
 def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("default", "plain"),
            steps: Sequence[float] = (0.0625, 0.125, 0.25), baselines: Sequence[str] = ("Q4_0", "Q5_0", "Q8_0"),
            peers_file: str | os.PathLike | None = None, eval_sizes: dict | None = None, restart: bool = False,
-           progress: Progress | Callable[[str], None] | None = None) -> dict:
+           progress: Progress | Callable[[str], None] | None = None, other_domain: bool = False) -> dict:
   """A rate–distortion sweep of ``source`` (:mod:`macjax.pipeline.rd`): writes ``out/rd.json``, ``rd.csv`` and
   ``rd.png`` and returns the result with ``table`` and ``figure`` added. ``configs`` are preset names or TOML files;
-  a sweep started again with the same arguments resumes."""
+  a sweep started again with the same arguments resumes; ``other_domain`` also measures every point on prose of
+  another domain (:func:`macjax.pipeline.rd.sweep`) and adds its savings table."""
   from macjax.load import load_model  # pylint: disable=g-import-not-at-top
   from macjax.pipeline import config as config_lib, rd  # pylint: disable=g-import-not-at-top
   progress = progress if isinstance(progress, Progress) else Progress(say=progress)
@@ -308,10 +309,13 @@ def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("de
   if model.tokenizer_error:
     raise ModelLoadError(f"{model.tokenizer_error}; a rate–distortion sweep measures the model on text")
   result = rd.sweep(model, named, steps, baselines, out=out, eval_sizes=eval_sizes, restart=restart,
-                    progress=lambda it: progress.bar(list(it), desc="rd points", unit="point"))
+                    progress=lambda it: progress.bar(list(it), desc="rd points", unit="point"),
+                    other_domain=other_domain)
   figure = rd.plot(result, out, peers)
   table = rd.format_table(result)
   if len(named) > 1:  # the other configs against the first at equal model-output distortion
     first = next(iter(named))
     table += "\n\n" + rd.format_savings(rd.savings(result, first), first)
+    if other_domain:
+      table += "\n\n" + rd.format_savings(rd.savings(result, first, rd.OTHER), first)
   return {**result, "table": table, "figure": str(figure)}

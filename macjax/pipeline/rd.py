@@ -41,12 +41,18 @@ def _digest(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: Key prefix of the model metrics measured on text of another domain (``--other-domain``).
+OTHER = "prose_"
+
+
 def _point(model, evaluator, block_names: list[str], params: Mapping[str, Any], row: dict) -> dict:
-  """Adds the weight error and the model metric of ``params`` to ``row``."""
+  """Adds the weight error and the model metrics of ``params`` to ``row``; ``evaluator`` is an
+  :class:`~macjax.evaluate.Evaluator` or ``{key prefix: Evaluator}`` (``""``: held-out text, :data:`OTHER`: prose)."""
   from macjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
   row["rel_weight_error"] = float(metrics.aggregate_rel_weight_error(model.params, params, block_names))
-  quality = evaluator(params)
-  row.update({k: float(quality[k]) for k in QUALITY_KEYS if k in quality})
+  for prefix, ev in (evaluator.items() if isinstance(evaluator, Mapping) else [("", evaluator)]):
+    quality = ev(params)
+    row.update({prefix + k: float(quality[k]) for k in QUALITY_KEYS if k in quality})
   return row
 
 
@@ -92,7 +98,7 @@ def _save(out: pathlib.Path, result: dict) -> None:
   tmp.write_text(json.dumps(result, indent=1))
   tmp.replace(out / "rd.json")
   keys = ["series", "step", "block_bits_per_weight", "all_bits_per_param", "rel_weight_error", *QUALITY_KEYS,
-          "seconds"]
+          *(OTHER + k for k in QUALITY_KEYS if any(OTHER + k in p for p in result["points"])), "seconds"]
   with open(out / "rd.csv", "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, keys, extrasaction="ignore")
     w.writeheader()
@@ -101,7 +107,8 @@ def _save(out: pathlib.Path, result: dict) -> None:
 
 def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], baselines: Sequence[str] = (), *,
           out: str | pathlib.Path, eval_sizes: Mapping[str, int] | None = None,
-          progress: Callable[[Iterable], Iterable] = lambda it: it, restart: bool = False) -> dict:
+          progress: Callable[[Iterable], Iterable] = lambda it: it, restart: bool = False,
+          other_domain: bool = False) -> dict:
   """Measures every config at every base step, and every baseline; writes ``out/rd.json`` after each point.
 
   Args:
@@ -113,6 +120,8 @@ def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], 
     eval_sizes: ``n_seq`` / ``seq_len`` / ``n_sentences`` of the evaluator (default: its defaults).
     progress: wraps the loop over points (e.g. a bar with an ETA).
     restart: ignore the points of an earlier sweep in ``out``.
+    other_domain: also measure each point on prose of another domain (the ``"prose"`` split, which no recipe
+      is calibrated on), stored under keys prefixed :data:`OTHER`.
 
   Returns:
     ``{"meta", "points": [...], "bound": {"rel_weight_error": [...], "bits": [...]}}``.
@@ -129,6 +138,8 @@ def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], 
   out = pathlib.Path(out)
   sizes = dict(eval_sizes or {})
   meta = {"model": model.source, "family": model.layout.family, "eval_sizes": sizes}
+  if other_domain:
+    meta["other_domain"] = "prose"
   done = {} if restart else {p["key"]: p for p in _load(out / "rd.json", meta)}
   block_names = [m.name for m in model.layout.matrices]
   errors = np.geomspace(0.005, 0.5, 40)
@@ -141,7 +152,8 @@ def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], 
     if key in done:
       result["points"].append(done[key])
       continue
-    evaluator = evaluator or Evaluator(model, **sizes)
+    evaluator = evaluator or ({"": Evaluator(model, **sizes), OTHER: Evaluator(model, **sizes, split="prose")}
+                              if other_domain else Evaluator(model, **sizes))
     row = (config_point(model, evaluator, block_names, name, configs[name], step) if step is not None
            else baseline_point(model, evaluator, block_names, name))
     result["points"].append({"key": key, **row})
@@ -196,33 +208,38 @@ def bits_at_distortion(points: Sequence[tuple[float, float]], target: float, *,
 
 
 def format_table(result: dict) -> str:
-  """The sweep's points as a table."""
+  """The sweep's points as a table (with the other-domain columns when the sweep measured them)."""
+  other = any(OTHER + "kl" in p or OTHER + "cosine_mean" in p for p in result["points"])
   lines = [f"{'series':<28} {'step':>7} {'block b/w':>9} {'all b/p':>8} {'rel err':>8} {'ppl Δ':>8} {'KL':>7} "
-           f"{'cos mean':>9}"]
+           f"{'cos mean':>9}" + (f" | prose: {'ppl Δ':>8} {'KL':>7} {'cos mean':>9}" if other else "")]
   for p in result["points"]:
     cells = [f"{p['series']:<28}", f"{p['step']:>7.4g}" if p["step"] else f"{'-':>7}",
              f"{p['block_bits_per_weight']:>9.3f}", f"{p.get('all_bits_per_param', float('nan')):>8.3f}",
-             f"{p['rel_weight_error']:>8.4f}"]
-    cells += [f"{100 * p['perplexity_rel_change']:>+7.2f}%" if "perplexity_rel_change" in p else f"{'':>8}",
-              f"{p['kl']:>7.4f}" if "kl" in p else f"{'':>7}",
-              f"{p['cosine_mean']:>9.5f}" if "cosine_mean" in p else f"{'':>9}"]
-    lines.append(" ".join(cells))
+             f"{p['rel_weight_error']:>8.4f}", *_quality_cells(p, "")]
+    lines.append(" ".join(cells) + (" | " + " " * 7 + " ".join(_quality_cells(p, OTHER)) if other else ""))
   return "\n".join(lines)
 
 
-def _distortion(point: dict) -> tuple[str, float | None]:
+def _quality_cells(p: dict, prefix: str) -> list[str]:
+  ppl, kl, cos = (p.get(prefix + k) for k in ("perplexity_rel_change", "kl", "cosine_mean"))
+  return [f"{100 * ppl:>+7.2f}%" if ppl is not None else f"{'':>8}", f"{kl:>7.4f}" if kl is not None else f"{'':>7}",
+          f"{cos:>9.5f}" if cos is not None else f"{'':>9}"]
+
+
+def _distortion(point: dict, prefix: str = "") -> tuple[str, float | None]:
   """The model-output distortion a comparison is made at: KL (causal LMs) or ``1 − mean cosine`` (encoders)."""
-  if "kl" in point:
-    return "kl", point["kl"]
-  if "cosine_mean" in point:
-    return "1-cos", 1.0 - point["cosine_mean"]
+  if prefix + "kl" in point:
+    return prefix + "kl", point[prefix + "kl"]
+  if prefix + "cosine_mean" in point:
+    return prefix + "1-cos", 1.0 - point[prefix + "cosine_mean"]
   return "rel_weight_error", point["rel_weight_error"]
 
 
-def savings(result: dict, reference: str) -> list[dict]:
+def savings(result: dict, reference: str, prefix: str = "") -> list[dict]:
   """Each config point of the other series against the ``reference`` series at equal model-output distortion
-  (KL for causal LMs, ``1 − mean cosine`` for encoders): the reference's block bits/weight there
-  (:func:`bits_at_distortion`, interpolated only) and the saving ``reference − point`` (> 0: fewer bits).
+  (KL for causal LMs, ``1 − mean cosine`` for encoders; on the other domain's text with ``prefix=OTHER``): the
+  reference's block bits/weight there (:func:`bits_at_distortion`, interpolated only) and the saving
+  ``reference − point`` (> 0: fewer bits).
 
   Example:
     >>> pts = [{"series": "a", "step": 1, "block_bits_per_weight": b, "rel_weight_error": 0.1, "kl": k}
@@ -235,8 +252,8 @@ def savings(result: dict, reference: str) -> list[dict]:
   for p in result["points"]:
     if p["series"] == reference or not p.get("step"):
       continue
-    metric, d = _distortion(p)
-    bits, _ = bits_at_distortion([(_distortion(r)[1], r["block_bits_per_weight"]) for r in ref], d)
+    metric, d = _distortion(p, prefix)
+    bits, _ = bits_at_distortion([(_distortion(r, prefix)[1], r["block_bits_per_weight"]) for r in ref], d)
     out.append({"series": p["series"], "step": p["step"], "metric": metric, "distortion": d,
                 "bits": p["block_bits_per_weight"], "reference_bits": bits,
                 "saving": None if bits is None else round(bits - p["block_bits_per_weight"], 6)})
@@ -246,11 +263,11 @@ def savings(result: dict, reference: str) -> list[dict]:
 def format_savings(rows: list[dict], reference: str) -> str:
   """:func:`savings` as a table (``outside`` where the reference's points do not bracket the distortion)."""
   lines = [f"at equal model-output distortion, against {reference}:",
-           f"{'series':<28} {'step':>7} {'metric':>7} {'value':>9} {'block b/w':>9} {'ref b/w':>8} {'saving':>8}"]
+           f"{'series':<28} {'step':>7} {'metric':>11} {'value':>9} {'block b/w':>9} {'ref b/w':>8} {'saving':>8}"]
   for r in rows:
     ref = f"{r['reference_bits']:>8.3f}" if r["reference_bits"] is not None else f"{'outside':>8}"
     saving = f"{r['saving']:>+8.3f}" if r["saving"] is not None else f"{'':>8}"
-    lines.append(f"{r['series']:<28} {r['step']:>7.4g} {r['metric']:>7} {r['distortion']:>9.5f} "
+    lines.append(f"{r['series']:<28} {r['step']:>7.4g} {r['metric']:>11} {r['distortion']:>9.5f} "
                  f"{r['bits']:>9.3f} {ref} {saving}")
   return "\n".join(lines)
 
