@@ -226,7 +226,7 @@ def _quality_cells(p: dict, prefix: str) -> list[str]:
           f"{cos:>9.5f}" if cos is not None else f"{'':>9}"]
 
 
-def _distortion(point: dict, prefix: str = "") -> tuple[str, float | None]:
+def model_distortion(point: dict, prefix: str = "") -> tuple[str, float | None]:
   """The model-output distortion a comparison is made at: KL (causal LMs) or ``1 − mean cosine`` (encoders)."""
   if prefix + "kl" in point:
     return prefix + "kl", point[prefix + "kl"]
@@ -252,8 +252,8 @@ def savings(result: dict, reference: str, prefix: str = "") -> list[dict]:
   for p in result["points"]:
     if p["series"] == reference or not p.get("step"):
       continue
-    metric, d = _distortion(p, prefix)
-    bits, _ = bits_at_distortion([(_distortion(r, prefix)[1], r["block_bits_per_weight"]) for r in ref], d)
+    metric, d = model_distortion(p, prefix)
+    bits, _ = bits_at_distortion([(model_distortion(r, prefix)[1], r["block_bits_per_weight"]) for r in ref], d)
     out.append({"series": p["series"], "step": p["step"], "metric": metric, "distortion": d,
                 "bits": p["block_bits_per_weight"], "reference_bits": bits,
                 "saving": None if bits is None else round(bits - p["block_bits_per_weight"], 6)})
