@@ -81,7 +81,7 @@ def quantize_one(W: np.ndarray, H: np.ndarray, steps: str, step: float) -> dict:
     scale = d / np.exp(np.mean(np.log(d)))
   s = jnp.asarray(scale, jnp.float32)
   q = gptq(uniform(step), order="descending", column_steps="curvature" if steps == "curvature" else "none")
-  codes, meta = _quantizer(q, steps)(Wj * s[None, :], Hj / s[:, None] / s[None, :])
+  codes, meta = _quantizer(q, steps, step)(Wj * s[None, :], Hj / s[:, None] / s[None, :])
   D = np.asarray(q.dequantize(codes, meta), np.float64) / scale[None, :] - W
   err = float(np.trace(D @ H @ D.T) / np.trace(W @ H @ W.T))
   col = 1.0 / scale if steps != "curvature" else np.exp2(np.asarray(meta.exponent, np.float64) / 8)
@@ -93,11 +93,13 @@ def quantize_one(W: np.ndarray, H: np.ndarray, steps: str, step: float) -> dict:
 _JITTED: dict = {}
 
 
-def _quantizer(q, steps):
-  return _JITTED.setdefault(steps, jax.jit(q.quantize))
+def _quantizer(q, steps: str, step: float):
+  """The jitted ``q.quantize``, compiled once per (column-steps kind, step)."""
+  return _JITTED.setdefault((steps, step), jax.jit(q.quantize))
 
 
 def measure(model_name: str, step: float, every: int) -> dict:
+  """Every sampled block matrix in every basis × column-steps kind (gains folded, as the rewrite does)."""
   model = load_model(model_name)
   rw = transforms.rotate_llama(dict(model.params), model.layout.config, residual="identity", head_rotation=False)
   stats = calibrate.input_statistics(model, params=rw.params)
@@ -132,6 +134,7 @@ def summarize(data: dict) -> dict:
 
 
 def render(data: dict) -> str:
+  """The markdown tables of a measurement (:func:`summarize`'s means per basis/steps and role)."""
   s = summarize(data)
   roles = list(dict.fromkeys(r["role"] for r in data["rows"])) + ["all"]
   base = s["identity/one"]["all"]
@@ -151,6 +154,7 @@ def render(data: dict) -> str:
 
 
 def main(argv=None) -> None:
+  """Measures (or, with ``--render``, only re-renders) and writes the result."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="smollm2-135m")
   p.add_argument("--step", type=float, default=0.125)

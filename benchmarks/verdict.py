@@ -46,12 +46,14 @@ def _mean(analysis: dict, scope: str, key: str) -> float:
   return float(sum(n * v for n, v in rows) / sum(n for n, _ in rows))
 
 
-def _row(model, claim, measure, numbers, verdict, source) -> dict:
+def _row(model, claim, measure, numbers, verdict, source, delta=None) -> dict:
+  """One claim on one model; ``delta``: its headline Δbits/weight (None where the claim is not about a rate)."""
   return {"model": model, "claim": claim, "measure": measure, "numbers": numbers, "verdict": verdict,
-          "source": source}
+          "source": source, "delta_bits": delta}
 
 
 def analyze_rows(model: str) -> list[dict]:
+  """Rotation and alignment claims from ``macjax analyze``'s per-matrix statistics."""
   src = f"analyze/{model}/analysis.json"
   a = _read(src)
   if a is None:
@@ -70,28 +72,48 @@ def analyze_rows(model: str) -> list[dict]:
            f"{m['identity', 'max_to_rms']:.1f} → {m['hadamard', 'max_to_rms']:.1f}",
            "confirmed" if flat else "refuted", src),
       _row(model, "rotation lowers the rate", f"code entropy Hadamard − identity ({step})", f"{d_rot:+.3f} b/w",
-           "confirmed" if d_rot < 0 else "refuted", src),
+           "confirmed" if d_rot < 0 else "refuted", src, d_rot),
       _row(model, "alignment concentrates energy", "top-1 % energy: identity → PCA",
            f"{m['identity', 'top_energy_ratio']:.3f} → {m['pca', 'top_energy_ratio']:.3f}",
            "confirmed" if m["pca", "top_energy_ratio"] > m["identity", "top_energy_ratio"] else "refuted", src),
       _row(model, "alignment lowers the rate", f"code entropy PCA − identity ({step}); net of each matrix's float16 basis",
            f"{d_pca:+.3f} b/w; net {net:+.3f} b/w",
            "confirmed" if net < 0 else ("refuted (entropy drops, the basis costs more)" if d_pca < 0 else "refuted"),
-           src),
+           src, d_pca),
   ]
 
 
+def _perplexity_savings(result: dict) -> list[float]:
+  """Curvature's savings at equal held-out perplexity change (interpolated only), the cross-check of KL's."""
+  ref = [(p["perplexity_rel_change"], p["block_bits_per_weight"]) for p in result["points"]
+         if p["series"] == "default" and "perplexity_rel_change" in p]
+  out = []
+  for p in result["points"]:
+    if p["series"] == "curvature" and "perplexity_rel_change" in p:
+      bits, _ = rd.bits_at_distortion(ref, p["perplexity_rel_change"])
+      if bits is not None:
+        out.append(bits - p["block_bits_per_weight"])
+  return out
+
+
 def curvature_rows(model: str) -> list[dict]:
+  """Curvature claims: model-output distortion (``macjax rd``) and, where measured, layer-output error."""
   src = f"rd/curvature_{model}/rd.json"
   r = _read(src)
   rows = []
   if r is not None:
     s = [x for x in rd.savings(r, "default") if x["saving"] is not None]
+    ppl = _perplexity_savings(r)
     nums = ", ".join(f"{-x['saving']:+.3f} b/w at {x['metric']} {x['distortion']:.4f}" for x in s) or "no point"
-    verdict = ("inconclusive" if not s else "confirmed (small)" if all(x["saving"] > 0 for x in s)
-               else "refuted" if all(x["saving"] <= 0 for x in s) else "mixed")
+    if ppl:
+      nums += "; at equal perplexity " + ", ".join(f"{-v:+.3f}" for v in ppl)
+    verdict = ("inconclusive" if not s else "mixed" if not (all(x["saving"] > 0 for x in s)
+                                                            or all(x["saving"] <= 0 for x in s))
+               else "refuted" if s[0]["saving"] <= 0 else
+               "inconclusive (perplexity disagrees)" if any(v <= 0 for v in ppl) else "confirmed (small)")
     rows.append(_row(model, "curvature alignment lowers the rate at equal model-output distortion",
-                     "Δbits of curvature column steps vs default (side bits counted)", nums, verdict, src))
+                     "Δbits of curvature column steps vs default (side bits counted)", nums, verdict, src,
+                     -float(np.mean([x["saving"] for x in s])) if s else None))
   layer = _read(f"curvature_bases_{model}.json")
   if layer is not None:
     summ = curvature_bases.summarize(layer)
@@ -99,28 +121,34 @@ def curvature_rows(model: str) -> list[dict]:
     best = min((v["all"]["bits"], k) for k, v in summ.items())
     rows.append(_row(model, "curvature alignment lowers the rate at equal layer-output error",
                      "curvature column steps vs one step; best absorbed basis × steps",
-                     f"{d:+.3f} b/w; best {best[1]} {best[0] - summ['identity/one']['all']['bits']:+.3f} b/w",
-                     "confirmed" if d < 0 else "refuted", f"curvature_bases_{model}.json"))
+                     f"{d:+.3f} b/w; best {best[1]} {best[0] - summ['identity/one']['all']['bits']:+.3f} b/w "
+                     "(RMSNorm gains folded, every 3rd layer, one step per matrix)",
+                     "confirmed" if d < 0 else "refuted", f"curvature_bases_{model}.json", d))
   return rows
 
 
 def fit_rows(model: str) -> list[dict]:
+  """The f_θ claim from ``fit_rd.py``'s mean Δbits at equal model quality."""
   src = f"fit_rd_{model}.json"
   f = _read(src)
   if f is None:
     return []
   metric = "kl" if any("mean_delta_kl" in s for s in f["summary"]) else "1-cos"
   have = [s for s in f["summary"] if s.get(f"mean_delta_{metric}") is not None]
+  if not have:
+    return [_row(model, "f_θ predicts what it is asked to (and pays)", "—", "no interpolated point", "not measured",
+                 src)]
   best = min(have, key=lambda s: s[f"mean_delta_{metric}"])
   n, d = best[f"n_{metric}"], best[f"mean_delta_{metric}"]
   verdict = "inconclusive (one point)" if n < 2 and d < 0 else "confirmed" if d < 0 else "refuted"
   return [_row(model, "f_θ predicts what it is asked to (and pays)",
                f"best f_θ variant's mean Δbits at equal {metric} (negative: pays)",
                f"{best['transform']}/{best['variant']}: {d:+.3f} b/w over {n} point(s), θ {best['theta_bpw']:.4f} b/w",
-               verdict, src)]
+               verdict, src, d)]
 
 
 def measure() -> dict:
+  """Every claim's row on both default models, from the committed results."""
   rows = []
   for model in MODELS:
     rows += analyze_rows(model) + curvature_rows(model) + fit_rows(model)
@@ -128,6 +156,7 @@ def measure() -> dict:
 
 
 def render(data: dict) -> str:
+  """The verdict table."""
   lines = ["# The seed notes' claims on the default models", "",
            "Generated by `benchmarks/verdict.py` from the committed results named in the last column (each "
            "regenerated by the command `benchmarks/RESULTS.md` gives for it). b/w = bits per block weight.", "",
@@ -138,6 +167,7 @@ def render(data: dict) -> str:
 
 
 def main(argv=None) -> None:
+  """Writes (or, with ``--render``, re-renders) ``benchmarks/results/verdict.{json,md}``."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--render", action="store_true", help="only re-render verdict.md from its JSON")
   args = p.parse_args(argv)

@@ -94,3 +94,9 @@ def test_write_results_adds_meta_and_renders_from_what_it_wrote(tmp_path, capsys
   assert harness.render_results(stem, lambda d: f"{len(d['rows'])} rows", quiet=True) == "0 rows\n"
   assert (tmp_path / "demo.md").read_text() == "0 rows\n"
   assert harness.paths("coding_rd") == (RESULTS / "coding_rd.json", RESULTS / "coding_rd.md")
+
+
+def test_verdict_is_current_with_the_results_it_reads():
+  """benchmarks/verdict.py re-run on the committed results gives the committed verdict (rows and numbers)."""
+  committed = json.loads((RESULTS / "verdict.json").read_text())
+  assert bench("verdict").measure()["rows"] == committed["rows"]

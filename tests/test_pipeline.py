@@ -467,3 +467,9 @@ def test_report_scores_held_out_plays_and_another_domain(tiny_llama_dir, tmp_pat
   only = job.run_compress(str(tiny_llama_dir), config_lib.from_dict({"evaluate": {**sizes, "other_domain": False}}),
                           tmp_path / "b")
   assert "quality_prose" not in only and only["quality"]["kl"] == rep["quality"]["kl"]
+  # More windows than the prose holds (but not the plays): the artifact and the held-out score stay, the report says
+  # why the other domain is missing.
+  big = job.run_compress(str(tiny_llama_dir), config_lib.from_dict({"evaluate": {"n_seq": 5000, "seq_len": 16}}),
+                         tmp_path / "c")
+  assert "quality" in big and "quality_prose" not in big and "holds" in big["quality_prose_error"]
+  assert "not scored" in report_lib.format_report(big)

@@ -87,3 +87,12 @@ def test_benchmarks_have_one_entry_point_and_results_md_is_current():
   for b in run.BENCHMARKS:
     assert all(list((root / "benchmarks" / "results").glob(g)) for g in b.results), b.name
   assert (root / "benchmarks" / "RESULTS.md").read_text() == run.render()
+
+
+@pytest.mark.parametrize("name", ["default", "plain"])
+def test_committed_sweeps_still_resume(name):
+  """Config fields added since a sweep was recorded (config.LATE_FIELDS) leave its points' keys unchanged."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "rd" / "smollm2-135m" / "rd.json"
+  keys = {p["key"] for p in json.loads(path.read_text())["points"]}
+  assert all(rd._digest([config_lib.identity_dict(config_lib.preset(name)), s]) in keys  # pylint: disable=protected-access
+             for s in (0.0625, 0.125, 0.25))

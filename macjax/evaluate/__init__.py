@@ -106,8 +106,9 @@ class Evaluator:
     batch_size: windows per trunk call (LLaMA).
     sentence_chunk: sentences per forward call (BERT).
     head_chunk: tokens per LM-head block (bounds the memory: two ``head_chunk x vocab`` float32 blocks).
-    split: the text scored: ``"heldout"`` (quality claims) or ``"calibration"`` (for choices the encoder makes,
-      e.g. :mod:`macjax.calibrate.probe`, so that held-out text never steers compression).
+    split: the text scored: ``"heldout"`` (quality claims), ``"prose"`` (quality on another domain, which no
+      recipe is calibrated on) or ``"calibration"`` (for choices the encoder makes, e.g.
+      :mod:`macjax.calibrate.probe`, so that held-out text never steers compression).
 
   Example:
     >>> ev = Evaluator(load_model("minilm-l6"), n_sentences=64)   # doctest: +SKIP

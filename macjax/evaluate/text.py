@@ -161,7 +161,7 @@ def token_windows(tokenizer, split: str = "heldout", *, n_seq: int, seq_len: int
 
   Args:
     tokenizer: a :class:`tokenizers.Tokenizer`.
-    split: ``"heldout"`` or ``"calibration"``.
+    split: ``"heldout"``, ``"calibration"`` or ``"prose"``.
     n_seq: number of windows.
     seq_len: tokens per window.
 

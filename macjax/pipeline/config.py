@@ -468,6 +468,22 @@ def to_dict(cfg: PipelineConfig) -> dict:
   return d
 
 
+#: Fields added after configs were first recorded (in manifests, resume fingerprints, rd sweep keys), with their
+#: defaults: :func:`identity_dict` leaves them out while they hold that default, so records written before a field
+#: existed still match the same config. Append new fields here.
+LATE_FIELDS = {("quantize", "gptq_column_steps"): "none", ("evaluate", "other_domain"): True}
+
+
+def identity_dict(cfg: PipelineConfig) -> dict:
+  """:func:`to_dict` without the :data:`LATE_FIELDS` that hold their defaults: what identifies a config in records
+  that must keep matching across releases (an rd point's key, a resumable job's fingerprint)."""
+  d = to_dict(cfg)
+  for (section, key), default in LATE_FIELDS.items():
+    if d[section].get(key) == default:
+      del d[section][key]
+  return d
+
+
 def load(path: str | os.PathLike) -> PipelineConfig:
   """Reads a TOML config file.
 

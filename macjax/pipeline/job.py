@@ -29,7 +29,7 @@ from macjax.load import open_model
 from macjax.load.digest import source_fingerprint
 from macjax.load.loader import resolve_source
 from macjax.pipeline import compression
-from macjax.pipeline.config import PipelineConfig, to_dict
+from macjax.pipeline.config import PipelineConfig, identity_dict
 from macjax.pipeline.plan import calibrates_sequentially, needs_calibration, streams
 from macjax.pipeline.progress import Progress
 from macjax.pipeline.report import artifact_report, source_report
@@ -79,7 +79,7 @@ def weight_errors(reference, decoded: dict[str, np.ndarray], manifest: dict) -> 
 
 def fingerprint(source: str, config: PipelineConfig) -> dict:
   """What a resumed compression must find unchanged: the source files, the config, the macjax version."""
-  return {"macjax_version": macjax.__version__, "config": to_dict(config),
+  return {"macjax_version": macjax.__version__, "config": identity_dict(config),
           "source": source_fingerprint(resolve_source(source))}
 
 
@@ -95,6 +95,35 @@ class _Stages:
     self.timings[name] = seconds
     self.table[name] = {"seconds": seconds, "params_per_s": self.params / seconds if seconds > 0 else None,
                         "peak_rss_bytes": peak_rss_bytes()}
+
+
+def _check_processes(config: PipelineConfig, index: int, count: int) -> None:
+  if not 0 <= index < count:
+    raise ConfigError(f"process index {index} of {count} processes; expected 0 <= index < count")
+  if count > 1 and calibrates_sequentially(config):
+    raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
+                      f"{count} processes; run one process, or a config without calibration (--config plain)")
+  if count > 1 and not streams(config):
+    raise ConfigError("compress: this config makes a whole-model pass first ([rewrite], whole-model calibration, "
+                      "role-shared transforms, [fit] or [allocation]); every process would recompute it, and hosts "
+                      "whose arithmetic differs would mix two plans in one artifact: run one process")
+
+
+def _evaluate(model, decoded: dict, config: PipelineConfig, progress: Progress) -> dict:
+  """The report's ``quality`` (held-out plays) and ``quality_prose`` (another domain; when the prose text is too
+  short for the evaluation sizes asked, ``quality_prose_error`` says so instead: the artifact is already written)."""
+  from macjax.evaluate import quality  # pylint: disable=g-import-not-at-top
+  progress.say("evaluate reference vs decoded model on held-out text")
+  sizes = {k: v for k, v in (("n_seq", config.evaluate.n_seq), ("seq_len", config.evaluate.seq_len),
+                              ("n_sentences", config.evaluate.n_sentences)) if v}
+  out = {"quality": quality(model, decoded, **sizes)}
+  if config.evaluate.other_domain:
+    progress.say("evaluate on text of another domain (prose)")
+    try:
+      out["quality_prose"] = quality(model, decoded, **sizes, split="prose")
+    except ConfigError as e:
+      out["quality_prose_error"] = str(e)
+  return out
 
 
 def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *, overwrite: bool = False,
@@ -122,15 +151,7 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
   progress = progress if isinstance(progress, Progress) else Progress(say=progress)
   out = pathlib.Path(out)
   index, count = process
-  if not 0 <= index < count:
-    raise ConfigError(f"process index {index} of {count} processes; expected 0 <= index < count")
-  if count > 1 and calibrates_sequentially(config):
-    raise ConfigError("compress: sequential calibration runs layer after layer, so it cannot be split across "
-                      f"{count} processes; run one process, or a config without calibration (--config plain)")
-  if count > 1 and not streams(config):
-    raise ConfigError("compress: this config makes a whole-model pass first ([rewrite], whole-model calibration, "
-                      "role-shared transforms, [fit] or [allocation]); every process would recompute it, and hosts "
-                      "whose arithmetic differs would mix two plans in one artifact: run one process")
+  _check_processes(config, index, count)
   t0 = time.perf_counter()
   progress.say(f"open {source}")
   model = open_model(source)
@@ -163,15 +184,8 @@ def run_compress(source: str, config: PipelineConfig, out: str | os.PathLike, *,
     report["weight_error"] = _read_back(out, manifest, plan, stages, progress, decoded)
   report["rewrite"] = manifest.get("rewrite")
   if do_eval:
-    from macjax.evaluate import quality  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
-    progress.say("evaluate reference vs decoded model on held-out text")
-    sizes = {k: v for k, v in (("n_seq", config.evaluate.n_seq), ("seq_len", config.evaluate.seq_len),
-                                ("n_sentences", config.evaluate.n_sentences)) if v}
-    report["quality"] = quality(model, decoded, **sizes)
-    if config.evaluate.other_domain:
-      progress.say("evaluate on text of another domain (prose)")
-      report["quality_prose"] = quality(model, decoded, **sizes, split="prose")
+    report.update(_evaluate(model, decoded, config, progress))
     stages.record("evaluate", time.perf_counter() - t0)
   report.update(timings=stages.timings, stages=stages.table, peak_rss_bytes=peak_rss_bytes(),
                 config=manifest["config"])
@@ -315,7 +329,5 @@ def run_rd(source: str, out: str | os.PathLike, *, configs: Sequence[str] = ("de
   table = rd.format_table(result)
   if len(named) > 1:  # the other configs against the first at equal model-output distortion
     first = next(iter(named))
-    table += "\n\n" + rd.format_savings(rd.savings(result, first), first)
-    if other_domain:
-      table += "\n\n" + rd.format_savings(rd.savings(result, first, rd.OTHER), first)
+    table += "\n\n" + rd.format_comparisons(result, first)
   return {**result, "table": table, "figure": str(figure)}

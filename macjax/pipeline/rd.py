@@ -31,7 +31,7 @@ import numpy as np
 
 from macjax.errors import ConfigError
 from macjax.pipeline import compression
-from macjax.pipeline.config import PipelineConfig, to_dict, with_overrides
+from macjax.pipeline.config import PipelineConfig, identity_dict, with_overrides
 from macjax.pipeline.report import counted_bits
 
 QUALITY_KEYS = ("perplexity_rel_change", "perplexity_rel_change_stderr", "kl", "cosine_mean", "cosine_min")
@@ -145,7 +145,7 @@ def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], 
   errors = np.geomspace(0.005, 0.5, 40)
   bound = shannon_lower_bound([np.asarray(model.params[n], np.float32) for n in block_names], errors)
   result = {"meta": meta, "points": [], "bound": {"rel_weight_error": errors.tolist(), "bits": bound.tolist()}}
-  todo = [(n, s, _digest([to_dict(c), s])) for n, c in configs.items() for s in steps] + [(b, None, b)
+  todo = [(n, s, _digest([identity_dict(c), s])) for n, c in configs.items() for s in steps] + [(b, None, b)
                                                                                           for b in baselines]
   evaluator = None
   for name, step, key in progress(todo):
@@ -270,6 +270,15 @@ def format_savings(rows: list[dict], reference: str) -> str:
     lines.append(f"{r['series']:<28} {r['step']:>7.4g} {r['metric']:>11} {r['distortion']:>9.5f} "
                  f"{r['bits']:>9.3f} {ref} {saving}")
   return "\n".join(lines)
+
+
+def format_comparisons(result: dict, reference: str) -> str:
+  """:func:`format_savings` against ``reference`` on the held-out text and, when the sweep measured it, on the
+  other domain's text."""
+  text = format_savings(savings(result, reference), reference)
+  if any(OTHER + "kl" in p or OTHER + "cosine_mean" in p for p in result["points"]):
+    text += "\n\n(other domain, prose) " + format_savings(savings(result, reference, OTHER), reference)
+  return text
 
 
 def _quality_axis(points: list[dict]) -> tuple[str, str, Callable[[dict], float | None]]:

@@ -216,6 +216,8 @@ def format_report(report: dict) -> str:
   for key, where in (("quality", "held-out"), ("quality_prose", "other-domain (prose)")):
     if report.get(key):
       lines += _quality_lines(report[key], where)
+  if report.get("quality_prose_error"):
+    lines.append(f"other domain     not scored: {report['quality_prose_error']}")
   if report.get("timings"):
     lines.append("time (s)         " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))
   return "\n".join(lines)

@@ -201,16 +201,17 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01, order: s
     _, meta = base.quantize(W) if step_scale is None else base.quantize(W, step_scale=step_scale)
     H, dead = damped_hessian(H.astype(jnp.float32), damp)
     W = jnp.where(dead[None, :], 0.0, W)
-    # visit columns by decreasing H_jj (stable: ties keep their order), or left to right
-    perm = jnp.argsort(-jnp.diag(H), stable=True) if descending else jnp.arange(cols)
-    W, H = W[:, perm], H[perm][:, perm]
+    perm = jnp.arange(cols)
+    if descending:  # visit columns by decreasing H_jj (stable: ties keep their order)
+      perm = jnp.argsort(-jnp.diag(H), stable=True)
+      W, H, dead = W[:, perm], H[perm][:, perm], dead[perm]
     U = inverse_cholesky_upper(H)
-    exponent = curvature_exponents(U, dead[perm]) if curvature else jnp.zeros((cols,), jnp.int8)
+    exponent = curvature_exponents(U, dead) if curvature else jnp.zeros((cols,), jnp.int8)
     codes = _error_feedback(base, meta, W, U, perm, column_multipliers(exponent), _block_divisor(cols, block_size))
-    codes = jnp.zeros_like(codes).at[:, perm].set(codes)
-    if not curvature:
-      return codes, meta
-    return codes, ColumnStepsMeta(meta, jnp.zeros_like(exponent).at[perm].set(exponent))
+    if descending:  # codes and exponents back to the original column order
+      codes = jnp.zeros_like(codes).at[:, perm].set(codes)
+      exponent = jnp.zeros_like(exponent).at[perm].set(exponent)
+    return (codes, ColumnStepsMeta(meta, exponent)) if curvature else (codes, meta)
 
   def dequantize(codes, meta):
     if not curvature:
