@@ -86,6 +86,14 @@ BENCHMARKS = (
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
               note_about="Curvature-set column steps against the default recipe at equal model-output quality: "
                          "`macjax rd` of `configs/curvature.toml` and `default` on both default models."),
+    Benchmark("domains", "macjax", (("rd", "smollm2-135m", "--configs",
+                                     "default,plain,benchmarks/configs/default_damp0.1.toml", "--steps", "0.125,0.25",
+                                     "--baselines", "", "--other-domain", "--out",
+                                     "benchmarks/results/rd/domains_smollm2-135m"),),
+              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "25 min",
+              note_about="Quality on the held-out plays and on prose of another domain (never used for calibration):"
+                         " the calibrated default, the uncalibrated plain config, and the default with 10× GPTQ "
+                         "dampening (`macjax rd --other-domain`)."),
     Benchmark("verdict", "verdict", ((),), ("verdict.md",), "seconds (reads the results above)"),
     Benchmark("fuzz", "fuzz_artifacts", ((), ("--real",)), ("fuzz_default_models.md", "fuzz_artifacts.json"),
               "~40 min"),
