@@ -21,8 +21,8 @@ def test_sweep_counts_like_the_report_resumes_and_plots(tiny_llama_dir, tmp_path
   out = tmp_path / "rd"
   peers = tmp_path / "peers.json"
   peers.write_text(json.dumps([{"name": "NNCodec", "bits": 5.0, "perplexity_rel_change": 0.02, "source": "x"}]))
-  result = job.run_rd(str(tiny_llama_dir), out, configs=["plain"], steps=[0.1, 0.4], baselines=["Q8_0"],
-                      peers_file=peers, eval_sizes=EVAL)
+  result = job.run_rd(str(tiny_llama_dir), out, configs=["plain", str(GPTQ_TOML)], steps=[0.1, 0.4],
+                      baselines=["Q8_0"], peers_file=peers, eval_sizes=EVAL, other_domain=True)
   plain = [p for p in result["points"] if p["series"] == "plain"]
   assert [p["step"] for p in plain] == [0.1, 0.4] and plain[0]["block_bits_per_weight"] > plain[1]["block_bits_per_weight"]
   assert plain[0]["rel_weight_error"] < plain[1]["rel_weight_error"] and "perplexity_rel_change" in plain[0]
@@ -32,23 +32,16 @@ def test_sweep_counts_like_the_report_resumes_and_plots(tiny_llama_dir, tmp_path
   q8 = [p for p in result["points"] if p["series"] == "Q8_0"][0]
   assert q8["block_bits_per_weight"] == 8.5 and q8["rel_weight_error"] < 0.01
   assert (out / "rd.png").read_bytes()[:4] == b"\x89PNG"
-  assert len(list(csv.DictReader(open(out / "rd.csv", encoding="utf-8")))) == 3
+  rows = list(csv.DictReader(open(out / "rd.csv", encoding="utf-8")))
+  assert len(rows) == 5 and "prose_kl" in rows[0]
+  # Every point also scored on the other domain's text; the savings tables compare gptq with plain on both.
+  assert all(p["kl"] != p["prose_kl"] for p in result["points"])
+  assert result["table"].count("at equal model-output distortion, against plain") == 2 and "| prose:" in result["table"]
+  assert [(r["series"], r["metric"]) for r in rd.savings(result, "plain", rd.OTHER)] == [("gptq", "prose_kl")] * 2
   monkeypatch.setattr(compression, "compress", lambda *a, **k: pytest.fail("a finished point was run again"))
-  again = job.run_rd(str(tiny_llama_dir), out, configs=["plain"], steps=[0.1, 0.4], baselines=["Q8_0"],
-                     eval_sizes=EVAL)
+  again = job.run_rd(str(tiny_llama_dir), out, configs=["plain", str(GPTQ_TOML)], steps=[0.1, 0.4],
+                     baselines=["Q8_0"], eval_sizes=EVAL, other_domain=True)
   assert again["points"] == result["points"]
-
-
-def test_two_configs_get_a_savings_table_and_the_other_domain_its_own(tiny_llama_dir, tmp_path):
-  result = job.run_rd(str(tiny_llama_dir), tmp_path / "rd", configs=["plain", str(GPTQ_TOML)], steps=[0.1, 0.4],
-                      baselines=[], eval_sizes=EVAL, other_domain=True)
-  assert all({"kl", "prose_kl", "prose_perplexity_rel_change"} <= set(p) for p in result["points"])
-  assert all(p["kl"] != p["prose_kl"] for p in result["points"])  # scored on other text
-  assert result["table"].count("at equal model-output distortion, against plain") == 2
-  assert "prose_kl" in result["table"] and "| prose:" in result["table"]
-  rows = rd.savings(result, "plain", rd.OTHER)
-  assert [r["series"] for r in rows] == ["gptq", "gptq"] and all(r["metric"] == "prose_kl" for r in rows)
-  assert "prose_kl" in next(csv.DictReader(open(tmp_path / "rd" / "rd.csv", encoding="utf-8")))
 
 
 @pytest.mark.parametrize("kwargs, error, needle", [
