@@ -15,6 +15,7 @@ import re
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -139,6 +140,9 @@ def test_llama_jit_equals_eager(lm_head):
     eager = np.asarray(decoder.logits(params, TINY_LLAMA, tokens))
   np.testing.assert_allclose(jitted, eager, atol=1e-5, rtol=1e-5)
   assert jitted.shape == (2, 7, 50) and jitted.dtype == np.float32
+  # Tokens traced inside jit (e.g. a gradient per calibration window) give the same logits.
+  traced = jax.jit(lambda t: decoder.logits(params, TINY_LLAMA, t))(jnp.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(traced), jitted, atol=1e-5, rtol=1e-5)
 
 
 def test_llama_tied_equals_explicit_copy_of_embeddings():

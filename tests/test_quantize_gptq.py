@@ -180,6 +180,18 @@ def test_curvature_column_steps_meta_and_exact_decode(base):
     q.dequantize(codes, ColumnStepsMeta(meta.base, meta.exponent[:-1]))
 
 
+def test_given_exponents_reproduce_curvature_steps_and_are_required():
+  X, W = _calibration(), _weights()
+  H = jnp.asarray(X.T @ X)
+  c1, m1 = gptq(uniform(1 / 2), block_size=32, column_steps="curvature", order="descending").quantize(W, H)
+  given = gptq(uniform(1 / 2), block_size=32, column_steps="given", order="descending")
+  c2, m2 = given.quantize(W, H, 1.0, m1.exponent)
+  np.testing.assert_array_equal(c1, c2)
+  np.testing.assert_array_equal(m1.exponent, m2.exponent)
+  with pytest.raises(ShapeError, match="given"):
+    given.quantize(W, H)
+
+
 def test_column_multipliers_cover_every_int8_exponent():
   e = jnp.arange(-128, 128, dtype=jnp.int32).astype(jnp.int8)
   m = np.asarray(column_multipliers(e))

@@ -493,7 +493,12 @@ def _weights(params: ParamsLike, config: Mapping[str, Any]) -> DecoderWeights:
 
 
 def check_tokens(tokens: Any, vocab: int) -> jax.Array:
-  """``tokens`` as ``int32[batch, seq]`` ids in ``[0, vocab)``, else :class:`ShapeError`."""
+  """``tokens`` as ``int32[batch, seq]`` ids in ``[0, vocab)``, else :class:`ShapeError` (traced tokens, inside
+  ``jax.jit``, are checked for shape and dtype only: their values are not known there)."""
+  if isinstance(tokens, jax.core.Tracer):
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ShapeError(f"decoder tokens: got {tokens.dtype}{list(tokens.shape)}; expected int32[batch, seq]")
+    return tokens.astype(jnp.int32)
   tokens = np.asarray(tokens)
   if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
     raise ShapeError(f"decoder tokens: got {tokens.dtype}{list(tokens.shape)}; expected int32[batch, seq]")

@@ -80,9 +80,8 @@ class QuantizeConfig:
     _check(self.gptq_damp > 0, f"quantize.gptq_damp = {self.gptq_damp}; expected > 0")
     from macjax.quantize.gptq import ORDERS  # pylint: disable=g-import-not-at-top
     _check(self.gptq_order in ORDERS, f"quantize.gptq_order = {self.gptq_order!r}; expected one of {ORDERS}")
-    from macjax.quantize.gptq import COLUMN_STEPS  # pylint: disable=g-import-not-at-top
-    _check(self.gptq_column_steps in COLUMN_STEPS,
-           f"quantize.gptq_column_steps = {self.gptq_column_steps!r}; expected one of {COLUMN_STEPS}")
+    _check(self.gptq_column_steps in ("none", "curvature"),  # "given" exponents come from code, not a config
+           f"quantize.gptq_column_steps = {self.gptq_column_steps!r}; expected 'none' or 'curvature'")
     _check(self.gptq or self.gptq_column_steps == "none",
            "quantize.gptq_column_steps needs quantize.gptq = true (the steps come from GPTQ's Hessian factor)")
 

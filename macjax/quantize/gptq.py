@@ -68,7 +68,7 @@ def _block_divisor(cols: int, block_size: int) -> int:
 
 
 ORDERS = ("natural", "descending")
-COLUMN_STEPS = ("none", "curvature")
+COLUMN_STEPS = ("none", "curvature", "given")
 EXPONENT_RESOLUTION = 8  # column step multipliers 2^(e/8): 1/8 octave
 _MAX_EXPONENT = 64
 # The multiplier of every int8 exponent, rounded once to float32 here, so that encoder and decoder (on any
@@ -162,8 +162,10 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01, order: s
     damp: relative diagonal damping (> 0), in units of the mean diagonal of ``H``.
     order: ``natural`` (columns left to right) or ``descending`` (by decreasing ``H_jj``, "act-order"); the
       codes and their decoder are the same either way.
-    column_steps: ``none`` (the base quantizer's steps) or ``curvature`` (each input column's step multiplied by
-      ``2^(e_j/8)`` with ``e_j`` from GPTQ's curvature there; module docstring).
+    column_steps: ``none`` (the base quantizer's steps), ``curvature`` (each input column's step multiplied by
+      ``2^(e_j/8)`` with ``e_j`` from GPTQ's curvature there; module docstring), or ``given`` (the int8
+      exponents come from the caller: ``quantize(W, H, step_scale, exponent)``, e.g. from a model-output
+      sensitivity measured elsewhere).
 
   Returns:
     ``Quantizer(quantize=(W, H, step_scale=1) -> (codes, meta), dequantize)`` where ``W: f32[out, in]`` and
@@ -189,9 +191,9 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01, order: s
   _check_options(base, block_size, damp, order, column_steps)
   damp = float(damp)
   descending = order == "descending"
-  curvature = column_steps == "curvature"
+  has_steps = column_steps != "none"  # curvature or given: the meta carries the exponents
 
-  def quantize(W, H, step_scale=1.0):
+  def quantize(W, H, step_scale=1.0, exponent=None):
     check_matrix(W)
     rows, cols = W.shape
     if H.shape != (cols, cols):
@@ -206,15 +208,21 @@ def gptq(base: Quantizer, *, block_size: int = 128, damp: float = 0.01, order: s
       perm = jnp.argsort(-jnp.diag(H), stable=True)
       W, H, dead = W[:, perm], H[perm][:, perm], dead[perm]
     U = inverse_cholesky_upper(H)
-    exponent = curvature_exponents(U, dead) if curvature else jnp.zeros((cols,), jnp.int8)
+    if column_steps == "given":
+      if exponent is None or exponent.shape != (cols,):
+        raise ShapeError(f"gptq: column_steps='given' needs int8 exponents of shape ({cols},), got "
+                         f"{None if exponent is None else tuple(exponent.shape)}")
+      exponent = jnp.where(dead, 0, exponent.astype(jnp.int8)[perm]).astype(jnp.int8)
+    else:
+      exponent = curvature_exponents(U, dead) if has_steps else jnp.zeros((cols,), jnp.int8)
     codes = _error_feedback(base, meta, W, U, perm, column_multipliers(exponent), _block_divisor(cols, block_size))
     if descending:  # codes and exponents back to the original column order
       codes = jnp.zeros_like(codes).at[:, perm].set(codes)
       exponent = jnp.zeros_like(exponent).at[perm].set(exponent)
-    return (codes, ColumnStepsMeta(meta, exponent)) if curvature else (codes, meta)
+    return (codes, ColumnStepsMeta(meta, exponent)) if has_steps else (codes, meta)
 
   def dequantize(codes, meta):
-    if not curvature:
+    if not has_steps:
       return base.dequantize(codes, meta)
     if meta.exponent.shape != (codes.shape[-1],):
       raise ShapeError(f"gptq: codes of shape {tuple(codes.shape)} need {codes.shape[-1]} column exponents, got "
