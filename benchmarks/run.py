@@ -94,6 +94,7 @@ BENCHMARKS = (
               note_about="Quality on the held-out plays and on prose of another domain (never used for calibration):"
                          " the calibrated default, the uncalibrated plain config, and the default with 10× GPTQ "
                          "dampening (`macjax rd --other-domain`)."),
+    Benchmark("fisher_steps", "fisher_steps", ((),), ("fisher_steps.md",), "13 min"),
     Benchmark("verdict", "verdict", ((),), ("verdict.md",), "seconds (reads the results above)"),
     Benchmark("fuzz", "fuzz_artifacts", ((), ("--real",)), ("fuzz_default_models.md", "fuzz_artifacts.json"),
               "~40 min"),
