@@ -81,8 +81,10 @@ BENCHMARKS = (
     Benchmark("curvature_terms", "curvature_terms", ((),), ("curvature_terms.md",), "1 min"),
     Benchmark("curvature_bases", "curvature_bases", ((),), ("curvature_bases_*.md",), "4 min"),
     Benchmark("curvature_rd", "macjax", tuple(
-        ("rd", m, "--configs", "default,configs/curvature.toml", "--steps", "0.0625,0.125,0.25", "--baselines", "",
-         "--out", f"benchmarks/results/rd/curvature_{m}") for m in ("minilm-l6", "smollm2-135m")),
+        ("rd", m, "--configs", configs, "--steps", "0.0625,0.125,0.25", "--baselines", "",
+         "--out", f"benchmarks/results/rd/curvature_{m}") for m, configs in (
+             ("minilm-l6", "default,configs/curvature.toml"),
+             ("smollm2-135m", "default,configs/curvature.toml,benchmarks/configs/curvature_noalloc.toml"))),
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
               note_about="Curvature-set column steps against the default recipe at equal model-output quality: "
                          "`macjax rd` of `configs/curvature.toml` and `default` on both default models."),

@@ -102,7 +102,7 @@ def curvature_rows(model: str) -> list[dict]:
   r = _read(src)
   rows = []
   if r is not None:
-    s = [x for x in rd.savings(r, "default") if x["saving"] is not None]
+    s = [x for x in rd.savings(r, "default") if x["saving"] is not None and x["series"] == "curvature"]
     ppl = _perplexity_savings(r)
     nums = ", ".join(f"{-x['saving']:+.3f} b/w at {x['metric']} {x['distortion']:.4f}" for x in s) or "no point"
     if ppl:
