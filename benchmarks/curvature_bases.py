@@ -59,7 +59,8 @@ def bases(params: dict, stats: dict, matrices, seed: int = 0) -> dict[str, np.nd
           "weight_pca": np.linalg.eigh(G)[1][:, ::-1]}
 
 
-def _entropy(codes: np.ndarray) -> float:
+def code_entropy_bits(codes: np.ndarray) -> float:
+  """Zeroth-order entropy (bits per code) of integer codes: what one code table per matrix pays."""
   _, n = np.unique(codes, return_counts=True)
   p = n / n.sum()
   return float(-np.sum(p * np.log2(p)))
@@ -69,7 +70,7 @@ def _class_entropy(codes: np.ndarray, col_steps: np.ndarray) -> float:
   """Entropy of the codes given one of :data:`CLASSES` column classes by step size."""
   rank = np.argsort(np.argsort(col_steps, kind="stable"), kind="stable")
   cls = (rank * CLASSES) // len(col_steps)
-  return sum(_entropy(codes[:, cls == k]) * np.sum(cls == k) for k in np.unique(cls)) / len(col_steps)
+  return sum(code_entropy_bits(codes[:, cls == k]) * np.sum(cls == k) for k in np.unique(cls)) / len(col_steps)
 
 
 def quantize_one(W: np.ndarray, H: np.ndarray, steps: str, step: float) -> dict:
@@ -86,7 +87,7 @@ def quantize_one(W: np.ndarray, H: np.ndarray, steps: str, step: float) -> dict:
   err = float(np.trace(D @ H @ D.T) / np.trace(W @ H @ W.T))
   col = 1.0 / scale if steps != "curvature" else np.exp2(np.asarray(meta.exponent, np.float64) / 8)
   codes = np.asarray(codes)
-  return {"bits": _entropy(codes), "bits_classes": _class_entropy(codes, col),
+  return {"bits": code_entropy_bits(codes), "bits_classes": _class_entropy(codes, col),
           "side_bits": 8.0 * W.shape[1] / W.size if steps == "curvature" else 0.0, "rel_output_error": err}
 
 

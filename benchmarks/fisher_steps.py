@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import _harness
+import curvature_bases
 from macjax import calibrate
 from macjax.evaluate import Evaluator, decoder, metrics, text
 from macjax.load import families, load_model
@@ -63,12 +64,6 @@ def exponents(f: np.ndarray) -> np.ndarray:
   return np.clip(np.round(8 * (e - np.mean(e))), -64, 64).astype(np.int8)
 
 
-def _entropy(codes: np.ndarray) -> float:
-  _, n = np.unique(codes, return_counts=True)
-  p = n / n.sum()
-  return float(-np.sum(p * np.log2(p)))
-
-
 def quantize_model(model, stats, fisher, variant: str, step: float) -> tuple[dict, float]:
   """All block matrices quantized with one variant's column steps: (params, block bits/weight)."""
   q = gptq(uniform(step), order="descending", column_steps={"none": "none", "curvature": "curvature",
@@ -81,7 +76,7 @@ def quantize_model(model, stats, fisher, variant: str, step: float) -> tuple[dic
     e = jnp.asarray(exponents(fisher[m.name])) if variant == "fisher" else None
     codes, meta = fn(W, H, 1.0, e) if e is not None else fn(W, H)
     params[m.name] = np.asarray(q.dequantize(codes, meta))
-    bits += _entropy(np.asarray(codes)) * W.size + (8 * W.shape[1] if variant != "none" else 0)
+    bits += curvature_bases.code_entropy_bits(np.asarray(codes)) * W.size + (8 * W.shape[1] if variant != "none" else 0)
     n += W.size
   return params, bits / n
 
@@ -97,8 +92,8 @@ def measure(steps: list[float], windows: int) -> dict:
   for step in steps:
     for variant in VARIANTS:
       params, bpw = quantize_model(model, stats, fisher, variant, step)
-      row = rd._point(model, evaluators, names, params,  # pylint: disable=protected-access
-                      {"series": variant, "step": step, "block_bits_per_weight": bpw})
+      row = rd.measure_point(model, evaluators, names, params,
+                             {"series": variant, "step": step, "block_bits_per_weight": bpw})
       points.append(row)
       print(variant, step, f"{bpw:.3f}", row.get("kl"), row.get(rd.OTHER + "kl"), flush=True)
   return {"model": "smollm2-135m", "windows": windows, "points": points}

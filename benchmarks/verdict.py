@@ -83,19 +83,6 @@ def analyze_rows(model: str) -> list[dict]:
   ]
 
 
-def _perplexity_savings(result: dict) -> list[float]:
-  """Curvature's savings at equal held-out perplexity change (interpolated only), the cross-check of KL's."""
-  ref = [(p["perplexity_rel_change"], p["block_bits_per_weight"]) for p in result["points"]
-         if p["series"] == "default" and "perplexity_rel_change" in p]
-  out = []
-  for p in result["points"]:
-    if p["series"] == "curvature" and "perplexity_rel_change" in p:
-      bits, _ = rd.bits_at_distortion(ref, p["perplexity_rel_change"])
-      if bits is not None:
-        out.append(bits - p["block_bits_per_weight"])
-  return out
-
-
 def curvature_rows(model: str) -> list[dict]:
   """Curvature claims: model-output distortion (``macjax rd``) and, where measured, layer-output error."""
   src = f"rd/curvature_{model}/rd.json"
@@ -103,7 +90,8 @@ def curvature_rows(model: str) -> list[dict]:
   rows = []
   if r is not None:
     s = [x for x in rd.savings(r, "default") if x["saving"] is not None and x["series"] == "curvature"]
-    ppl = _perplexity_savings(r)
+    ppl = [x["saving"] for x in rd.savings(r, "default", metric="perplexity_rel_change")  # the cross-check
+           if x["saving"] is not None and x["series"] == "curvature"]
     nums = ", ".join(f"{-x['saving']:+.3f} b/w at {x['metric']} {x['distortion']:.4f}" for x in s) or "no point"
     if ppl:
       nums += "; at equal perplexity " + ", ".join(f"{-v:+.3f}" for v in ppl)

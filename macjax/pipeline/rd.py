@@ -45,7 +45,7 @@ def _digest(value: Any) -> str:
 OTHER = "prose_"
 
 
-def _point(model, evaluator, block_names: list[str], params: Mapping[str, Any], row: dict) -> dict:
+def measure_point(model, evaluator, block_names: list[str], params: Mapping[str, Any], row: dict) -> dict:
   """Adds the weight error and the model metrics of ``params`` to ``row``; ``evaluator`` is an
   :class:`~macjax.evaluate.Evaluator` or ``{key prefix: Evaluator}`` (``""``: held-out text, :data:`OTHER`: prose)."""
   from macjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
@@ -62,7 +62,7 @@ def config_point(model, evaluator, block_names, name: str, cfg: PipelineConfig, 
   cfg = with_overrides(cfg, [f"quantize.step={step}", "evaluate.enabled=false"])
   out = compression.compress(model, cfg)
   row = {"series": name, "step": step, **counted_bits(out.manifest)}
-  _point(model, evaluator, block_names, out.reconstruction, row)
+  measure_point(model, evaluator, block_names, out.reconstruction, row)
   row["seconds"] = time.perf_counter() - t0
   return row
 
@@ -75,8 +75,8 @@ def baseline_point(model, evaluator, block_names, name: str) -> dict:
   for b in block_names:
     params[b], bpw = peers.quantize(name, np.asarray(model.params[b], np.float32))
     bits, n = bits + bpw * params[b].size, n + params[b].size
-  row = _point(model, evaluator, block_names, params, {"series": name, "step": None, "block_bits_per_weight": bits / n,
-                                                        "baseline": True})
+  row = measure_point(model, evaluator, block_names, params,
+                      {"series": name, "step": None, "block_bits_per_weight": bits / n, "baseline": True})
   row["seconds"] = time.perf_counter() - t0
   return row
 
@@ -235,11 +235,12 @@ def model_distortion(point: dict, prefix: str = "") -> tuple[str, float | None]:
   return "rel_weight_error", point["rel_weight_error"]
 
 
-def savings(result: dict, reference: str, prefix: str = "") -> list[dict]:
+def savings(result: dict, reference: str, prefix: str = "", metric: str | None = None) -> list[dict]:
   """Each config point of the other series against the ``reference`` series at equal model-output distortion
   (KL for causal LMs, ``1 − mean cosine`` for encoders; on the other domain's text with ``prefix=OTHER``): the
   reference's block bits/weight there (:func:`bits_at_distortion`, interpolated only) and the saving
-  ``reference − point`` (> 0: fewer bits).
+  ``reference − point`` (> 0: fewer bits). ``metric`` compares at another distortion key instead (e.g.
+  ``"perplexity_rel_change"``, the cross-check of KL); points without it are left out.
 
   Example:
     >>> pts = [{"series": "a", "step": 1, "block_bits_per_weight": b, "rel_weight_error": 0.1, "kl": k}
@@ -250,11 +251,13 @@ def savings(result: dict, reference: str, prefix: str = "") -> list[dict]:
   ref = [p for p in result["points"] if p["series"] == reference and p.get("step")]
   out = []
   for p in result["points"]:
-    if p["series"] == reference or not p.get("step"):
+    if p["series"] == reference or not p.get("step") or (metric and prefix + metric not in p):
       continue
-    metric, d = model_distortion(p, prefix)
-    bits, _ = bits_at_distortion([(model_distortion(r, prefix)[1], r["block_bits_per_weight"]) for r in ref], d)
-    out.append({"series": p["series"], "step": p["step"], "metric": metric, "distortion": d,
+    distortion = (lambda q: (prefix + metric, q.get(prefix + metric))) if metric else (
+        lambda q: model_distortion(q, prefix))
+    key, d = distortion(p)
+    bits, _ = bits_at_distortion([(distortion(r)[1], r["block_bits_per_weight"]) for r in ref], d)
+    out.append({"series": p["series"], "step": p["step"], "metric": key, "distortion": d,
                 "bits": p["block_bits_per_weight"], "reference_bits": bits,
                 "saving": None if bits is None else round(bits - p["block_bits_per_weight"], 6)})
   return out
