@@ -277,17 +277,21 @@ ParamsLike = Union[Mapping[str, Any], BertWeights]
 
 
 def _inputs(tokens, mask, token_types, dims: BertDims):
-  tokens = np.asarray(tokens)
-  if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+  """Checked ``(tokens, bool mask, token types)``; traced arrays (inside ``jax.jit``) are checked for shape and
+  dtype only: their values are not known there."""
+  traced = any(isinstance(a, jax.core.Tracer) for a in (tokens, mask, token_types))
+  xp = jnp if traced else np
+  tokens = xp.asarray(tokens)
+  if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ShapeError(f"BERT tokens: got {tokens.dtype}{list(tokens.shape)}; expected int32[batch, seq]")
   if tokens.shape[1] > dims.max_positions:
     raise ShapeError(f"BERT tokens: seq={tokens.shape[1]} exceeds max_position_embeddings={dims.max_positions}")
-  if tokens.size and (tokens.min() < 0 or tokens.max() >= dims.vocab):
+  if not traced and tokens.size and (tokens.min() < 0 or tokens.max() >= dims.vocab):
     raise ShapeError(f"BERT tokens: ids in [{tokens.min()}, {tokens.max()}]; expected [0, {dims.vocab})")
-  mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask)
+  mask = xp.ones(tokens.shape, bool) if mask is None else xp.asarray(mask)
   if mask.shape != tokens.shape:
     raise ShapeError(f"BERT attention mask: shape {mask.shape}; expected the tokens' shape {tokens.shape}")
-  token_types = np.zeros(tokens.shape, np.int32) if token_types is None else np.asarray(token_types)
+  token_types = xp.zeros(tokens.shape, np.int32) if token_types is None else xp.asarray(token_types)
   if token_types.shape != tokens.shape:
     raise ShapeError(f"BERT token_type_ids: shape {token_types.shape}; expected {tokens.shape}")
   return jnp.asarray(tokens, jnp.int32), jnp.asarray(mask != 0), jnp.asarray(token_types, jnp.int32)
@@ -343,6 +347,28 @@ def _reduce_inputs(weights: BertWeights, tokens, mask, token_types, dims: BertDi
 
   _, per_layer = jax.lax.scan(step, x, weights.layers)
   return per_layer
+
+
+def _hidden_and_inputs(weights: BertWeights, tokens, mask, token_types, dims: BertDims, reduce):
+  x = _embed(weights, tokens, token_types, dims)
+
+  def step(x, p):
+    x, inputs = _layer_and_inputs(x, p, mask, dims)
+    return x, reduce(inputs, mask)
+
+  return jax.lax.scan(step, x, weights.layers)
+
+
+def hidden_and_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any, reduce, mask: Any = None,
+                      token_types: Optional[Any] = None) -> tuple[jax.Array, Any]:
+  """:func:`bert_hidden` and, per layer, ``reduce(BlockInputs, mask)`` stacked to ``[num_layers, ...]`` (as
+  :func:`reduce_block_inputs`), from one forward, traceable: what a gradient through the encoder that also needs
+  its linear layers' inputs takes (:mod:`macjax.calibrate.fisher`). ``mask`` is returned checked, as a bool
+  array: ``(hidden, per_layer, mask)``."""
+  dims = BertDims.from_config(config)
+  weights = params if isinstance(params, BertWeights) else prepare_bert(params, config)
+  tokens, mask, token_types = _inputs(tokens, mask, token_types, dims)
+  return (*_hidden_and_inputs(weights, tokens, mask, token_types, dims, reduce), mask)
 
 
 def reduce_block_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any, reduce, mask: Any = None,

@@ -529,6 +529,17 @@ def hidden_states(params: ParamsLike, config: Mapping[str, Any], tokens: Any) ->
   return _run(_weights(params, config), tokens, opts)[0]
 
 
+def hidden_states_and_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any,
+                             reduce) -> tuple[jax.Array, Any]:
+  """:func:`hidden_states` and, per layer, ``reduce(BlockInputs, mask)`` stacked to ``[num_layers, ...]`` (as
+  :func:`reduce_block_inputs`), from one forward: what a gradient through the model that also needs its linear
+  layers' inputs takes (:mod:`macjax.calibrate.fisher`)."""
+  opts = options(config)
+  tokens = check_tokens(tokens, opts.vocab)
+  _check_length(tokens, opts, config)
+  return _run(_weights(params, config), tokens, opts, reduce)
+
+
 def logits(params: ParamsLike, config: Mapping[str, Any], tokens: Any) -> jax.Array:
   """Next-token logits ``float32[batch, seq, vocab]`` (soft-capped for Gemma 2). Holds ``batch·seq·vocab`` floats:
   for long inputs take :func:`hidden_states` and project in chunks (what :class:`macjax.evaluate.Evaluator` does)."""

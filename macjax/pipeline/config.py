@@ -26,6 +26,7 @@ from macjax.errors import ConfigError
 
 TREATMENTS = ("quantize", "float16", "float32")
 VECTOR_DTYPES = ("float16", "float32")
+HESSIANS = ("inputs", "fisher")  # calibration.hessian
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -260,6 +261,10 @@ class CalibrationConfig:
     offload: where sequential calibration keeps the hidden states carried between layers: ``"memory"`` (host
       RAM) or ``"disk"`` (``.npy`` files in a temporary folder under ``$TMPDIR``, one batch in memory at a time;
       the same numbers).
+    hessian: GPTQ's Hessian: ``"inputs"`` (``XᵀX``, the layer-output error) or ``"fisher"`` (``Σ_t ‖g_t‖² x_t
+      x_tᵀ``, each token weighted by the Fisher information of the model's next-token predictions at the matrix's
+      output: the model-output KL's curvature, :mod:`macjax.calibrate.fisher`; causal decoders; one more
+      forward + backward pass over the calibration windows, on the reference model, so not sequential).
   """
 
   n_seq: int = 0
@@ -267,11 +272,13 @@ class CalibrationConfig:
   n_sentences: int = 0
   sequential: bool = True
   offload: str = "memory"
+  hessian: str = "inputs"
 
   def __post_init__(self):
     for k in ("n_seq", "seq_len", "n_sentences"):
       _check(getattr(self, k) >= 0, f"calibration.{k} = {getattr(self, k)}; expected >= 0 (0: default)")
     _check(self.offload in ("memory", "disk"), f"calibration.offload = {self.offload!r}; expected 'memory' or 'disk'")
+    _check(self.hessian in HESSIANS, f"calibration.hessian = {self.hessian!r}; expected one of {HESSIANS}")
 
   def sizes(self) -> dict[str, int]:
     return {k: getattr(self, k) for k in ("n_seq", "seq_len", "n_sentences") if getattr(self, k)}
@@ -449,6 +456,8 @@ def from_dict(data: dict) -> PipelineConfig:
   data = dict(data)
   specs = _transform_specs(data.pop("transform", []))
   cfg = dataclasses.replace(_build(PipelineConfig, data, ""), transform=specs)
+  _check(cfg.calibration.hessian == "inputs" or cfg.quantize.gptq,
+         f"calibration.hessian = {cfg.calibration.hessian!r} is GPTQ's Hessian; set quantize.gptq = true")
   _check(not (cfg.allocation.target_bits and cfg.fit.enabled),
          "allocation.target_bits with fit.enabled: the rate search does not model f_θ's residual steps; set one")
   _check(cfg.transform_state.share == "none" or cfg.transform,
@@ -470,7 +479,8 @@ def to_dict(cfg: PipelineConfig) -> dict:
 #: Fields added after configs were first recorded (in manifests, resume fingerprints, rd sweep keys), with their
 #: defaults: :func:`identity_dict` leaves them out while they hold that default, so records written before a field
 #: existed still match the same config. Append new fields here.
-LATE_FIELDS = {("quantize", "gptq_column_steps"): "none", ("evaluate", "other_domain"): True}
+LATE_FIELDS = {("quantize", "gptq_column_steps"): "none", ("evaluate", "other_domain"): True,
+               ("calibration", "hessian"): "inputs"}
 
 
 def identity_dict(cfg: PipelineConfig) -> dict:

@@ -62,6 +62,9 @@ class Plan:
     sequential: a :class:`~macjax.calibrate.SequentialCalibration` when the statistics are measured layer by layer
       during encoding (then ``stats`` holds the current layer's), else None.
     calibration: ``"sequential"``, ``"whole_model"`` or None (no calibration), for the manifest.
+    hessians: GPTQ's Hessian per block matrix where it is not ``XᵀX`` (``calibration.hessian = "fisher"``: the
+      output-weighted ones of :func:`macjax.calibrate.fisher.fisher_hessians`); the others take ``n·S`` from
+      ``stats``.
   """
 
   model: Model
@@ -80,12 +83,15 @@ class Plan:
   gptq: bool = False
   sequential: Any = None
   calibration: str | None = None
+  hessians: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def context(self, info: MatrixInfo, index: int, seed: int, device=None) -> MatrixContext:
     """The :class:`MatrixContext` of block matrix ``info`` (``index``: its position in the layout)."""
     stats = self.stats.get(info.name) if self.stats is not None else None
     hessian = None
-    if stats is not None and self.gptq:
+    if self.gptq and info.name in self.hessians:
+      hessian = jax.device_put(jnp.asarray(self.hessians[info.name], jnp.float32), device)
+    elif stats is not None and self.gptq:
       hessian = jax.device_put(jnp.asarray(stats.second_moment, jnp.float32), device)
     return MatrixContext(
         name=info.name, shape=tuple(info.shape), role=info.role, key=matrix_key(seed, index), stats=stats,
@@ -122,11 +128,12 @@ def needs_calibration(config: PipelineConfig) -> bool:
 def calibrates_sequentially(config: PipelineConfig) -> bool:
   """Whether ``config``'s statistics are measured layer by layer during encoding: it asks for calibration, allows
   it (``calibration.sequential``), and every consumer reads one matrix's statistics when that matrix is encoded
-  (GPTQ, per-matrix activation-aware transforms)."""
+  (GPTQ, per-matrix activation-aware transforms), and GPTQ takes the plain ``XᵀX`` (the Fisher-weighted Hessians
+  come from one pass over the reference model)."""
   chain = transform_chain(config.transform)
   allocating = config.allocation.sensitivity != "none" or bool(config.allocation.target_bits)
   if not (needs_calibration(config) and config.calibration.sequential) or config.allocation.sensitivity in (
-      "layer_output", "input_energy"):
+      "layer_output", "input_energy") or config.calibration.hessian != "inputs":
     return False
   ahead = config.transform_state.share == "role" or config.fit.enabled or allocating  # states fitted before encoding
   return not (chain is not None and chain.needs_stats() and ahead)
@@ -459,6 +466,12 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     say("calibrate: input statistics of every block matrix on calibration text")
     plan.stats, plan.calibration = calibration_stats(plan.model, config), "whole_model"
     plan.timings["calibrate"] = time.perf_counter() - t0
+  if config.quantize.gptq and config.calibration.hessian == "fisher":
+    from macjax.calibrate import fisher  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    say("calibrate: GPTQ Hessians weighted by the Fisher information of the model's predictions")
+    plan.hessians = fisher.fisher_hessians(plan.model, **config.calibration.sizes(), seed=config.seed)
+    plan.timings["calibrate_fisher"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   if config.transform_state.share == "role" and chain is not None:
     _shared_states(plan, config, chain, say)

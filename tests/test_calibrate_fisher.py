@@ -1,0 +1,119 @@
+"""Output-weighted (Fisher) Hessians: the taps see each matrix's output gradient, the Hessian is what it claims."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY_LLAMA_CONFIG, tiny_llama_params
+from macjax.calibrate import fisher
+from macjax.errors import ConfigError
+from macjax.evaluate import bert, decoder, metrics, text
+from macjax.load import families, load_model
+
+CONFIG = dict(TINY_LLAMA_CONFIG, attention_bias=True)
+
+
+def _params(bias: bool):
+  params = tiny_llama_params(config=CONFIG)
+  if bias:  # attention biases (q, k, v, o): the tap must add to them, not replace them
+    rng = np.random.default_rng(1)
+    for i in range(CONFIG["num_hidden_layers"]):
+      for r in "qkvo":
+        name = f"model.layers.{i}.self_attn.{r}_proj"
+        params[name + ".bias"] = rng.normal(size=params[name + ".weight"].shape[0]).astype(np.float32) * 0.1
+  return params
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "qkv-bias"])
+def test_tap_gradients_times_inputs_are_the_weight_gradient(bias):
+  """``Σ_t g_t x_tᵀ`` (taps × kept inputs) == autodiff's ``∂ log p(ŷ) / ∂W`` for every tapped field: the taps sit at
+  each matrix's output and the inputs are that matrix's."""
+  config = CONFIG if bias else TINY_LLAMA_CONFIG
+  weights = decoder.prepare(_params(bias), config)
+  fields = tuple(f for f in fisher.TAPPED if f in weights.blocks)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(2, 9)), jnp.int32)
+  key = jax.random.PRNGKey(3)
+  grads, inputs = jax.jit(lambda w, t, k: fisher.output_gradients(w, t, k, config, fields))(weights, tokens, key)
+
+  def log_likelihood(blocks):  # the same sampled labels: drawn from the unperturbed logits with the same key
+    z = jnp.einsum("bsi,vi->bsv", decoder.hidden_states(weights._replace(blocks=blocks), config, tokens),
+                   weights.lm_head)
+    labels = jax.random.categorical(key, decoder.logits(weights, config, tokens))
+    return -jnp.sum(metrics.token_nll(z, labels))
+
+  direct = jax.grad(log_likelihood)(weights.blocks)
+  assert set(fields) == {"q", "k", "v", "o", "gate", "up", "down"}
+  for f in fields:
+    via_taps = jnp.einsum("lbto,lbti->loi", grads[f], inputs[fisher.TAPPED[f]])
+    np.testing.assert_allclose(via_taps, direct[f], rtol=2e-4, atol=2e-6 * float(jnp.max(jnp.abs(direct[f]))),
+                               err_msg=f)
+
+
+def test_fisher_hessians_are_token_weighted_input_moments(tiny_llama_dir):
+  """Each matrix's ``H^F`` is symmetric PSD and equals ``Σ_t ‖g_t‖² x_t x_tᵀ / n`` computed from the gradients of
+  the same windows and labels; q, k and v (one input) get different Hessians (different output gradients)."""
+  model = load_model(str(tiny_llama_dir))
+  H = fisher.fisher_hessians(model, n_seq=2, seq_len=16, batch_size=2)  # one batch: key fold_in(PRNGKey(0), 0)
+  assert set(H) == {m.name for m in model.layout.matrices}
+  config = dict(model.layout.config)
+  weights = decoder.prepare(model.params, config)
+  windows = text.token_windows(text.tokenizer_for(model), "calibration", n_seq=2, seq_len=16)
+  grads, inputs = fisher.output_gradients(weights, jnp.asarray(windows), jax.random.fold_in(jax.random.PRNGKey(0), 0),
+                                          config, tuple(fisher.TAPPED.keys() & weights.blocks.keys()))
+  spec = families.family_spec(config, "test", names=frozenset(model.params))
+  for m in model.layout.matrices:
+    field, layer, _ = spec.fields[m.name]
+    g = np.asarray(grads[field][layer], np.float64).reshape(-1, m.shape[0])
+    x = np.asarray(inputs[fisher.TAPPED[field]][layer], np.float64).reshape(-1, m.shape[1])
+    want = (x * np.sum(g * g, axis=1, keepdims=True)).T @ x / len(x)
+    h = H[m.name]
+    assert h.shape == (m.shape[1], m.shape[1]) and np.array_equal(h, h.T)
+    np.testing.assert_allclose(h, want, rtol=1e-3, atol=1e-5 * np.abs(want).max(), err_msg=m.name)
+    assert np.linalg.eigvalsh(h.astype(np.float64)).min() > -1e-5 * np.trace(h)
+  q, k = (H[f"model.layers.0.self_attn.{r}_proj.weight"] for r in "qk")
+  assert not np.allclose(q / np.trace(q), k / np.trace(k), rtol=1e-2)
+
+
+def test_encoder_tap_gradients_times_inputs_are_the_weight_gradient(tiny_bert_dir):
+  """The same identity for a BERT encoder's ``v · e`` (unit mean-pooled embeddings), padding included: padded
+  positions get no gradient."""
+  model = load_model(str(tiny_bert_dir))
+  config = dict(model.layout.config)
+  weights = bert.prepare_bert(model.params, config)
+  fields = tuple(f for f in fisher.TAPPED if f in weights.layers)
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, config["vocab_size"], size=(3, 7)), jnp.int32)
+  mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4], [2]]))
+  key = jax.random.PRNGKey(5)
+  grads, inputs = jax.jit(lambda w, t, m, k: fisher.embedding_gradients(w, t, m, k, config, fields))(
+      weights, tokens, mask, key)
+
+  def projection(layers):
+    e = bert.bert_embeddings(weights._replace(layers=layers), config, tokens, mask)
+    e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+    return jnp.sum(jax.random.normal(key, e.shape) * e)
+
+  direct = jax.grad(projection)(weights.layers)
+  assert set(fields) == {"q", "k", "v", "o", "up", "down"}
+  for f in fields:
+    via_taps = jnp.einsum("lbto,lbti->loi", grads[f], inputs[fisher.TAPPED[f]])
+    np.testing.assert_allclose(via_taps, direct[f], rtol=2e-4, atol=2e-6 * float(jnp.max(jnp.abs(direct[f]))),
+                               err_msg=f)
+    assert not np.any(np.asarray(grads[f])[:, ~np.asarray(mask)])  # padding: zero gradient
+
+
+def test_encoder_fisher_hessians_cover_every_matrix(tiny_bert_dir):
+  model = load_model(str(tiny_bert_dir))
+  H = fisher.fisher_hessians(model, n_sentences=6, sentence_chunk=4)
+  assert set(H) == {m.name for m in model.layout.matrices}
+  for m in model.layout.matrices:
+    assert H[m.name].shape == (m.shape[1], m.shape[1]) and np.all(np.isfinite(H[m.name])), m.name
+    assert np.trace(H[m.name]) > 0, m.name
+
+
+def test_fisher_hessians_refuse_bad_sizes(tiny_llama_dir):
+  with pytest.raises(ConfigError, match="expected all >= 1"):
+    fisher.fisher_hessians(load_model(str(tiny_llama_dir)), n_seq=0)
