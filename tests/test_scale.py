@@ -172,14 +172,16 @@ _DEVICES_DRIVER = textwrap.dedent("""
 FIT = config_lib.from_dict({"fit": {"enabled": True, "keep": "always", "roles": ["q", "up", "down"],
                                     "options": {"width": 8, "depth": 1, "n_fourier": 2, "steps": 20, "chunk": 10}},
                             "evaluate": {"enabled": False}})
+#: GPTQ's sequential calibration, the matrices spread over the devices and the f_θ families fitted one per device,
+#: in one config (the default run's 8-device check; the slow twin runs each part alone).
+GPTQ_FIT = config_lib.from_dict({**config_lib.to_dict(GPTQ), "fit": config_lib.to_dict(FIT)["fit"]})
 
 
-def test_eight_devices_give_the_same_artifact_as_one(synthetic_dir, tmp_path):
-  """The matrices of each layer, and the f_θ families (one fit per device), spread over 8 host devices."""
-  configs = {"default": config_lib.to_dict(NO_EVAL), "gptq": config_lib.to_dict(GPTQ), "fit": config_lib.to_dict(FIT)}
+def _eight_devices_match_one(synthetic_dir, tmp_path, configs: dict) -> None:
   (tmp_path / "driver.py").write_text(_DEVICES_DRIVER)
   env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
+  configs = {name: config_lib.to_dict(cfg) for name, cfg in configs.items()}
   run = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(synthetic_dir), json.dumps(configs)],
                        env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
@@ -187,6 +189,18 @@ def test_eight_devices_give_the_same_artifact_as_one(synthetic_dir, tmp_path):
   model = load_model(str(synthetic_dir))
   for name, cfg in configs.items():  # the same as this 1-device process
     assert eight[name] == compression.compress(model, config_lib.from_dict(cfg)).manifest["tensors"], name
+
+
+def test_eight_devices_give_the_same_artifact_as_one(synthetic_dir, tmp_path):
+  """The matrices of each layer (with their GPTQ Hessians), and the f_θ families (one fit per device), spread over
+  8 host devices: the same tensors, bit for bit."""
+  _eight_devices_match_one(synthetic_dir, tmp_path, {"gptq+fit": GPTQ_FIT})
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_artifact_as_one_for_each_part(synthetic_dir, tmp_path):
+  """The default run's check, one part per config (plain, GPTQ alone, f_θ alone)."""
+  _eight_devices_match_one(synthetic_dir, tmp_path, {"default": NO_EVAL, "gptq": GPTQ, "fit": FIT})
 
 
 def test_decompress_streams_into_sharded_safetensors(synthetic_dir, tmp_path):
