@@ -16,23 +16,22 @@ from macjax.load import families, load_model
 CONFIG = dict(TINY_LLAMA_CONFIG, attention_bias=True)
 
 
-def _params(bias: bool):
+def _params():
   params = tiny_llama_params(config=CONFIG)
-  if bias:  # attention biases (q, k, v, o): the tap must add to them, not replace them
-    rng = np.random.default_rng(1)
-    for i in range(CONFIG["num_hidden_layers"]):
-      for r in "qkvo":
-        name = f"model.layers.{i}.self_attn.{r}_proj"
-        params[name + ".bias"] = rng.normal(size=params[name + ".weight"].shape[0]).astype(np.float32) * 0.1
+  rng = np.random.default_rng(1)  # attention biases (q, k, v, o): the tap must add to them, not replace them
+  for i in range(CONFIG["num_hidden_layers"]):
+    for r in "qkvo":
+      name = f"model.layers.{i}.self_attn.{r}_proj"
+      params[name + ".bias"] = rng.normal(size=params[name + ".weight"].shape[0]).astype(np.float32) * 0.1
   return params
 
 
-@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "qkv-bias"])
-def test_tap_gradients_times_inputs_are_the_weight_gradient(bias):
+def test_tap_gradients_times_inputs_are_the_weight_gradient():
   """``Σ_t g_t x_tᵀ`` (taps × kept inputs) == autodiff's ``∂ log p(ŷ) / ∂W`` for every tapped field: the taps sit at
-  each matrix's output and the inputs are that matrix's."""
-  config = CONFIG if bias else TINY_LLAMA_CONFIG
-  weights = decoder.prepare(_params(bias), config)
+  each matrix's output (added to its bias where it has one: q, k, v, o here; gate, up, down have none) and the
+  inputs are that matrix's."""
+  config = CONFIG
+  weights = decoder.prepare(_params(), config)
   fields = tuple(f for f in fisher.TAPPED if f in weights.blocks)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(2, 9)), jnp.int32)
   key = jax.random.PRNGKey(3)
@@ -53,8 +52,9 @@ def test_tap_gradients_times_inputs_are_the_weight_gradient(bias):
 
 
 def test_fisher_hessians_are_token_weighted_input_moments(tiny_llama_dir):
-  """Each matrix's ``H^F`` is symmetric PSD and equals ``Σ_t ‖g_t‖² x_t x_tᵀ / n`` computed from the gradients of
-  the same windows and labels; q, k and v (one input) get different Hessians (different output gradients)."""
+  """Each matrix's ``H^F`` is symmetric PSD and equals ``Σ_t ‖g_t‖² x_t x_tᵀ / n``, and its row weights
+  ``Σ_t g_tk² ‖x_t‖² / n``, computed from the gradients of the same windows and labels (so the row weights sum to
+  ``tr H^F``); q, k and v (one input) get different Hessians (different output gradients)."""
   model = load_model(str(tiny_llama_dir))
   H = fisher.fisher_hessians(model, n_seq=2, seq_len=16, batch_size=2)  # one batch: key fold_in(PRNGKey(0), 0)
   assert set(H) == {m.name for m in model.layout.matrices}
@@ -69,11 +69,13 @@ def test_fisher_hessians_are_token_weighted_input_moments(tiny_llama_dir):
     g = np.asarray(grads[field][layer], np.float64).reshape(-1, m.shape[0])
     x = np.asarray(inputs[fisher.TAPPED[field]][layer], np.float64).reshape(-1, m.shape[1])
     want = (x * np.sum(g * g, axis=1, keepdims=True)).T @ x / len(x)
-    h = H[m.name]
+    h, r = H[m.name]
     assert h.shape == (m.shape[1], m.shape[1]) and np.array_equal(h, h.T)
     np.testing.assert_allclose(h, want, rtol=1e-3, atol=1e-5 * np.abs(want).max(), err_msg=m.name)
+    np.testing.assert_allclose(r, (g * g).T @ np.sum(x * x, axis=1) / len(x), rtol=1e-3, err_msg=m.name)
+    np.testing.assert_allclose(np.sum(r), np.trace(h), rtol=1e-4, err_msg=m.name)
     assert np.linalg.eigvalsh(h.astype(np.float64)).min() > -1e-5 * np.trace(h)
-  q, k = (H[f"model.layers.0.self_attn.{r}_proj.weight"] for r in "qk")
+  q, k = (H[f"model.layers.0.self_attn.{r}_proj.weight"].hessian for r in "qk")
   assert not np.allclose(q / np.trace(q), k / np.trace(k), rtol=1e-2)
 
 
@@ -110,8 +112,9 @@ def test_encoder_fisher_hessians_cover_every_matrix(tiny_bert_dir):
   H = fisher.fisher_hessians(model, n_sentences=6, sentence_chunk=4)
   assert set(H) == {m.name for m in model.layout.matrices}
   for m in model.layout.matrices:
-    assert H[m.name].shape == (m.shape[1], m.shape[1]) and np.all(np.isfinite(H[m.name])), m.name
-    assert np.trace(H[m.name]) > 0, m.name
+    h, r = H[m.name]
+    assert h.shape == (m.shape[1], m.shape[1]) and r.shape == (m.shape[0],) and np.all(np.isfinite(h)), m.name
+    assert np.trace(h) > 0 and np.all(r >= 0), m.name
 
 
 def test_fisher_hessians_refuse_bad_sizes(tiny_llama_dir):

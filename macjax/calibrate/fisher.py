@@ -28,13 +28,13 @@ expert matrices and routers are not tapped (they keep the plain ``XᵀX``).
 
 Example:
   >>> H = fisher_hessians(load_model("smollm2-135m"))                       # doctest: +SKIP
-  >>> H["model.layers.0.self_attn.q_proj.weight"].shape                     # doctest: +SKIP
+  >>> H["model.layers.0.self_attn.q_proj.weight"].hessian.shape             # doctest: +SKIP
   (576, 576)
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,19 @@ from macjax.load import families
 #: The fields whose outputs are tapped (dense matrices; the site their inputs come from).
 TAPPED = {f: s for f, s in statistics.SITE_OF_FIELD.items() if f not in ("router", "shared_gate", "shared_up",
                                                                         "shared_down")}
+
+
+class OutputStats(NamedTuple):
+  """What :func:`fisher_hessians` measures for one matrix ``W: (out, in)`` (sums over tokens, divided by ``n``).
+
+  Attributes:
+    hessian: ``f32[in, in]``, ``H^F = Σ_t ‖g_t‖² x_t x_tᵀ / n`` (GPTQ's Hessian under the model's metric).
+    row_weight: ``f32[out]``, ``Σ_t g_tk² ‖x_t‖² / n``: the trace of output channel ``k``'s own Hessian
+      ``Σ_t g_tk² x_t x_tᵀ``, i.e. how much an error in row ``k`` costs at the model's output relative to the others.
+  """
+
+  hessian: np.ndarray
+  row_weight: np.ndarray
 
 
 def _keep_inputs(inputs, mask):  # a reduce for the layer scan: the dense sites' inputs themselves
@@ -103,12 +116,16 @@ def embedding_gradients(weights: bert.BertWeights, tokens: jax.Array, mask: jax.
   return jax.grad(projection, has_aux=True)(taps)
 
 
-def _weighted_moments(grads, inputs, fields) -> dict[str, jax.Array]:
-  """``{field: f32[layers, in, in]}``: ``Σ_t ‖g_t‖² x_t x_tᵀ`` (traced)."""
+def _weighted_moments(grads, inputs, fields) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """``{field: (f32[layers, in, in], f32[layers, out])}``: ``Σ_t ‖g_t‖² x_t x_tᵀ`` and, per output channel,
+  ``Σ_t g_tk² ‖x_t‖²`` (traced)."""
   out = {}
   for f in fields:
-    x = inputs[TAPPED[f]] * jnp.sqrt(jnp.sum(jnp.square(grads[f]), axis=-1))[..., None]
-    out[f] = jnp.einsum("lbti,lbtj->lij", x, x, precision=jax.lax.Precision.HIGHEST)
+    x = inputs[TAPPED[f]]
+    g2 = jnp.square(grads[f])
+    xw = x * jnp.sqrt(jnp.sum(g2, axis=-1))[..., None]
+    out[f] = (jnp.einsum("lbti,lbtj->lij", xw, xw, precision=jax.lax.Precision.HIGHEST),
+              jnp.einsum("lbto,lbt->lo", g2, jnp.sum(jnp.square(x), axis=-1), precision=jax.lax.Precision.HIGHEST))
   return out
 
 
@@ -134,7 +151,7 @@ def _encoder_sums(model, config, n_sentences: int, chunk: int, seed: int):
 
 def fisher_hessians(model, *, n_seq: int = statistics.DEFAULT_N_SEQ, seq_len: int = statistics.DEFAULT_SEQ_LEN,
                     n_sentences: int = statistics.DEFAULT_N_SENTENCES, batch_size: int = 4,
-                    sentence_chunk: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+                    sentence_chunk: int = 32, seed: int = 0) -> dict[str, OutputStats]:
   """Output-weighted Hessians ``H^F`` (module docstring) of every tapped block matrix.
 
   Args:
@@ -146,8 +163,8 @@ def fisher_hessians(model, *, n_seq: int = statistics.DEFAULT_N_SEQ, seq_len: in
     seed: the key of the sampled labels (projections).
 
   Returns:
-    ``{matrix name: f32[in, in]}``, normalized by the number of (unpadded) tokens; matrices that are not tapped
-    (experts, routers, shared experts) are absent.
+    ``{matrix name: OutputStats}`` (``H^F`` and each row's weight), normalized by the number of (unpadded) tokens;
+    matrices that are not tapped (experts, routers, shared experts) are absent.
 
   Raises:
     ConfigError: a model kind other than decoder / encoder, or bad sizes.
@@ -165,26 +182,27 @@ def fisher_hessians(model, *, n_seq: int = statistics.DEFAULT_N_SEQ, seq_len: in
   else:
     raise ConfigError(f"calibrate: output-weighted (Fisher) Hessians of a {layout.kind!r}; expected a decoder "
                       "or an encoder")
-  sums: dict[str, np.ndarray] = {}
+  sums: dict[str, list[np.ndarray]] = {}
   n = 0
   for moments, count in batches:
     n += count
-    for f, h in moments.items():
-      h = np.asarray(h, np.float64)
-      sums[f] = h if f not in sums else sums[f] + h
+    for f, parts in moments.items():
+      parts = [np.asarray(p, np.float64) for p in parts]
+      sums[f] = parts if f not in sums else [a + p for a, p in zip(sums[f], parts)]
   return _by_matrix(layout, sums, float(n))
 
 
-def _by_matrix(layout, sums: Mapping[str, np.ndarray], n: float) -> dict[str, np.ndarray]:
+def _by_matrix(layout, sums: Mapping[str, list[np.ndarray]], n: float) -> dict[str, OutputStats]:
   spec = families.family_spec(layout.config, "layout.config", name_prefix=layout.name_prefix)
   out = {}
   for info in layout.matrices:
     field, layer, expert = spec.fields.get(info.name, (None, None, None))
     if expert is not None or field not in sums:
       continue
-    h = sums[field][layer]
+    h, r = sums[field][0][layer], sums[field][1][layer]
     h = ((h + h.T) * (0.5 / n)).astype(np.float32)
-    if not np.all(np.isfinite(h)):
+    r = (r / n).astype(np.float32)
+    if not (np.all(np.isfinite(h)) and np.all(np.isfinite(r))):
       raise NonFiniteError(f"calibrate: the output-weighted Hessian of {info.name} holds NaN or infinity")
-    out[info.name] = h
+    out[info.name] = OutputStats(h, r)
   return out

@@ -470,7 +470,8 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     from macjax.calibrate import fisher  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
     say("calibrate: GPTQ Hessians weighted by the Fisher information of the model's predictions")
-    plan.hessians = fisher.fisher_hessians(plan.model, **config.calibration.sizes(), seed=config.seed)
+    plan.hessians = {n: o.hessian for n, o in fisher.fisher_hessians(plan.model, **config.calibration.sizes(),
+                                                                     seed=config.seed).items()}
     plan.timings["calibrate_fisher"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   if config.transform_state.share == "role" and chain is not None:
