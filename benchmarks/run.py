@@ -83,20 +83,24 @@ BENCHMARKS = (
     Benchmark("curvature_rd", "macjax", tuple(
         ("rd", m, "--configs", configs, "--steps", "0.0625,0.125,0.25", "--baselines", "",
          "--out", f"benchmarks/results/rd/curvature_{m}") for m, configs in (
-             ("minilm-l6", "default,configs/curvature.toml"),
+             ("minilm-l6", "default,configs/curvature.toml,configs/fisher.toml"),
              ("smollm2-135m", "default,configs/curvature.toml,benchmarks/configs/curvature_noalloc.toml"))),
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
-              note_about="Curvature-set column steps against the default recipe at equal model-output quality: "
+              note_about="Curvature-set column steps (and, on MiniLM, GPTQ on Fisher-weighted Hessians: "
+                         "`configs/fisher.toml`) against the default recipe at equal model-output quality: "
                          "`macjax rd` of `configs/curvature.toml` and `default` on both default models."),
     Benchmark("domains", "macjax", (("rd", "smollm2-135m", "--configs",
-                                     "default,plain,benchmarks/configs/default_damp0.1.toml", "--steps", "0.125,0.25",
+                                     "default,plain,benchmarks/configs/default_damp0.1.toml,configs/fisher.toml,"
+                                     "benchmarks/configs/fisher_curvature_noalloc.toml", "--steps", "0.125,0.25",
                                      "--baselines", "", "--other-domain", "--out",
                                      "benchmarks/results/rd/domains_smollm2-135m"),),
               ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "25 min",
               note_about="Quality on the held-out plays and on prose of another domain (never used for calibration):"
-                         " the calibrated default, the uncalibrated plain config, and the default with 10× GPTQ "
-                         "dampening (`macjax rd --other-domain`)."),
+                         " the calibrated default, the uncalibrated plain config, the default with 10× GPTQ "
+                         "dampening, and GPTQ on Fisher-weighted Hessians with and without the allocation "
+                         "(`macjax rd --other-domain`)."),
     Benchmark("fisher_steps", "fisher_steps", ((),), ("fisher_steps.md",), "13 min"),
+    Benchmark("output_hessians", "output_hessians", ((),), ("output_hessians.md",), "20 min"),
     Benchmark("verdict", "verdict", ((),), ("verdict.md",), "seconds (reads the results above)"),
     Benchmark("fuzz", "fuzz_artifacts", ((), ("--real",)), ("fuzz_default_models.md", "fuzz_artifacts.json"),
               "~40 min"),

@@ -12,6 +12,9 @@ command that regenerates that file is in ``benchmarks/RESULTS.md``) and renders 
 * **curvature alignment lowers the rate at equal model-output distortion** — GPTQ curvature column steps against
   the default recipe (``macjax rd``; KL for SmolLM2, 1 − cosine for MiniLM; interpolated points only), and, for
   SmolLM2, at equal layer-output error (``curvature_bases.py``);
+* **the model's output curvature steers GPTQ better than the layer's** — GPTQ on Fisher-weighted Hessians
+  (``configs/fisher.toml``) against ``XᵀX``: on SmolLM2 without allocation (``output_hessians.py``: alone, and with
+  curvature column steps against curvature steps alone), on MiniLM through the pipeline (``macjax rd``);
 * **f_θ predicts what it is asked to** — the best ``f_θ`` variant's mean Δbits at equal model quality
   (``fit_rd.py``; negative = it pays for its θ), confirmed only with at least two interpolated points.
 
@@ -115,6 +118,51 @@ def curvature_rows(model: str) -> list[dict]:
   return rows
 
 
+def _savings_text(result: dict, reference: str, series: str, prefix: str = "") -> tuple[str, list[float]]:
+  """``series`` against ``reference`` at equal model-output distortion: the text and the savings (b/w)."""
+  s = [x for x in rd.savings(result, reference, prefix) if x["saving"] is not None and x["series"] == series]
+  return (", ".join(f"{-x['saving']:+.3f} b/w at {x['metric']} {x['distortion']:.4f}" for x in s) or "no point",
+          [x["saving"] for x in s])
+
+
+def _small_verdict(savings: list[float]) -> str:
+  if not savings:
+    return "inconclusive"
+  if all(v > 0 for v in savings):
+    return "confirmed" if min(savings) >= 0.1 else "confirmed (small)"
+  return "refuted" if all(v <= 0 for v in savings) else "mixed"
+
+
+def fisher_rows(model: str) -> list[dict]:
+  """The model-output metric inside GPTQ (Fisher-weighted Hessians): against the layer's ``XᵀX`` with no
+  allocation and against GPTQ's own curvature steps (``output_hessians.py``, SmolLM2), and through the pipeline
+  against the default (``macjax rd``)."""
+  claim = "the model's output curvature steers GPTQ better than the layer's (Fisher-weighted Hessians)"
+  if model == "smollm2-135m":
+    src = "output_hessians.json"
+    r = _read(src)
+    if r is None:
+      return []
+    vs_inputs, a = _savings_text(r, "inputs", "fisher")
+    vs_curv, b = _savings_text(r, "curvature", "fisher+curvature")
+    pipeline = _read("rd/domains_smollm2-135m/rd.json")
+    tail = ""
+    if pipeline is not None:
+      tail = "; through the pipeline vs default (prose): " + _savings_text(pipeline, "default", "fisher", "prose_")[0]
+    verdict = _small_verdict(b)
+    if a and all(v > 0 for v in a) and verdict != "confirmed":
+      verdict = f"{verdict} (beats XᵀX alone, not GPTQ's curvature steps)"
+    return [_row(model, claim, "no allocation: fisher vs XᵀX; fisher+curvature steps vs XᵀX+curvature steps",
+                 f"{vs_inputs}; {vs_curv}{tail}", verdict, src, -float(np.mean(b)) if b else None)]
+  src = f"rd/curvature_{model}/rd.json"
+  r = _read(src)
+  if r is None or not any(p["series"] == "fisher" for p in r["points"]):
+    return []
+  text, s = _savings_text(r, "default", "fisher")
+  return [_row(model, claim, "Δbits of configs/fisher.toml vs default", text, _small_verdict(s), src,
+               -float(np.mean(s)) if s else None)]
+
+
 def fit_rows(model: str) -> list[dict]:
   """The f_θ claim from ``fit_rd.py``'s mean Δbits at equal model quality."""
   src = f"fit_rd_{model}.json"
@@ -139,7 +187,7 @@ def measure() -> dict:
   """Every claim's row on both default models, from the committed results."""
   rows = []
   for model in MODELS:
-    rows += analyze_rows(model) + curvature_rows(model) + fit_rows(model)
+    rows += analyze_rows(model) + curvature_rows(model) + fisher_rows(model) + fit_rows(model)
   return {"rows": rows}
 
 

@@ -24,7 +24,7 @@ RENDERED = {
     "rd_models_minilm-l6": "rd_models", "rd_models_smollm2-135m": "rd_models", "scale": "scale",
     "transforms_report": "transforms_report", "transforms_quick": "transforms_report",
     "curvature_terms": "curvature_terms", "curvature_bases_smollm2-135m": "curvature_bases", "verdict": "verdict",
-    "fisher_steps": "fisher_steps",
+    "fisher_steps": "fisher_steps", "output_hessians": "output_hessians",
 }
 # The index, which writes benchmarks/RESULTS.md, not a result.
 NOT_HARNESSED = {"run"}
