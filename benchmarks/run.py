@@ -83,7 +83,8 @@ BENCHMARKS = (
     Benchmark("curvature_rd", "macjax", tuple(
         ("rd", m, "--configs", configs, "--steps", "0.0625,0.125,0.25", "--baselines", "",
          "--out", f"benchmarks/results/rd/curvature_{m}") for m, configs in (
-             ("minilm-l6", "default,configs/curvature.toml,configs/fisher.toml"),
+             ("minilm-l6", "default,configs/curvature.toml,configs/fisher.toml,"
+                           "benchmarks/configs/curvature_noalloc.toml"),
              ("smollm2-135m", "default,configs/curvature.toml,benchmarks/configs/curvature_noalloc.toml"))),
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
               note_about="Curvature-set column steps (and, on MiniLM, GPTQ on Fisher-weighted Hessians: "
