@@ -100,6 +100,16 @@ BENCHMARKS = (
                          " the calibrated default, the uncalibrated plain config, the default with 10× GPTQ "
                          "dampening, and GPTQ on Fisher-weighted Hessians with and without the allocation "
                          "(`macjax rd --other-domain`)."),
+    Benchmark("aligned", "macjax", (("rd", "minilm-l6", "--configs",
+                                     "configs/quality.toml,configs/aligned.toml,"
+                                     "benchmarks/configs/quality_hadamard.toml",
+                                     "--steps", "0.2,0.3,0.45", "--baselines", "", "--peers",
+                                     "benchmarks/peers/minilm-l6.json", "--out",
+                                     "benchmarks/results/rd/aligned_minilm-l6"),),
+              ("rd/aligned_*/rd.png", "rd/aligned_*/rd.csv"), "10 min",
+              note_about="Aligned (curvature column steps) vs unaligned vs Hadamard coordinates on the same axes: "
+                         "`configs/aligned.toml` against `configs/quality.toml` and the same recipe after an "
+                         "input-side Hadamard, on MiniLM, with NNCodec's quoted figures."),
     Benchmark("fisher_steps", "fisher_steps", ((),), ("fisher_steps.md",), "13 min"),
     Benchmark("output_hessians", "output_hessians", ((),), ("output_hessians.md",), "20 min"),
     Benchmark("verdict", "verdict", ((),), ("verdict.md",), "seconds (reads the results above)"),

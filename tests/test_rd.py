@@ -42,6 +42,12 @@ def test_sweep_counts_like_the_report_resumes_and_plots(tiny_llama_dir, tmp_path
   again = job.run_rd(str(tiny_llama_dir), out, configs=["plain", str(GPTQ_TOML)], steps=[0.1, 0.4],
                      baselines=["Q8_0"], eval_sizes=EVAL, other_domain=True)
   assert again["points"] == result["points"]
+  renamed = tmp_path / "renamed.toml"  # the same config under another name: its points are reused and relabelled
+  renamed.write_text(GPTQ_TOML.read_text())
+  third = job.run_rd(str(tiny_llama_dir), out, configs=["plain", str(renamed)], steps=[0.1, 0.4], baselines=["Q8_0"],
+                     eval_sizes=EVAL, other_domain=True)
+  assert [p["series"] for p in third["points"]] == ["plain", "plain", "renamed", "renamed", "Q8_0"]
+  assert [{**p, "series": 0} for p in third["points"]] == [{**p, "series": 0} for p in result["points"]]
 
 
 @pytest.mark.parametrize("kwargs, error, needle", [

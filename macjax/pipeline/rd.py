@@ -149,8 +149,8 @@ def sweep(model, configs: Mapping[str, PipelineConfig], steps: Sequence[float], 
                                                                                           for b in baselines]
   evaluator = None
   for name, step, key in progress(todo):
-    if key in done:
-      result["points"].append(done[key])
+    if key in done:  # the same config and step under whatever name it has now (a renamed config file)
+      result["points"].append({**done[key], "series": name})
       continue
     evaluator = evaluator or ({"": Evaluator(model, **sizes), OTHER: Evaluator(model, **sizes, split="prose")}
                               if other_domain else Evaluator(model, **sizes))
