@@ -89,13 +89,14 @@ BENCHMARKS = (
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
               note_about="Curvature-set column steps (and, on MiniLM, GPTQ on Fisher-weighted Hessians: "
                          "`configs/fisher.toml`) against the default recipe at equal model-output quality: "
-                         "`macjax rd` of `configs/curvature.toml` and `default` on both default models."),
+                         "`macjax rd` of `configs/curvature.toml`, the no-allocation variant and `default` on both "
+                         "default models."),
     Benchmark("domains", "macjax", (("rd", "smollm2-135m", "--configs",
                                      "default,plain,benchmarks/configs/default_damp0.1.toml,configs/fisher.toml,"
                                      "benchmarks/configs/fisher_curvature_noalloc.toml", "--steps", "0.125,0.25",
                                      "--baselines", "", "--other-domain", "--out",
                                      "benchmarks/results/rd/domains_smollm2-135m"),),
-              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "25 min",
+              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "50 min",
               note_about="Quality on the held-out plays and on prose of another domain (never used for calibration):"
                          " the calibrated default, the uncalibrated plain config, the default with 10× GPTQ "
                          "dampening, and GPTQ on Fisher-weighted Hessians with and without the allocation "

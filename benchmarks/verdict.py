@@ -148,7 +148,7 @@ def fisher_rows(model: str) -> list[dict]:
     pipeline = _read("rd/domains_smollm2-135m/rd.json")
     tail = ""
     if pipeline is not None:
-      tail = "; through the pipeline vs default (prose): " + _savings_text(pipeline, "default", "fisher", "prose_")[0]
+      tail = "; through the pipeline vs default (prose): " + _savings_text(pipeline, "default", "fisher", rd.OTHER)[0]
     verdict = _small_verdict(b)
     if a and all(v > 0 for v in a) and verdict != "confirmed":
       verdict = f"{verdict} (beats XᵀX alone, not GPTQ's curvature steps)"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_LLAMA_CONFIG, tiny_llama_params
-from macjax.calibrate import fisher
+from macjax.calibrate import fisher, statistics
 from macjax.errors import ConfigError
 from macjax.evaluate import bert, decoder, metrics, text
 from macjax.load import families, load_model
@@ -50,9 +50,7 @@ def test_tap_gradients_times_inputs_are_the_weight_gradient(name):
   grads, inputs = jax.jit(lambda w, t, k: fisher.output_gradients(w, t, k, config, fields))(weights, tokens, key)
 
   def log_likelihood(blocks):  # the same sampled labels: drawn from the unperturbed logits with the same key
-    z = decoder.softcap(jnp.einsum("bsi,vi->bsv", decoder.hidden_states(weights._replace(blocks=blocks), config,
-                                                                        tokens), weights.lm_head),
-                        decoder.options(config).final_softcap)
+    z = decoder.logits(weights._replace(blocks=blocks), config, tokens)
     labels = jax.random.categorical(key, decoder.logits(weights, config, tokens))
     return -jnp.sum(metrics.token_nll(z, labels))
 
@@ -119,14 +117,31 @@ def test_encoder_tap_gradients_times_inputs_are_the_weight_gradient(tiny_bert_di
     assert not np.any(np.asarray(grads[f])[:, ~np.asarray(mask)])  # padding: zero gradient
 
 
-def test_encoder_fisher_hessians_cover_every_matrix(tiny_bert_dir):
+def test_encoder_fisher_hessians_are_their_definition(tiny_bert_dir):
+  """An encoder's ``H^F`` and row weights equal ``Σ_t ‖g_t‖² x_t x_tᵀ / n`` and ``Σ_t g_tk² ‖x_t‖² / n`` from the
+  projections' gradients of the same passages (one length bucket, key ``fold_in(PRNGKey(0), 0)``), ``n`` the
+  unpadded tokens."""
   model = load_model(str(tiny_bert_dir))
-  H = fisher.fisher_hessians(model, n_sentences=6, sentence_chunk=4)
+  H = fisher.fisher_hessians(model, n_sentences=6, sentence_chunk=8)
   assert set(H) == {m.name for m in model.layout.matrices}
-  for m in model.layout.matrices:
-    h, r = H[m.name]
-    assert h.shape == (m.shape[1], m.shape[1]) and r.shape == (m.shape[0],) and np.all(np.isfinite(h)), m.name
-    assert np.trace(h) > 0 and np.all(r >= 0), m.name
+  config = dict(model.layout.config)
+  weights = bert.prepare_bert(model.params, config)
+  tokens, mask = text.sentence_batch(text.tokenizer_for(model), text.sentences("calibration", 6))
+  (t, m), = list(statistics.length_buckets(tokens, mask, 8))
+  fields = tuple(f for f in fisher.TAPPED if f in weights.layers)
+  grads, inputs = fisher.embedding_gradients(weights, jnp.asarray(t), jnp.asarray(m),
+                                             jax.random.fold_in(jax.random.PRNGKey(0), 0), config, fields)
+  spec = families.family_spec(config, "test", names=frozenset(model.params))
+  n = np.count_nonzero(m)
+  for info in model.layout.matrices:
+    field, layer, _ = spec.fields[info.name]
+    g = np.asarray(grads[field][layer], np.float64).reshape(-1, info.shape[0])
+    x = np.asarray(inputs[fisher.TAPPED[field]][layer], np.float64).reshape(-1, info.shape[1])
+    h, r = H[info.name]
+    want = (x * np.sum(g * g, axis=1, keepdims=True)).T @ x / n
+    np.testing.assert_allclose(h, want, rtol=1e-3, atol=1e-5 * np.abs(want).max(), err_msg=info.name)
+    np.testing.assert_allclose(r, (g * g).T @ np.sum(x * x, axis=1) / n, rtol=1e-3, err_msg=info.name)
+    assert np.trace(h) > 0, info.name
 
 
 def test_fisher_hessians_refuse_bad_sizes(tiny_llama_dir):

@@ -86,12 +86,11 @@ def output_gradients(weights: decoder.DecoderWeights, tokens: jax.Array, key: ja
   batch, seq = tokens.shape
   taps = {f: jnp.zeros((weights.blocks[f].shape[0], batch, seq, weights.blocks[f].shape[1]), jnp.float32)
           for f in fields}
-  cap = decoder.options(config).final_softcap
 
   def log_likelihood(taps):
     w = weights._replace(blocks=_with_taps(weights.blocks, taps))
     h, inputs = decoder.hidden_states_and_inputs(w, config, tokens, _keep_inputs)
-    z = decoder.softcap(jnp.einsum("bsi,vi->bsv", h, weights.lm_head), cap)
+    z = decoder.project(weights, config, h)
     labels = jax.random.categorical(key, jax.lax.stop_gradient(z))
     return -jnp.sum(metrics.token_nll(z, labels)), inputs
 

@@ -339,14 +339,7 @@ def bert_embeddings(params: ParamsLike, config: Mapping[str, Any], tokens: Any, 
 
 @functools.partial(jax.jit, static_argnames=("dims", "reduce"))
 def _reduce_inputs(weights: BertWeights, tokens, mask, token_types, dims: BertDims, reduce):
-  x = _embed(weights, tokens, token_types, dims)
-
-  def step(x, p):
-    x, inputs = _layer_and_inputs(x, p, mask, dims)
-    return x, reduce(inputs, mask)
-
-  _, per_layer = jax.lax.scan(step, x, weights.layers)
-  return per_layer
+  return _hidden_and_inputs(weights, tokens, mask, token_types, dims, reduce)[1]
 
 
 def _hidden_and_inputs(weights: BertWeights, tokens, mask, token_types, dims: BertDims, reduce):
@@ -360,7 +353,7 @@ def _hidden_and_inputs(weights: BertWeights, tokens, mask, token_types, dims: Be
 
 
 def hidden_and_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any, reduce, mask: Any = None,
-                      token_types: Optional[Any] = None) -> tuple[jax.Array, Any]:
+                      token_types: Optional[Any] = None) -> tuple[jax.Array, Any, jax.Array]:
   """:func:`bert_hidden` and, per layer, ``reduce(BlockInputs, mask)`` stacked to ``[num_layers, ...]`` (as
   :func:`reduce_block_inputs`), from one forward, traceable: what a gradient through the encoder that also needs
   its linear layers' inputs takes (:mod:`macjax.calibrate.fisher`). ``mask`` is returned checked, as a bool

@@ -544,8 +544,13 @@ def logits(params: ParamsLike, config: Mapping[str, Any], tokens: Any) -> jax.Ar
   """Next-token logits ``float32[batch, seq, vocab]`` (soft-capped for Gemma 2). Holds ``batch·seq·vocab`` floats:
   for long inputs take :func:`hidden_states` and project in chunks (what :class:`macjax.evaluate.Evaluator` does)."""
   weights = _weights(params, config)
-  z = jnp.einsum("...i,vi->...v", hidden_states(weights, config, tokens), weights.lm_head)
-  return softcap(z, options(config).final_softcap)
+  return project(weights, config, hidden_states(weights, config, tokens))
+
+
+def project(weights: DecoderWeights, config: Mapping[str, Any], hidden: jax.Array) -> jax.Array:
+  """Final hidden states ``[..., hidden]`` → next-token logits ``[..., vocab]`` (the LM head, soft-capped for
+  Gemma 2); traceable."""
+  return softcap(jnp.einsum("...i,vi->...v", hidden, weights.lm_head), options(config).final_softcap)
 
 
 def reduce_block_inputs(params: ParamsLike, config: Mapping[str, Any], tokens: Any, reduce) -> Any:

@@ -63,8 +63,8 @@ class Plan:
       during encoding (then ``stats`` holds the current layer's), else None.
     calibration: ``"sequential"``, ``"whole_model"`` or None (no calibration), for the manifest.
     hessians: GPTQ's Hessian per block matrix where it is not ``XᵀX`` (``calibration.hessian = "fisher"``: the
-      output-weighted ones of :func:`macjax.calibrate.fisher.fisher_hessians`); the others take ``n·S`` from
-      ``stats``.
+      output-weighted ones of :func:`macjax.calibrate.fisher.fisher_hessians`); the others take the second moment
+      ``S = XᵀX / n`` from ``stats`` (GPTQ is invariant to the Hessian's scale).
   """
 
   model: Model
@@ -152,6 +152,17 @@ def calibration_stats(model: Model, config: PipelineConfig) -> dict:
   must be the rewritten model)."""
   from macjax import calibrate  # pylint: disable=g-import-not-at-top
   return calibrate.input_statistics(model, **config.calibration.sizes())
+
+
+def _fisher_hessians(plan: Plan, config: PipelineConfig, say) -> None:
+  """GPTQ's Hessians weighted by the model's sensitivity (``calibration.hessian = "fisher"``), into the plan."""
+  import time  # pylint: disable=g-import-not-at-top
+  from macjax.calibrate import fisher  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  say("calibrate: GPTQ Hessians weighted by the Fisher information of the model's predictions")
+  plan.hessians = {n: o.hessian for n, o in fisher.fisher_hessians(plan.model, **config.calibration.sizes(),
+                                                                   seed=config.seed).items()}
+  plan.timings["calibrate_fisher"] = time.perf_counter() - t0
 
 
 #: Why the invariance rewrite does not apply to a family (said when a config asks for it).
@@ -467,12 +478,7 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     plan.stats, plan.calibration = calibration_stats(plan.model, config), "whole_model"
     plan.timings["calibrate"] = time.perf_counter() - t0
   if config.quantize.gptq and config.calibration.hessian == "fisher":
-    from macjax.calibrate import fisher  # pylint: disable=g-import-not-at-top
-    t0 = time.perf_counter()
-    say("calibrate: GPTQ Hessians weighted by the Fisher information of the model's predictions")
-    plan.hessians = {n: o.hessian for n, o in fisher.fisher_hessians(plan.model, **config.calibration.sizes(),
-                                                                     seed=config.seed).items()}
-    plan.timings["calibrate_fisher"] = time.perf_counter() - t0
+    _fisher_hessians(plan, config, say)
   t0 = time.perf_counter()
   if config.transform_state.share == "role" and chain is not None:
     _shared_states(plan, config, chain, say)
