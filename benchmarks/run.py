@@ -84,19 +84,20 @@ BENCHMARKS = (
         ("rd", m, "--configs", configs, "--steps", "0.0625,0.125,0.25", "--baselines", "",
          "--out", f"benchmarks/results/rd/curvature_{m}") for m, configs in (
              ("minilm-l6", "default,configs/curvature.toml,configs/fisher.toml,"
-                           "benchmarks/configs/curvature_noalloc.toml"),
+                           "benchmarks/configs/curvature_noalloc.toml,benchmarks/configs/default_whole_model.toml"),
              ("smollm2-135m", "default,configs/curvature.toml,benchmarks/configs/curvature_noalloc.toml"))),
               ("rd/curvature_*/rd.png", "rd/curvature_*/rd.csv"), "45 min",
               note_about="Curvature-set column steps (and, on MiniLM, GPTQ on Fisher-weighted Hessians: "
                          "`configs/fisher.toml`) against the default recipe at equal model-output quality: "
                          "`macjax rd` of `configs/curvature.toml`, the no-allocation variant and `default` on both "
-                         "default models."),
+                         "default models (and the default calibrated on the whole model, Fisher's reference)."),
     Benchmark("domains", "macjax", (("rd", "smollm2-135m", "--configs",
                                      "default,plain,benchmarks/configs/default_damp0.1.toml,configs/fisher.toml,"
-                                     "benchmarks/configs/fisher_curvature_noalloc.toml", "--steps", "0.125,0.25",
+                                     "benchmarks/configs/fisher_curvature_noalloc.toml,"
+                                     "benchmarks/configs/default_whole_model.toml", "--steps", "0.125,0.25",
                                      "--baselines", "", "--other-domain", "--out",
                                      "benchmarks/results/rd/domains_smollm2-135m"),),
-              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "50 min",
+              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "60 min",
               note_about="Quality on the held-out plays and on prose of another domain (never used for calibration):"
                          " the calibrated default, the uncalibrated plain config, the default with 10× GPTQ "
                          "dampening, and GPTQ on Fisher-weighted Hessians with and without the allocation "
