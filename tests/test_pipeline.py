@@ -232,7 +232,7 @@ def test_gptq_lowers_output_error_on_calibration_inputs(tiny_llama_dir):
   assert output_error(gptq) < 0.9 * output_error(plain)
 
 
-def test_fisher_hessians_drive_gptq_and_round_trip(tiny_llama_dir, tmp_path):
+def test_fisher_hessians_drive_gptq_and_round_trip(tiny_llama_dir, tmp_path, monkeypatch):
   """``calibration.hessian = "fisher"``: GPTQ minimizes the output error weighted by the model's sensitivity (lower
   there than GPTQ on ``XᵀX``, higher on ``XᵀX``'s own measure), calibrates on the whole model, decodes bit-exact.
   (The encoder's Hessians are checked in tests/test_calibrate_fisher.py; the pipeline treats both kinds alike.)"""
@@ -240,8 +240,10 @@ def test_fisher_hessians_drive_gptq_and_round_trip(tiny_llama_dir, tmp_path):
   from macjax.calibrate import fisher
   model = load_model(str(tiny_llama_dir))
   base = {"quantize": {"gptq": True, "step": 0.5}, "evaluate": {"enabled": False}}
-  weighted = compression.compress(model, config_lib.from_dict(
-      {**base, "calibration": {**CALIBRATION, "hessian": "fisher"}}))
+  with monkeypatch.context() as m:  # every matrix has a Fisher Hessian and nothing else reads XᵀX: not computed
+    m.setattr(plan, "calibration_stats", lambda *a, **k: pytest.fail("XᵀX computed though nothing reads it"))
+    weighted = compression.compress(model, config_lib.from_dict(
+        {**base, "calibration": {**CALIBRATION, "hessian": "fisher"}}))
   assert weighted.manifest["calibration"] == "whole_model"
   plain = compression.compress(model, config_lib.from_dict(
       {**base, "calibration": {**CALIBRATION, "sequential": False}}))

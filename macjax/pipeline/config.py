@@ -264,7 +264,8 @@ class CalibrationConfig:
     hessian: GPTQ's Hessian: ``"inputs"`` (``XᵀX``, the layer-output error) or ``"fisher"`` (``Σ_t ‖g_t‖² x_t
       x_tᵀ``, each token weighted by the Fisher information of the model's next-token predictions at the matrix's
       output: the model-output KL's curvature for decoders, the sentence embedding's for encoders,
-      :mod:`macjax.calibrate.fisher`; one more forward + backward pass over the calibration text, on the reference
+      :mod:`macjax.calibrate.fisher`; a forward + backward pass over the calibration text (``XᵀX`` is then measured
+      only where something else reads it: experts, routers, activation-aware transforms), on the reference
       model, so the statistics are whole-model, not sequential, and the job does not stream: the pass holds every
       layer's inputs, output gradients and ``[in, in]`` sums at once, several times the float32 model).
   """

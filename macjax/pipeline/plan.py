@@ -165,6 +165,15 @@ def _fisher_hessians(plan: Plan, config: PipelineConfig, say) -> None:
   plan.timings["calibrate_fisher"] = time.perf_counter() - t0
 
 
+def _reads_input_stats(plan: Plan, config: PipelineConfig, chain: TransformChain | None) -> bool:
+  """Whether some stage reads the input statistics ``XᵀX``: a transform fitted to activations, a layer-output
+  allocation, or GPTQ on a matrix that has no Fisher Hessian (all of them without ``calibration.hessian =
+  "fisher"``; experts and routers with it)."""
+  return bool((chain is not None and chain.needs_stats())
+              or config.allocation.sensitivity in ("layer_output", "input_energy")
+              or (config.quantize.gptq and any(m.name not in plan.hessians for m in plan.model.layout.matrices)))
+
+
 #: Why the invariance rewrite does not apply to a family (said when a config asks for it).
 _NO_REWRITE = {
     "bert": "post-LayerNorm blocks re-normalize the residual stream after each sub-layer, so a residual rotation "
@@ -461,6 +470,8 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     say(f"rewrite: residual rotation {config.rewrite.residual}, head rotation {config.rewrite.head_rotation}")
     plan.model, plan.rewrite = rewrite_model(model, config)
     plan.timings["rewrite"] = time.perf_counter() - t0
+  if config.quantize.gptq and config.calibration.hessian == "fisher":
+    _fisher_hessians(plan, config, say)
   if stats is not None:
     missing = sorted({m.name for m in plan.model.layout.matrices} - set(stats))
     if missing:
@@ -472,13 +483,13 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     plan.sequential = calibrate.SequentialCalibration(plan.model, **config.calibration.sizes(),
                                                     offload=config.calibration.offload)
     plan.stats, plan.calibration = {}, "sequential"
-  elif needs_calibration(config):
+  elif needs_calibration(config) and _reads_input_stats(plan, config, chain):
     t0 = time.perf_counter()
     say("calibrate: input statistics of every block matrix on calibration text")
     plan.stats, plan.calibration = calibration_stats(plan.model, config), "whole_model"
     plan.timings["calibrate"] = time.perf_counter() - t0
-  if config.quantize.gptq and config.calibration.hessian == "fisher":
-    _fisher_hessians(plan, config, say)
+  elif needs_calibration(config):  # GPTQ's Fisher Hessians cover every matrix and nothing else reads XᵀX
+    plan.stats, plan.calibration = {}, "whole_model"
   t0 = time.perf_counter()
   if config.transform_state.share == "role" and chain is not None:
     _shared_states(plan, config, chain, say)
