@@ -267,7 +267,8 @@ class CalibrationConfig:
       :mod:`macjax.calibrate.fisher`; a forward + backward pass over the calibration text (``XᵀX`` is then measured
       only where something else reads it: experts, routers, activation-aware transforms), on the reference
       model, so the statistics are whole-model, not sequential, and the job does not stream: the pass holds every
-      layer's inputs, output gradients and ``[in, in]`` sums at once, several times the float32 model).
+      layer's inputs, output gradients and ``[in, in]`` sums at once: 6.4 GB peak on SmolLM2-135M against 3.6 GB
+      for the default, README).
   """
 
   n_seq: int = 0
