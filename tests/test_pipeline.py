@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -510,3 +511,35 @@ def test_report_scores_held_out_plays_and_another_domain(tiny_llama_dir, tmp_pat
                          tmp_path / "c")
   assert "quality" in big and "quality_prose" not in big and "holds" in big["quality_prose_error"]
   assert "not scored" in report_lib.format_report(big)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_bert_dir"])
+def test_refit_vectors_are_stored_and_decode_bit_exact(request, model_fixture, tmp_path):
+  """``calibration.tune_steps``: each layer's 1-D tensors are refit after its matrices (its output error on the
+  calibration text never rises), the artifact stores the refit values in the vectors' place at the same cost, and
+  decoding gives exactly the encoder's reconstruction."""
+  model = load_model(str(request.getfixturevalue(model_fixture)))
+  base = {"quantize": {"gptq": True, "step": 0.5}, "evaluate": {"enabled": False}}
+  tuned_cfg = config_lib.from_dict({**base, "calibration": {**CALIBRATION, "tune_steps": 8, "tune_lr": 0.01}})
+  lines = []
+  tuned = compression.compress(model, tuned_cfg, progress=lines.append)
+  plain = compression.compress(model, config_lib.from_dict({**base, "calibration": CALIBRATION}))
+  errors = [tuple(map(float, m.groups())) for l in lines
+            for m in [re.search(r"tune: layer \d+: relative output error (\S+) → (\S+) ", l)] if m]
+  assert len(errors) == model.layout.num_layers and all(after <= before for before, after in errors)
+  assert any(after < before for before, after in errors)
+  vectors = [n for n, r in tuned.manifest["tensors"].items() if r["group"] == "vector" and r["unit"].startswith("layer.")]
+  assert vectors and any(not np.array_equal(tuned.reconstruction[n], model.params[n]) for n in vectors)
+  assert all(tuned.manifest["tensors"][n]["bits"] == plain.manifest["tensors"][n]["bits"] for n in vectors)
+  path = compression.save(tmp_path / "a", tuned)
+  _params_equal(compression.decompress(*artifact.load(path)), tuned.reconstruction)
+
+
+def test_refit_needs_sequential_calibration(tiny_llama_dir):
+  model = load_model(str(tiny_llama_dir))
+  cfg = config_lib.from_dict({"quantize": {"gptq": True}, "evaluate": {"enabled": False},
+                              "calibration": {**CALIBRATION, "tune_steps": 2, "sequential": False}})
+  with pytest.raises(ConfigError, match="does not calibrate sequentially"):
+    compression.compress(model, cfg)
+  with pytest.raises(ConfigError, match="tune_steps"):
+    config_lib.from_dict({"calibration": {"tune_steps": -1}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import synthetic_checkpoint  # noqa: E402  pylint: disable=g-import-not-at-top,w
 NO_EVAL = config_lib.from_dict({"evaluate": {"enabled": False}})
 GPTQ = config_lib.from_dict({"quantize": {"gptq": True, "gptq_block_size": 8}, "evaluate": {"enabled": False},
                              "calibration": {"n_seq": 2, "seq_len": 16}})
+TUNED = config_lib.from_dict({**config_lib.to_dict(GPTQ), "calibration": {"n_seq": 2, "seq_len": 16, "tune_steps": 2}})
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,11 @@ def test_same_input_config_and_seed_give_the_same_artifact(synthetic_dir, tmp_pa
   assert _payload(tmp_path / "a") == _payload(tmp_path / "b")
 
 
-@pytest.mark.parametrize("config", [NO_EVAL, GPTQ], ids=["default", "gptq-sequential"])
+@pytest.mark.parametrize("config", [NO_EVAL, GPTQ, TUNED], ids=["default", "gptq-sequential", "gptq-tuned"])
 def test_interrupted_compress_resumes_to_the_same_artifact(synthetic_dir, tmp_path, monkeypatch, config):
   """Resuming rebuilds what the finished layers left behind (sequential calibration: the next layer's inputs, by
-  replaying the finished layers forward from their decoded weights) and writes the identical artifact."""
+  replaying the finished layers forward from their decoded weights; with the vectors refit, the reference stream
+  too) and writes the identical artifact."""
   job.run_compress(str(synthetic_dir), config, tmp_path / "whole", verify=False)
   real, calls = artifact.ArtifactWriter.write_unit, []
 
@@ -90,7 +93,9 @@ def test_interrupted_compress_resumes_to_the_same_artifact(synthetic_dir, tmp_pa
   lines = []
   job.run_compress(str(synthetic_dir), config, tmp_path / "art", progress=lines.append)
   assert any("resuming: 3 of 7 units already written (layers 0–2); continuing at layer.00003" in l for l in lines)
-  assert any("replaying layers 0–2" in l for l in lines) == (config is GPTQ)
+  assert any("replaying layers 0–2" in l for l in lines) == (config is not NO_EVAL)
+  tuned = {int(m.group(1)) for l in lines for m in [re.search(r"tune: layer (\d+):", l)] if m}
+  assert tuned == ({3, 4, 5} if config is TUNED else set())  # only the layers encoded after the resume
   assert _payload(tmp_path / "art") == _payload(tmp_path / "whole")
   assert not artifact.partial_path(tmp_path / "art").exists()
 

@@ -9,7 +9,11 @@ llm-compressor's sequential scheme):
 2. for layer ``ℓ``: :meth:`~SequentialCalibration.statistics` runs block ``ℓ`` with its *reference* weights on the
    carried ``x_ℓ`` and reduces its linear layers' inputs to :class:`~macjax.calibrate.InputStats` (so GPTQ and
    activation-aware transforms see the errors the earlier layers made); the layer is compressed;
-   :meth:`~SequentialCalibration.advance` runs block ``ℓ`` with its *decoded* weights to get ``x_{ℓ+1}``.
+   :meth:`~SequentialCalibration.advance` runs block ``ℓ`` with its *decoded* weights to get ``x_{ℓ+1}``;
+3. with ``reference=True`` the *reference* model's hidden states are carried beside them, and
+   :meth:`~SequentialCalibration.tune` refits block ``ℓ``'s vectors (norms, biases) between its encoding and its
+   advance, so that the decoded block on ``x_ℓ`` reproduces the reference block on the reference states
+   (:mod:`macjax.calibrate.tuning`).
 
 Only one layer's activations are alive at a time (``n_seq · seq_len · hidden`` floats, on the host between
 layers), and only the layer being compressed is read. With ``offload="disk"`` they wait in ``.npy`` files of a
@@ -27,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pathlib
@@ -35,7 +40,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from macjax.calibrate import statistics
+from macjax.calibrate import statistics, tuning
 from macjax.errors import ConfigError, NonFiniteError
 from macjax.evaluate import bert, decoder, text
 
@@ -79,6 +84,7 @@ class SequentialCalibration:
     n_seq, seq_len, batch_size: calibration windows (causal LMs), as :func:`~macjax.calibrate.input_statistics`.
     n_sentences, sentence_chunk: calibration passages (encoders).
     offload: where the carried hidden states wait between layers: ``"memory"`` or ``"disk"`` (module docstring).
+    reference: also carry the *reference* model's hidden states (twice the activations), which :meth:`tune` needs.
 
   Raises:
     ConfigError: an unsupported family, non-positive sizes or an unknown offload.
@@ -86,7 +92,8 @@ class SequentialCalibration:
 
   def __init__(self, model, *, n_seq: int = statistics.DEFAULT_N_SEQ, seq_len: int = statistics.DEFAULT_SEQ_LEN,
                n_sentences: int = statistics.DEFAULT_N_SENTENCES, batch_size: int = statistics.DEFAULT_BATCH_SIZE,
-               sentence_chunk: int = statistics.DEFAULT_SENTENCE_CHUNK, offload: str = "memory"):
+               sentence_chunk: int = statistics.DEFAULT_SENTENCE_CHUNK, offload: str = "memory",
+               reference: bool = False):
     layout = model.layout
     if min(n_seq, seq_len, n_sentences, batch_size, sentence_chunk) < 1:
       raise ConfigError(f"calibrate: n_seq={n_seq}, seq_len={seq_len}, n_sentences={n_sentences}, "
@@ -102,6 +109,10 @@ class SequentialCalibration:
       self.batches = list(statistics.length_buckets(tokens, mask, sentence_chunk))
     self.count = int(sum(np.asarray(t).size if m is None else np.count_nonzero(m) for t, m in self.batches))
     self.hidden: _Carried | None = None
+    self.carry_reference = bool(reference)
+    self.reference: _Carried | None = None  # the reference model's states entering layer ``reference_layer``
+    self.reference_layer = 0
+    self._refits: dict[Any, tuning.Refit] = {}
     self.offload = offload
     _Carried(offload)  # checks the option now rather than at start
     self.layer = 0
@@ -114,9 +125,13 @@ class SequentialCalibration:
   def start(self, params: Mapping[str, Any]) -> None:
     """``x₀``: the embeddings of the calibration tokens (reads only the embedding tensors of ``params``)."""
     self.hidden = _Carried(self.offload)
+    self.reference = _Carried(self.offload) if self.carry_reference else None
     for i, (t, m) in enumerate(self.batches):
-      self.hidden.put(i, self.forward.embed(params, self.config, t, **self._kwargs(m)))
-    self.layer = 0
+      x = self.forward.embed(params, self.config, t, **self._kwargs(m))
+      self.hidden.put(i, x)
+      if self.reference is not None:
+        self.reference.put(i, x)
+    self.layer = self.reference_layer = 0
 
   def _check_layer(self, layer: int) -> None:
     if self.hidden is None:
@@ -149,11 +164,80 @@ class SequentialCalibration:
     layer_only = dataclasses.replace(self.layout, matrices=tuple(m for m in self.layout.matrices if m.layer == layer))
     return statistics.by_matrix(layer_only, per_site)
 
-  def advance(self, layer: int, params: Mapping[str, Any]) -> None:
-    """Replaces the carried inputs by block ``layer``'s outputs with ``params`` (its decoded weights)."""
+  def _advance_reference(self, layer: int, params: Mapping[str, Any]) -> None:
+    """The reference stream through block ``layer`` with ``params`` (reference weights), once."""
+    if self.reference is None or self.reference_layer > layer:
+      return
+    p = self.forward.layer_params(params, self.config, layer)
+    for i, (_, mask) in enumerate(self.batches):
+      self.reference.put(i, self.forward.block_step(p, self.config, self.reference.get(i),
+                                                    **self._kwargs(mask, layer))[0])
+    self.reference_layer = layer + 1
+
+  def tune(self, layer: int, params: Mapping[str, Any], decoded: Mapping[str, Any], *, steps: int, lr: float
+           ) -> tuple[dict[str, np.ndarray], tuple[float, float]]:
+    """Refits layer ``layer``'s 1-D tensors (:mod:`macjax.calibrate.tuning`): the layer with its ``decoded``
+    matrices on the carried compressed-model inputs, against the reference layer (``params``) on the carried
+    reference inputs.
+
+    Args:
+      layer: the layer being compressed (its statistics taken, not yet advanced).
+      params: the reference weights (the layer's are read).
+      decoded: ``{name: array}`` the layer's decoded tensors (at least its matrices).
+      steps, lr: Adam's steps and learning rate.
+
+    Returns:
+      ``({HF name: refit vector}, (relative error before, after))``.
+
+    Raises:
+      ConfigError: layers out of order, or built without ``reference=True``.
+    """
     self._check_layer(layer)
+    if not self.carry_reference:
+      raise ConfigError("calibrate: tune needs the reference stream; build SequentialCalibration(reference=True)")
+    self._advance_reference(layer, params)  # the reference stream now holds this layer's targets
+    names = self.forward.layer_names(params, self.config, layer)
+    p = self.forward.layer_params(collections.ChainMap(dict(decoded), params), self.config, layer)
+    free = [f for f, a in p.items() if a.ndim == 1]
+    if not free:
+      return {}, (float("nan"), float("nan"))
+    tuned, losses = self._refit(layer)(p, free, _Pairs(self.hidden, self.reference, self.batches), steps=steps, lr=lr)
+    return {names[f]: tuned[f] for f in free}, losses
+
+  def _refit(self, layer: int) -> tuning.Refit:
+    """The refit of block ``layer``'s forward: one for all layers of an encoder (the mask is an argument), one
+    per layer of a decoder (the layer picks its attention window)."""
+    key = None if self.layout.kind != "decoder" else layer
+    if key not in self._refits:
+      kwargs = (lambda mask: self._kwargs(mask)) if key is None else (lambda mask: self._kwargs(mask, layer))
+      self._refits[key] = tuning.Refit(lambda q, x, mask: self.forward.block_step(q, self.config, x,
+                                                                                  **kwargs(mask))[0])
+    return self._refits[key]
+
+  def advance(self, layer: int, params: Mapping[str, Any], reference: Mapping[str, Any] | None = None) -> None:
+    """Replaces the carried inputs by block ``layer``'s outputs with ``params`` (its decoded weights); with
+    ``reference`` (the reference weights), the reference stream too when it is carried and :meth:`tune` has not
+    advanced it already."""
+    self._check_layer(layer)
+    if reference is not None:
+      self._advance_reference(layer, reference)
     p = self.forward.layer_params(params, self.config, layer)
     for i, (_, mask) in enumerate(self.batches):
       self.hidden.put(i, self.forward.block_step(p, self.config, self.hidden.get(i),
                                                  **self._kwargs(mask, layer))[0])
     self.layer = layer + 1
+
+
+class _Pairs:
+  """``(compressed-model input, mask, reference target)`` per calibration batch, read when asked (so a disk
+  offload keeps one batch in memory)."""
+
+  def __init__(self, hidden: _Carried, reference: _Carried, batches: list):
+    self.hidden, self.reference, self.batches = hidden, reference, batches
+
+  def __len__(self) -> int:
+    return len(self.batches)
+
+  def __getitem__(self, i: int):
+    mask = self.batches[i][1]
+    return self.hidden.get(i), (None if mask is None else np.asarray(mask)), self.reference.get(i)

@@ -417,6 +417,12 @@ def layer_params(params: Mapping[str, Any], config: Mapping[str, Any], layer: in
   return out
 
 
+def layer_names(params: Mapping[str, Any], config: Mapping[str, Any], layer: int) -> dict[str, str]:
+  """``{field: HF name}`` of layer ``layer``'s tensors (the fields of :func:`layer_params`)."""
+  pre = "bert." if any(n.startswith("bert.encoder.") for n in params) else ""
+  return {field: f"{pre}encoder.layer.{layer}.{suffix}" for field, suffix in _LAYER_TENSORS.items()}
+
+
 def embed(params: Mapping[str, Any], config: Mapping[str, Any], tokens: Any, mask: Any = None,
           token_types: Optional[Any] = None) -> jax.Array:
   """The layers' input: word + position + token-type embeddings, LayerNorm-ed; ``float32[batch, seq, hidden]``."""

@@ -574,6 +574,13 @@ def layer_params(params: Mapping[str, Any], config: Mapping[str, Any], layer: in
   return {f: jnp.asarray(a) for f, a in _block_arrays(params, spec, layer, True).items()}
 
 
+def layer_names(params: Mapping[str, Any], config: Mapping[str, Any], layer: int) -> dict[str, str]:
+  """``{field: HF name}`` of block ``layer``'s tensors outside the experts (the fields of :func:`layer_params`)."""
+  options(config)
+  return {f: entries[0][0] for f, entries in _layer_fields(_spec(config, params), layer).items()
+          if not f.startswith("experts.")}
+
+
 def embed(params: Mapping[str, Any], config: Mapping[str, Any], tokens: Any) -> jax.Array:
   """The blocks' input ``x_0`` (scaled embeddings, plus learned positions): ``float32[batch, seq, hidden]``."""
   opts, spec = options(config), _spec(config, params)

@@ -201,12 +201,16 @@ class _Encoder:
       out[name] = self.devices[k]
     return out
 
-  def tensor(self, name: str, device) -> tuple[np.ndarray, stages.Parts, dict]:
+  def tensor(self, name: str, device, value: np.ndarray | None = None) -> tuple[np.ndarray, stages.Parts, dict]:
+    """Encodes one tensor: the model's, or ``value`` in its place (a refit vector), compared with the model's."""
     a = np.asarray(self.plan.model.params[name])
     check_finite_array(name, a, "compress")
+    reference = a if self.observe is not None else None
+    if value is not None:
+      a = np.asarray(value, np.float32).reshape(a.shape)
+      check_finite_array(name, a, "compress (refit)")
     shape, e = a.shape, self.config.embeddings
     quantized = name in self.info or (a.ndim == 2 and e.treatment == "quantize")
-    reference = a if self.observe is not None else None
     if quantized:  # the device copy is all the stages need (the host copy is dropped: one copy less at the peak)
       a = jax.device_put(jnp.asarray(a, jnp.float32), device)
     if name in self.info:
@@ -234,11 +238,26 @@ class _Encoder:
     rec["shape"] = list(shape)
     return W_hat, parts, rec
 
-  def unit(self, unit: str, names: list[str], pool) -> tuple[dict, dict, dict, dict]:
-    """Encodes the tensors of one unit; returns its ``(buckets, index, records, reconstructions)``."""
+  def _encode(self, names: list[str], where: dict, pool, values: Mapping[str, np.ndarray] | None = None) -> list:
+    jobs = [(name, where.get(name), (values or {}).get(name)) for name in names]
+    return list(pool.map(lambda job: self.tensor(*job), jobs)) if pool else [self.tensor(*j) for j in jobs]
+
+  def unit(self, unit: str, names: list[str], pool, refit: Callable[[dict], dict] | None = None
+           ) -> tuple[dict, dict, dict, dict]:
+    """Encodes the tensors of one unit; returns its ``(buckets, index, records, reconstructions)``.
+
+    With ``refit``, the unit's 2-D tensors are encoded first, then ``refit({name: decoded 2-D tensor})`` returns new
+    values for (some of) its 1-D tensors, which are encoded in place of the model's.
+    """
     where = self.placement(names)
-    jobs = [(name, where.get(name)) for name in names]
-    results = list(pool.map(lambda job: self.tensor(*job), jobs)) if pool else [self.tensor(*j) for j in jobs]
+    if refit is None:
+      results = self._encode(names, where, pool)
+    else:
+      vectors = [n for n in names if len(shape_of(self.plan.model.params, n)) == 1]
+      first = [n for n in names if n not in vectors]
+      done = dict(zip(first, self._encode(first, where, pool)))
+      done.update(zip(vectors, self._encode(vectors, where, pool, refit({n: r[0] for n, r in done.items()}))))
+      results = [done[n] for n in names]
     packer = artifact.Packer()
     records = {}
     for name, (_, parts, rec) in zip(names, results):
@@ -320,13 +339,36 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
       else:
         if plan.sequential is not None and layer is not None:
           plan.stats = plan.sequential.statistics(layer, plan.model.params)  # this layer's only
-        buckets, index, recs, recon = encoder.unit(unit, names, pool)
+        refit = _refit(plan, config, layer, progress) if plan.sequential is not None and layer is not None else None
+        buckets, index, recs, recon = encoder.unit(unit, names, pool, refit)
         if plan.sequential is not None and layer is not None:
-          plan.sequential.advance(layer, recon)  # the next layer's inputs, from this layer as decoded
+          # the next layer's inputs, from this layer as decoded
+          plan.sequential.advance(layer, recon, reference=plan.model.params)
       sink.write_unit(unit, buckets, index, recs)
       records.update(recs)
   timings["quantize+code"] = time.perf_counter() - t0
+  if "tune" in plan.timings:
+    timings["tune"] = plan.timings["tune"]
   return records, plan, timings
+
+
+def _refit(plan: Plan, config: PipelineConfig, layer: int, progress) -> Callable[[dict], dict] | None:
+  """With ``calibration.tune_steps``: the refit of layer ``layer``'s vectors to the reference layer's output
+  (:meth:`~macjax.calibrate.SequentialCalibration.tune`), for :meth:`_Encoder.unit`."""
+  steps = config.calibration.tune_steps
+  if not steps:
+    return None
+
+  def run(decoded: dict) -> dict:
+    t0 = time.perf_counter()
+    values, (before, after) = plan.sequential.tune(layer, plan.model.params, decoded, steps=steps,
+                                                   lr=config.calibration.tune_lr)
+    plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
+    plan.tuning[str(layer)] = {"before": before, "after": after}
+    progress.say(f"tune: layer {layer}: relative output error {before:.4g} → {after:.4g} ({len(values)} vectors refit)")
+    return values
+
+  return run
 
 
 def _check_shared(plan: Plan, record: dict) -> None:
@@ -358,7 +400,7 @@ def _replay(plan: Plan, config: PipelineConfig, sink, done: dict, progress) -> N
     parts = artifact.unpack(sink.load_unit(unit, done[unit]), done[unit]["index"])
     decoded = {n: decoder.tensor(TensorRecord.from_json(n, r), parts.get(n, {}), True)
                for n, r in done[unit]["tensors"].items()}
-    plan.sequential.advance(layer, decoded)
+    plan.sequential.advance(layer, decoded, reference=plan.model.params)
 
 
 def _span(units: Mapping[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import tomllib
@@ -269,6 +270,14 @@ class CalibrationConfig:
       model, so the statistics are whole-model, not sequential, and the job does not stream: the pass holds every
       layer's inputs, output gradients and ``[in, in]`` sums at once: 6.4 GB peak on SmolLM2-135M against 3.6 GB
       for the default, README).
+    tune_steps: Adam steps that refit each layer's kept float parameters (norm gains and biases, linear biases: the
+      1-D tensors stored beside the codes, so the refit costs no bits) after its matrices are quantized, so that the
+      layer with its decoded matrices, run on the compressed model's calibration hidden states, reproduces the
+      reference layer's output on the reference hidden states (per-token relative squared error;
+      :mod:`macjax.calibrate.tuning`): the diagonal part of the learned transform, absorbed into the norms, fitted
+      to the layer's output. 0: off. Needs sequential calibration (it refits layer by layer as the layers are
+      encoded, carrying the reference model's hidden states beside the compressed model's: twice the activations).
+    tune_lr: Adam's learning rate for ``tune_steps``.
   """
 
   n_seq: int = 0
@@ -277,12 +286,17 @@ class CalibrationConfig:
   sequential: bool = True
   offload: str = "memory"
   hessian: str = "inputs"
+  tune_steps: int = 0
+  tune_lr: float = 1e-3
 
   def __post_init__(self):
     for k in ("n_seq", "seq_len", "n_sentences"):
       _check(getattr(self, k) >= 0, f"calibration.{k} = {getattr(self, k)}; expected >= 0 (0: default)")
     _check(self.offload in ("memory", "disk"), f"calibration.offload = {self.offload!r}; expected 'memory' or 'disk'")
     _check(self.hessian in HESSIANS, f"calibration.hessian = {self.hessian!r}; expected one of {HESSIANS}")
+    _check(0 <= self.tune_steps <= 100_000, f"calibration.tune_steps = {self.tune_steps}; expected 0 (off) to 100000")
+    _check(math.isfinite(self.tune_lr) and 0 < self.tune_lr <= 1,
+           f"calibration.tune_lr = {self.tune_lr}; expected 0 < tune_lr <= 1")
 
   def sizes(self) -> dict[str, int]:
     return {k: getattr(self, k) for k in ("n_seq", "seq_len", "n_sentences") if getattr(self, k)}
@@ -484,7 +498,8 @@ def to_dict(cfg: PipelineConfig) -> dict:
 #: defaults: :func:`identity_dict` leaves them out while they hold that default, so records written before a field
 #: existed still match the same config. Append new fields here.
 LATE_FIELDS = {("quantize", "gptq_column_steps"): "none", ("evaluate", "other_domain"): True,
-               ("calibration", "hessian"): "inputs"}
+               ("calibration", "hessian"): "inputs", ("calibration", "tune_steps"): 0,
+               ("calibration", "tune_lr"): 1e-3}
 
 
 def identity_dict(cfg: PipelineConfig) -> dict:

@@ -65,6 +65,8 @@ class Plan:
     hessians: GPTQ's Hessian per block matrix where it is not ``XᵀX`` (``calibration.hessian = "fisher"``: the
       output-weighted ones of :func:`macjax.calibrate.fisher.fisher_hessians`); the others take the second moment
       ``S = XᵀX / n`` from ``stats`` (GPTQ is invariant to the Hessian's scale).
+    tuning: per layer refit in this run (``calibration.tune_steps``), the relative output error ``before`` and
+      ``after`` the refit of its vectors.
   """
 
   model: Model
@@ -84,6 +86,7 @@ class Plan:
   sequential: Any = None
   calibration: str | None = None
   hessians: dict[str, Any] = dataclasses.field(default_factory=dict)
+  tuning: dict[str, dict] = dataclasses.field(default_factory=dict)
 
   def context(self, info: MatrixInfo, index: int, seed: int, device=None) -> MatrixContext:
     """The :class:`MatrixContext` of block matrix ``info`` (``index``: its position in the layout)."""
@@ -470,6 +473,12 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     say(f"rewrite: residual rotation {config.rewrite.residual}, head rotation {config.rewrite.head_rotation}")
     plan.model, plan.rewrite = rewrite_model(model, config)
     plan.timings["rewrite"] = time.perf_counter() - t0
+  if config.calibration.tune_steps and (stats is not None or not calibrates_sequentially(config)):
+    raise ConfigError("calibration.tune_steps refits each layer's vectors as the layers are encoded, on the hidden "
+                      "states sequential calibration carries; this config does not calibrate sequentially (it needs "
+                      "calibration.sequential = true, a calibrated quantizer such as GPTQ, calibration.hessian = "
+                      "\"inputs\", and no stage that needs every layer's statistics first) or was given precomputed "
+                      "stats")
   if config.quantize.gptq and config.calibration.hessian == "fisher":
     _fisher_hessians(plan, config, say)
   if stats is not None:
@@ -481,7 +490,8 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     from macjax import calibrate  # pylint: disable=g-import-not-at-top
     say("calibrate: sequentially, each layer on the outputs of the layers compressed before it")
     plan.sequential = calibrate.SequentialCalibration(plan.model, **config.calibration.sizes(),
-                                                    offload=config.calibration.offload)
+                                                    offload=config.calibration.offload,
+                                                    reference=config.calibration.tune_steps > 0)
     plan.stats, plan.calibration = {}, "sequential"
   elif needs_calibration(config) and _reads_input_stats(plan, config, chain):
     t0 = time.perf_counter()
