@@ -104,14 +104,17 @@ BENCHMARKS = (
                          "(`macjax rd --other-domain`)."),
     Benchmark("aligned", "macjax", (("rd", "minilm-l6", "--configs",
                                      "configs/quality.toml,configs/aligned.toml,"
-                                     "benchmarks/configs/quality_hadamard.toml",
+                                     "benchmarks/configs/quality_hadamard.toml,"
+                                     "benchmarks/configs/aligned_tuned.toml",
                                      "--steps", "0.2,0.3,0.45", "--baselines", "", "--peers",
                                      "benchmarks/peers/minilm-l6.json", "--out",
                                      "benchmarks/results/rd/aligned_minilm-l6"),),
-              ("rd/aligned_*/rd.png", "rd/aligned_*/rd.csv"), "10 min",
+              ("rd/aligned_*/rd.png", "rd/aligned_*/rd.csv"), "20 min",
               note_about="Aligned (curvature column steps) vs unaligned vs Hadamard coordinates on the same axes: "
                          "`configs/aligned.toml` against `configs/quality.toml` and the same recipe after an "
-                         "input-side Hadamard, on MiniLM, with NNCodec's quoted figures."),
+                         "input-side Hadamard, on MiniLM, with NNCodec's quoted figures; and the aligned recipe with "
+                         "each layer's vectors refit to the reference layer's output "
+                         "(`benchmarks/configs/aligned_tuned.toml`)."),
     Benchmark("fisher_steps", "fisher_steps", ((),), ("fisher_steps.md",), "13 min"),
     Benchmark("output_hessians", "output_hessians", ((),), ("output_hessians.md",), "20 min"),
     Benchmark("verdict", "verdict", ((),), ("verdict.md",), "seconds (reads the results above)"),

@@ -166,6 +166,20 @@ def fisher_rows(model: str) -> list[dict]:
                -float(np.mean(s)) if s else None)]
 
 
+def tuning_rows(model: str) -> list[dict]:
+  """The learned transform under the layer's output objective, in its absorbed diagonal form: each layer's vectors
+  (norms, biases) refit after its matrices are quantized (``benchmarks/configs/aligned_tuned.toml`` against
+  ``configs/aligned.toml`` in the aligned sweep)."""
+  src = f"rd/aligned_{model}/rd.json"
+  r = _read(src)
+  if r is None or not any(p["series"] == "aligned_tuned" for p in r["points"]):
+    return []
+  text, s = _savings_text(r, "aligned", "aligned_tuned")
+  return [_row(model, "a transform learned under the output objective pays (diagonal, absorbed: vectors refit)",
+               "Δbits of aligned + vector refit vs aligned", text, _small_verdict(s), src,
+               -float(np.mean(s)) if s else None)]
+
+
 def _same_calibration_reference(result: dict) -> str:
   """The default calibrated on the whole model, as the Fisher pass is, where the sweep has it (else the default,
   which calibrates layer by layer: then the comparison changes two things)."""
@@ -197,7 +211,8 @@ def measure() -> dict:
   """Every claim's row on both default models, from the committed results."""
   rows = []
   for model in MODELS:
-    rows += analyze_rows(model) + curvature_rows(model) + fisher_rows(model) + fit_rows(model)
+    rows += (analyze_rows(model) + curvature_rows(model) + fisher_rows(model) + tuning_rows(model)
+             + fit_rows(model))
   return {"rows": rows}
 
 
