@@ -15,7 +15,7 @@ llm-compressor's sequential scheme):
    advance, so that the decoded block on ``x_ℓ`` reproduces the reference block on the reference states
    (:mod:`macjax.calibrate.tuning`).
 
-Only one layer's activations are alive at a time (``n_seq · seq_len · hidden`` floats, on the host between
+Only one layer's activations are alive at a time (two streams of them when the reference is carried) (``n_seq · seq_len · hidden`` floats, on the host between
 layers), and only the layer being compressed is read. With ``offload="disk"`` they wait in ``.npy`` files of a
 temporary folder instead (``$TMPDIR``; removed when the calibration is dropped) and one batch is in memory at a
 time: for calibration sets larger than RAM (a 70B model's 128 × 2048 tokens × 8192 channels is 8.6 GB in float32).
@@ -168,6 +168,9 @@ class SequentialCalibration:
     """The reference stream through block ``layer`` with ``params`` (reference weights), once."""
     if self.reference is None or self.reference_layer > layer:
       return
+    if self.reference_layer != layer:
+      raise ConfigError(f"calibrate: the reference stream holds the inputs of layer {self.reference_layer}, not "
+                        f"{layer}; pass the reference weights to every advance")
     p = self.forward.layer_params(params, self.config, layer)
     for i, (_, mask) in enumerate(self.batches):
       self.reference.put(i, self.forward.block_step(p, self.config, self.reference.get(i),
@@ -205,9 +208,9 @@ class SequentialCalibration:
     return {names[f]: tuned[f] for f in free}, losses
 
   def _refit(self, layer: int) -> tuning.Refit:
-    """The refit of block ``layer``'s forward: one for all layers of an encoder (the mask is an argument), one
-    per layer of a decoder (the layer picks its attention window)."""
-    key = None if self.layout.kind != "decoder" else layer
+    """The refit of block ``layer``'s forward: one for all layers of an encoder (the mask is an argument), one per
+    kind of attention window for a decoder (all a layer changes in its forward)."""
+    key = None if self.layout.kind != "decoder" else bool(decoder.options(self.config).sliding[layer])
     if key not in self._refits:
       kwargs = (lambda mask: self._kwargs(mask)) if key is None else (lambda mask: self._kwargs(mask, layer))
       self._refits[key] = tuning.Refit(lambda q, x, mask: self.forward.block_step(q, self.config, x,
@@ -219,6 +222,9 @@ class SequentialCalibration:
     ``reference`` (the reference weights), the reference stream too when it is carried and :meth:`tune` has not
     advanced it already."""
     self._check_layer(layer)
+    if self.carry_reference and reference is None:
+      raise ConfigError("calibrate: this calibration carries the reference stream; advance(layer, decoded, "
+                        "reference=reference weights)")
     if reference is not None:
       self._advance_reference(layer, reference)
     p = self.forward.layer_params(params, self.config, layer)

@@ -246,8 +246,8 @@ class _Encoder:
            ) -> tuple[dict, dict, dict, dict]:
     """Encodes the tensors of one unit; returns its ``(buckets, index, records, reconstructions)``.
 
-    With ``refit``, the unit's 2-D tensors are encoded first, then ``refit({name: decoded 2-D tensor})`` returns new
-    values for (some of) its 1-D tensors, which are encoded in place of the model's.
+    With ``refit``, the unit's tensors other than its 1-D ones are encoded first, then ``refit({name: decoded
+    tensor})`` returns new values for (some of) its 1-D tensors, which are encoded in place of the model's.
     """
     where = self.placement(names)
     if refit is None:
@@ -336,20 +336,27 @@ def encode_units(model: Model, config: PipelineConfig, sink, *, plan: Plan | Non
       layer = _layer_of_unit(unit)
       if unit == SHARED_UNIT:
         buckets, index, recs = _shared_unit(plan)
+      elif plan.sequential is not None and layer is not None:
+        buckets, index, recs = _sequential_unit(encoder, plan, config, unit, names, pool, progress)
       else:
-        if plan.sequential is not None and layer is not None:
-          plan.stats = plan.sequential.statistics(layer, plan.model.params)  # this layer's only
-        refit = _refit(plan, config, layer, progress) if plan.sequential is not None and layer is not None else None
-        buckets, index, recs, recon = encoder.unit(unit, names, pool, refit)
-        if plan.sequential is not None and layer is not None:
-          # the next layer's inputs, from this layer as decoded
-          plan.sequential.advance(layer, recon, reference=plan.model.params)
+        buckets, index, recs, _ = encoder.unit(unit, names, pool)
       sink.write_unit(unit, buckets, index, recs)
       records.update(recs)
-  timings["quantize+code"] = time.perf_counter() - t0
+  timings["quantize+code"] = time.perf_counter() - t0  # (the refit's time, "tune", included)
   if "tune" in plan.timings:
     timings["tune"] = plan.timings["tune"]
   return records, plan, timings
+
+
+def _sequential_unit(encoder: "_Encoder", plan: Plan, config: PipelineConfig, unit: str, names: list[str], pool,
+                     progress) -> tuple[dict, dict, dict]:
+  """A layer under sequential calibration: its statistics on the carried inputs, its encoding (with the refit of
+  its vectors when asked), then the carried inputs advanced through it as decoded."""
+  layer = _layer_of_unit(unit)
+  plan.stats = plan.sequential.statistics(layer, plan.model.params)  # this layer's only
+  buckets, index, recs, recon = encoder.unit(unit, names, pool, _refit(plan, config, layer, progress))
+  plan.sequential.advance(layer, recon, reference=plan.model.params)  # the next layer's inputs, as decoded
+  return buckets, index, recs
 
 
 def _refit(plan: Plan, config: PipelineConfig, layer: int, progress) -> Callable[[dict], dict] | None:
@@ -364,8 +371,10 @@ def _refit(plan: Plan, config: PipelineConfig, layer: int, progress) -> Callable
     values, (before, after) = plan.sequential.tune(layer, plan.model.params, decoded, steps=steps,
                                                    lr=config.calibration.tune_lr)
     plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
-    plan.tuning[str(layer)] = {"before": before, "after": after}
-    progress.say(f"tune: layer {layer}: relative output error {before:.4g} → {after:.4g} ({len(values)} vectors refit)")
+    if values:
+      plan.tuning[str(layer)] = {"before": before, "after": after}
+      progress.say(f"tune: layer {layer}: relative output error on the calibration text {before:.4g} → {after:.4g} "
+                   f"({len(values)} vectors refit)")
     return values
 
   return run

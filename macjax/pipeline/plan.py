@@ -142,6 +142,16 @@ def calibrates_sequentially(config: PipelineConfig) -> bool:
   return not (chain is not None and chain.needs_stats() and ahead)
 
 
+def check_tuning(config: PipelineConfig, stats: dict | None = None) -> None:
+  """Raises :class:`ConfigError` when ``calibration.tune_steps`` is set but nothing calibrates sequentially."""
+  if config.calibration.tune_steps and (stats is not None or not calibrates_sequentially(config)):
+    raise ConfigError("calibration.tune_steps refits each layer's vectors as the layers are encoded, on the hidden "
+                      "states sequential calibration carries; this config does not calibrate sequentially (it needs "
+                      "calibration.sequential = true, a calibrated quantizer such as GPTQ, calibration.hessian = "
+                      "\"inputs\", and no stage that needs every layer's statistics first) or was given precomputed "
+                      "stats")
+
+
 def streams(config: PipelineConfig) -> bool:
   """Whether ``config`` needs no whole-model pass (then compression holds one layer at a time)."""
   calibrated_ahead = needs_calibration(config) and not calibrates_sequentially(config)
@@ -465,6 +475,7 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     ConfigError: a stage cannot run on this model with this config (named in the message).
   """
   import time  # pylint: disable=g-import-not-at-top
+  check_tuning(config, stats)
   plan = Plan(model=model, gptq=config.quantize.gptq)
   chain = transform_chain(config.transform)
   _check_chain(config, chain)
@@ -473,12 +484,6 @@ def make_plan(model: Model, config: PipelineConfig, *, stats: dict | None = None
     say(f"rewrite: residual rotation {config.rewrite.residual}, head rotation {config.rewrite.head_rotation}")
     plan.model, plan.rewrite = rewrite_model(model, config)
     plan.timings["rewrite"] = time.perf_counter() - t0
-  if config.calibration.tune_steps and (stats is not None or not calibrates_sequentially(config)):
-    raise ConfigError("calibration.tune_steps refits each layer's vectors as the layers are encoded, on the hidden "
-                      "states sequential calibration carries; this config does not calibrate sequentially (it needs "
-                      "calibration.sequential = true, a calibrated quantizer such as GPTQ, calibration.hessian = "
-                      "\"inputs\", and no stage that needs every layer's statistics first) or was given precomputed "
-                      "stats")
   if config.quantize.gptq and config.calibration.hessian == "fisher":
     _fisher_hessians(plan, config, say)
   if stats is not None:
