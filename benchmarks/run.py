@@ -94,13 +94,15 @@ BENCHMARKS = (
     Benchmark("domains", "macjax", (("rd", "smollm2-135m", "--configs",
                                      "default,plain,benchmarks/configs/default_damp0.1.toml,configs/fisher.toml,"
                                      "benchmarks/configs/fisher_curvature_noalloc.toml,"
-                                     "benchmarks/configs/default_whole_model.toml", "--steps", "0.125,0.25",
+                                     "benchmarks/configs/default_whole_model.toml,"
+                                     "benchmarks/configs/default_tuned.toml", "--steps", "0.125,0.25",
                                      "--baselines", "", "--other-domain", "--out",
                                      "benchmarks/results/rd/domains_smollm2-135m"),),
-              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "60 min",
+              ("rd/domains_*/rd.png", "rd/domains_*/rd.csv"), "90 min",
               note_about="Quality on the held-out plays and on prose of another domain (never used for calibration):"
                          " the calibrated default, the uncalibrated plain config, the default with 10× GPTQ "
-                         "dampening, and GPTQ on Fisher-weighted Hessians with and without the allocation "
+                         "dampening, GPTQ on Fisher-weighted Hessians with and without the allocation, and the default "
+                         "with each layer's norm gains refit to the reference layer's output "
                          "(`macjax rd --other-domain`)."),
     Benchmark("aligned", "macjax", (("rd", "minilm-l6", "--configs",
                                      "configs/quality.toml,configs/aligned.toml,"
