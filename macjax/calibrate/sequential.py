@@ -15,8 +15,8 @@ llm-compressor's sequential scheme):
    advance, so that the decoded block on ``x_ℓ`` reproduces the reference block on the reference states
    (:mod:`macjax.calibrate.tuning`).
 
-Only one layer's activations are alive at a time (two streams of them when the reference is carried) (``n_seq · seq_len · hidden`` floats, on the host between
-layers), and only the layer being compressed is read. With ``offload="disk"`` they wait in ``.npy`` files of a
+Only one layer's activations are alive at a time (``n_seq · seq_len · hidden`` floats, on the host between
+layers; twice that when the reference stream is carried), and only the layer being compressed is read. With ``offload="disk"`` they wait in ``.npy`` files of a
 temporary folder instead (``$TMPDIR``; removed when the calibration is dropped) and one batch is in memory at a
 time: for calibration sets larger than RAM (a 70B model's 128 × 2048 tokens × 8192 channels is 8.6 GB in float32).
 The numbers are the same either way. A resumed compression rebuilds ``x_ℓ`` by replaying the
@@ -171,10 +171,7 @@ class SequentialCalibration:
     if self.reference_layer != layer:
       raise ConfigError(f"calibrate: the reference stream holds the inputs of layer {self.reference_layer}, not "
                         f"{layer}; pass the reference weights to every advance")
-    p = self.forward.layer_params(params, self.config, layer)
-    for i, (_, mask) in enumerate(self.batches):
-      self.reference.put(i, self.forward.block_step(p, self.config, self.reference.get(i),
-                                                    **self._kwargs(mask, layer))[0])
+    self._through(self.reference, layer, params)
     self.reference_layer = layer + 1
 
   def tune(self, layer: int, params: Mapping[str, Any], decoded: Mapping[str, Any], *, steps: int, lr: float
@@ -227,11 +224,14 @@ class SequentialCalibration:
                         "reference=reference weights)")
     if reference is not None:
       self._advance_reference(layer, reference)
+    self._through(self.hidden, layer, params)
+    self.layer = layer + 1
+
+  def _through(self, carried: _Carried, layer: int, params: Mapping[str, Any]) -> None:
+    """Replaces every batch of ``carried`` by block ``layer``'s output on it with ``params``."""
     p = self.forward.layer_params(params, self.config, layer)
     for i, (_, mask) in enumerate(self.batches):
-      self.hidden.put(i, self.forward.block_step(p, self.config, self.hidden.get(i),
-                                                 **self._kwargs(mask, layer))[0])
-    self.layer = layer + 1
+      carried.put(i, self.forward.block_step(p, self.config, carried.get(i), **self._kwargs(mask, layer))[0])
 
 
 class _Pairs:
